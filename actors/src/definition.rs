@@ -1,0 +1,211 @@
+//! Flow types: named, versioned lists of phases, and their validation.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A named, versioned list of phases. A flow pins the version it started with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowType {
+    pub name: String,
+    pub version: u32,
+    pub phases: Vec<PhaseDefinition>,
+}
+
+/// One phase of a flow type: which handler runs it and how it is retried.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseDefinition {
+    pub name: String,
+    /// `noop`, `sleep`, `fail`, or the name of a handler registered by the embedding program.
+    pub handler: String,
+    #[serde(default = "empty_object")]
+    pub params: Value,
+    /// Deadline of one attempt; the runtime's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// Attempts after the first, with exponential backoff.
+    #[serde(default)]
+    pub retries: u32,
+    /// First backoff delay; doubles with every further attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff_ms: Option<u64>,
+    /// Share of `progress_percentage`.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// The phase that follows, when not the next in order; handlers may still override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_phase: Option<String>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Why a definition was refused, naming the offending field so an API can answer `422` precisely.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct DefinitionError {
+    /// A JSON-path-like pointer such as `phases[2].handler`.
+    pub field: String,
+    pub message: String,
+}
+
+impl DefinitionError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl FlowType {
+    /// Checks everything a running flow relies on, so that no flow can fail for a bad definition.
+    pub fn validate(&self, is_known_handler: impl Fn(&str) -> bool) -> Result<(), DefinitionError> {
+        if !is_valid_name(&self.name) {
+            return Err(DefinitionError::new(
+                "name",
+                "must be 1–100 characters of letters, digits, `_`, `-` or `.`",
+            ));
+        }
+        if self.version == 0 {
+            return Err(DefinitionError::new("version", "must be at least 1"));
+        }
+        if self.phases.is_empty() {
+            return Err(DefinitionError::new("phases", "a flow type needs at least one phase"));
+        }
+        let mut names = HashSet::new();
+        for (i, phase) in self.phases.iter().enumerate() {
+            if !is_valid_name(&phase.name) {
+                return Err(DefinitionError::new(
+                    format!("phases[{i}].name"),
+                    "must be 1–100 characters of letters, digits, `_`, `-` or `.`",
+                ));
+            }
+            if !names.insert(phase.name.as_str()) {
+                return Err(DefinitionError::new(
+                    format!("phases[{i}].name"),
+                    format!("duplicate phase name `{}`", phase.name),
+                ));
+            }
+            if !is_known_handler(&phase.handler) {
+                return Err(DefinitionError::new(
+                    format!("phases[{i}].handler"),
+                    format!("unknown handler `{}`", phase.handler),
+                ));
+            }
+            if !phase.params.is_object() {
+                return Err(DefinitionError::new(format!("phases[{i}].params"), "must be an object"));
+            }
+            if phase.timeout_s == Some(0) {
+                return Err(DefinitionError::new(format!("phases[{i}].timeout_s"), "must be at least 1"));
+            }
+        }
+        for (i, phase) in self.phases.iter().enumerate() {
+            if let Some(next) = &phase.next_phase
+                && !names.contains(next.as_str())
+            {
+                return Err(DefinitionError::new(
+                    format!("phases[{i}].next_phase"),
+                    format!("no phase named `{next}` in this flow type"),
+                ));
+            }
+        }
+        if self.total_weight() == 0 {
+            return Err(DefinitionError::new("phases", "the phases' weights add up to 0"));
+        }
+        Ok(())
+    }
+
+    /// The phase named `name`.
+    pub fn phase(&self, name: &str) -> Option<&PhaseDefinition> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+
+    /// The phase that follows `name` by definition: its `next_phase`, else the next in order.
+    pub fn default_next(&self, name: &str) -> Option<&str> {
+        let index = self.phases.iter().position(|p| p.name == name)?;
+        match &self.phases[index].next_phase {
+            Some(next) => Some(next),
+            None => self.phases.get(index + 1).map(|p| p.name.as_str()),
+        }
+    }
+
+    /// Sum of the phase weights; the denominator of `progress_percentage`.
+    pub fn total_weight(&self) -> u64 {
+        self.phases.iter().map(|p| u64::from(p.weight)).sum()
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(name: &str, handler: &str) -> PhaseDefinition {
+        PhaseDefinition {
+            name: name.into(),
+            handler: handler.into(),
+            params: empty_object(),
+            timeout_s: None,
+            retries: 0,
+            retry_backoff_ms: None,
+            weight: 1,
+            next_phase: None,
+        }
+    }
+
+    fn flow_type(phases: Vec<PhaseDefinition>) -> FlowType {
+        FlowType {
+            name: "t".into(),
+            version: 1,
+            phases,
+        }
+    }
+
+    fn known(h: &str) -> bool {
+        h == "noop"
+    }
+
+    #[test]
+    fn accepts_a_plain_definition() {
+        assert!(flow_type(vec![phase("a", "noop"), phase("b", "noop")]).validate(known).is_ok());
+    }
+
+    #[test]
+    fn names_the_field_of_each_error() {
+        let dup = flow_type(vec![phase("a", "noop"), phase("a", "noop")]);
+        assert_eq!(dup.validate(known).unwrap_err().field, "phases[1].name");
+        let unknown = flow_type(vec![phase("a", "nope")]);
+        assert_eq!(unknown.validate(known).unwrap_err().field, "phases[0].handler");
+        let mut jump = phase("a", "noop");
+        jump.next_phase = Some("zzz".into());
+        assert_eq!(flow_type(vec![jump]).validate(known).unwrap_err().field, "phases[0].next_phase");
+        assert_eq!(flow_type(vec![]).validate(known).unwrap_err().field, "phases");
+        let mut weightless = phase("a", "noop");
+        weightless.weight = 0;
+        assert_eq!(flow_type(vec![weightless]).validate(known).unwrap_err().field, "phases");
+    }
+
+    #[test]
+    fn default_next_follows_order_unless_overridden() {
+        let mut a = phase("a", "noop");
+        a.next_phase = Some("c".into());
+        let t = flow_type(vec![a, phase("b", "noop"), phase("c", "noop")]);
+        assert_eq!(t.default_next("a"), Some("c"));
+        assert_eq!(t.default_next("b"), Some("c"));
+        assert_eq!(t.default_next("c"), None);
+    }
+}

@@ -1,0 +1,133 @@
+//! The storage contract the runtime needs, and the writes it sends through the persistence actor.
+//! The diesel stores (SQLite, PostgreSQL) live in the `flowd` package; [`crate::memory_store`] is
+//! the in-memory one for actor tests.
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+
+use crate::definition::FlowType;
+use crate::events::FlowEvent;
+use crate::ids::{FlowId, Tenant};
+use crate::model::{FailureRecord, FlowState, FlowStatus, PhaseState};
+
+/// Storage failures, split by what the caller can do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or the connection broke: try again later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule was broken (e.g. an idempotency key raced): the write is refused.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Stored data could not be read back (a bug or a manual edit): do not retry.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// The columns of a flow row that a transition changes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowUpdate {
+    pub status: FlowStatus,
+    pub current_phase: Option<String>,
+    pub next_phase: Option<String>,
+    pub progress_percentage: f64,
+    pub last_seq: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl FlowUpdate {
+    /// The changed columns of `flow` after a transition.
+    pub fn of(flow: &FlowState) -> Self {
+        Self {
+            status: flow.status,
+            current_phase: flow.current_phase.clone(),
+            next_phase: flow.next_phase.clone(),
+            progress_percentage: flow.progress_percentage,
+            last_seq: flow.last_seq,
+            updated_at: flow.updated_at,
+        }
+    }
+}
+
+/// One transition of one flow. Its flow row, phase rows, events and failure row commit together.
+#[derive(Clone, Debug)]
+pub struct TransitionWrite {
+    pub flow_id: FlowId,
+    /// Set for the first write of a flow: insert the flow row and every phase row.
+    pub create: Option<Box<FlowState>>,
+    /// The flow row after the transition (for `create`, equal to its row).
+    pub flow: FlowUpdate,
+    /// Phase rows the transition changed, by position in the definition.
+    pub phases: Vec<(usize, PhaseState)>,
+    /// Events in `seq` order; their `id`s are assigned by the persistence actor before commit.
+    pub events: Vec<FlowEvent>,
+    pub failure: Option<FailureRecord>,
+}
+
+/// Everything the persistence actor writes. One batch of these commits in one transaction.
+// Transitions are the hot variant; boxing them would cost an allocation per transition.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Write {
+    Transition(TransitionWrite),
+    /// Stores a flow type version; an existing (name, version) is left as it is.
+    FlowType(FlowType),
+}
+
+/// Filter and page of a flow listing; newest first.
+#[derive(Clone, Debug, Default)]
+pub struct FlowQuery {
+    pub tenant: Option<Tenant>,
+    pub status: Option<FlowStatus>,
+    pub flow_type: Option<String>,
+    pub parent_flow_id: Option<FlowId>,
+    /// Only flows older than this one (keyset pagination on the time-ordered id).
+    pub before: Option<FlowId>,
+    pub limit: u32,
+}
+
+/// What the runtime and the read API need from a database. Writes come only from the
+/// persistence actor; reads may come from anywhere and use their own connections.
+pub trait FlowStore: Send + Sync + 'static {
+    /// Commits every write of the batch in one transaction, or none of them.
+    fn commit<'a>(&'a self, batch: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Every stored flow type version.
+    fn load_flow_types(&self) -> BoxFuture<'_, Result<Vec<FlowType>, StoreError>>;
+
+    /// Every flow that is not terminal, with its phases: what must be resumed at boot.
+    fn load_active_flows(&self) -> BoxFuture<'_, Result<Vec<FlowState>, StoreError>>;
+
+    /// One flow with its phases.
+    fn load_flow(&self, id: FlowId) -> BoxFuture<'_, Result<Option<FlowState>, StoreError>>;
+
+    /// The flow a tenant created with this idempotency key, if any.
+    fn find_by_idempotency_key<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FlowState>, StoreError>>;
+
+    /// Flows matching the query, newest first, with their phases.
+    fn list_flows<'a>(&'a self, query: &'a FlowQuery) -> BoxFuture<'a, Result<Vec<FlowState>, StoreError>>;
+
+    /// A flow's events with `seq > after`, in `seq` order.
+    fn flow_events(&self, flow_id: FlowId, after: u64, limit: u32) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>>;
+
+    /// A tenant's events with `id > after`, in `id` order.
+    fn tenant_events<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        after: i64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<FlowEvent>, StoreError>>;
+
+    /// A flow's failure-journal rows, oldest first.
+    fn failures(&self, flow_id: FlowId) -> BoxFuture<'_, Result<Vec<FailureRecord>, StoreError>>;
+
+    /// The highest event id stored (0 if none): where the persistence actor continues numbering.
+    fn max_event_id(&self) -> BoxFuture<'_, Result<i64, StoreError>>;
+
+    /// A cheap round trip, for readiness.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
