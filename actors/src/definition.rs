@@ -79,7 +79,10 @@ impl FlowType {
             return Err(DefinitionError::new("version", "must be at least 1"));
         }
         if self.phases.is_empty() {
-            return Err(DefinitionError::new("phases", "a flow type needs at least one phase"));
+            return Err(DefinitionError::new(
+                "phases",
+                "a flow type needs at least one phase",
+            ));
         }
         let mut names = HashSet::new();
         for (i, phase) in self.phases.iter().enumerate() {
@@ -102,10 +105,16 @@ impl FlowType {
                 ));
             }
             if !phase.params.is_object() {
-                return Err(DefinitionError::new(format!("phases[{i}].params"), "must be an object"));
+                return Err(DefinitionError::new(
+                    format!("phases[{i}].params"),
+                    "must be an object",
+                ));
             }
             if phase.timeout_s == Some(0) {
-                return Err(DefinitionError::new(format!("phases[{i}].timeout_s"), "must be at least 1"));
+                return Err(DefinitionError::new(
+                    format!("phases[{i}].timeout_s"),
+                    "must be at least 1",
+                ));
             }
         }
         for (i, phase) in self.phases.iter().enumerate() {
@@ -119,7 +128,10 @@ impl FlowType {
             }
         }
         if self.total_weight() == 0 {
-            return Err(DefinitionError::new("phases", "the phases' weights add up to 0"));
+            return Err(DefinitionError::new(
+                "phases",
+                "the phases' weights add up to 0",
+            ));
         }
         Ok(())
     }
@@ -147,7 +159,9 @@ impl FlowType {
 fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 #[cfg(test)]
@@ -181,7 +195,11 @@ mod tests {
 
     #[test]
     fn accepts_a_plain_definition() {
-        assert!(flow_type(vec![phase("a", "noop"), phase("b", "noop")]).validate(known).is_ok());
+        assert!(
+            flow_type(vec![phase("a", "noop"), phase("b", "noop")])
+                .validate(known)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -189,14 +207,29 @@ mod tests {
         let dup = flow_type(vec![phase("a", "noop"), phase("a", "noop")]);
         assert_eq!(dup.validate(known).unwrap_err().field, "phases[1].name");
         let unknown = flow_type(vec![phase("a", "nope")]);
-        assert_eq!(unknown.validate(known).unwrap_err().field, "phases[0].handler");
+        assert_eq!(
+            unknown.validate(known).unwrap_err().field,
+            "phases[0].handler"
+        );
         let mut jump = phase("a", "noop");
         jump.next_phase = Some("zzz".into());
-        assert_eq!(flow_type(vec![jump]).validate(known).unwrap_err().field, "phases[0].next_phase");
-        assert_eq!(flow_type(vec![]).validate(known).unwrap_err().field, "phases");
+        assert_eq!(
+            flow_type(vec![jump]).validate(known).unwrap_err().field,
+            "phases[0].next_phase"
+        );
+        assert_eq!(
+            flow_type(vec![]).validate(known).unwrap_err().field,
+            "phases"
+        );
         let mut weightless = phase("a", "noop");
         weightless.weight = 0;
-        assert_eq!(flow_type(vec![weightless]).validate(known).unwrap_err().field, "phases");
+        assert_eq!(
+            flow_type(vec![weightless])
+                .validate(known)
+                .unwrap_err()
+                .field,
+            "phases"
+        );
     }
 
     #[test]

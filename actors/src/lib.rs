@@ -5,8 +5,11 @@
 //! - [`model`]: flow and phase state, as stored and served.
 //! - [`events`]: flow events and their fan-out to subscribers.
 //! - [`store`]: the storage contract the runtime writes through.
+pub mod builtin;
 pub mod definition;
 pub mod events;
+pub mod handler;
 pub mod ids;
+pub mod machine;
 pub mod model;
 pub mod store;

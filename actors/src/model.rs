@@ -178,7 +178,11 @@ impl FlowState {
             current_phase: definition.phases.first().map(|p| p.name.clone()),
             next_phase: definition.phases.get(1).map(|p| p.name.clone()),
             progress_percentage: 0.0,
-            phases: definition.phases.iter().map(|p| PhaseState::pending(&p.name)).collect(),
+            phases: definition
+                .phases
+                .iter()
+                .map(|p| PhaseState::pending(&p.name))
+                .collect(),
             input: Arc::new(request.input),
             parent_flow_id: request.parent_flow_id,
             master_flow_id: request.master_flow_id.unwrap_or(id),

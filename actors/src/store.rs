@@ -109,10 +109,18 @@ pub trait FlowStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<FlowState>, StoreError>>;
 
     /// Flows matching the query, newest first, with their phases.
-    fn list_flows<'a>(&'a self, query: &'a FlowQuery) -> BoxFuture<'a, Result<Vec<FlowState>, StoreError>>;
+    fn list_flows<'a>(
+        &'a self,
+        query: &'a FlowQuery,
+    ) -> BoxFuture<'a, Result<Vec<FlowState>, StoreError>>;
 
     /// A flow's events with `seq > after`, in `seq` order.
-    fn flow_events(&self, flow_id: FlowId, after: u64, limit: u32) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>>;
+    fn flow_events(
+        &self,
+        flow_id: FlowId,
+        after: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>>;
 
     /// A tenant's events with `id > after`, in `id` order.
     fn tenant_events<'a>(

@@ -1,0 +1,50 @@
+//! Built-in handlers for demos and tests: `noop`, `sleep {ms}`, `fail {times}`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::handler::{HandlerError, HandlerSet, PhaseContext, PhaseOutput, PhaseResult};
+
+/// Adds the built-ins to `set`.
+pub fn register(set: &mut HandlerSet) {
+    set.register("noop", |_ctx: PhaseContext| async {
+        Ok(PhaseOutput::new(json!({})))
+    });
+    set.register("sleep", sleep);
+    set.register("fail", fail);
+}
+
+fn u64_param(ctx: &PhaseContext, name: &str) -> Result<u64, HandlerError> {
+    match ctx.params.get(name) {
+        None | Some(Value::Null) => Ok(0),
+        Some(value) => value.as_u64().ok_or_else(|| {
+            HandlerError::fatal(
+                "bad_params",
+                format!("`{name}` must be a non-negative integer"),
+            )
+        }),
+    }
+}
+
+async fn sleep(ctx: PhaseContext) -> PhaseResult {
+    let ms = u64_param(&ctx, "ms")?;
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(PhaseOutput::new(json!({ "slept_ms": ms }))),
+        () = ctx.cancellation.cancelled() => Err(HandlerError::fatal("cancelled", "sleep cancelled")),
+    }
+}
+
+/// Fails the first `times` attempts, then succeeds: retry policies made visible.
+async fn fail(ctx: PhaseContext) -> PhaseResult {
+    let times = u64_param(&ctx, "times")?;
+    if u64::from(ctx.attempt) <= times {
+        Err(HandlerError::retryable(
+            "handler_error",
+            format!("planned failure {} of {times}", ctx.attempt),
+        )
+        .with_diagnostic(json!({ "attempt": ctx.attempt, "times": times })))
+    } else {
+        Ok(PhaseOutput::new(json!({ "failed_before": times })))
+    }
+}

@@ -1,0 +1,179 @@
+//! Phase handlers: the code a phase runs. Rust programs that embed the runtime register their
+//! own; [`crate::builtin`] has the ones every runtime knows.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::Utc;
+use futures_util::future::BoxFuture;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::{FlowId, Tenant};
+
+/// Everything a handler may need about the attempt it runs.
+#[derive(Clone, Debug)]
+pub struct PhaseContext {
+    pub flow_id: FlowId,
+    pub master_flow_id: FlowId,
+    pub parent_flow_id: Option<FlowId>,
+    pub tenant: Tenant,
+    pub flow_type: String,
+    pub phase: String,
+    /// The phase's `params` from its definition.
+    pub params: Value,
+    /// The flow's input.
+    pub input: Arc<Value>,
+    /// Outputs of the phases that have succeeded so far, by phase name.
+    pub outputs: Map<String, Value>,
+    /// 1 for the first attempt; a crash-interrupted attempt runs again with the same number.
+    pub attempt: u32,
+    /// `{flow_id}:{phase}:{attempt}`: lets side effects be made exactly-once.
+    pub idempotency_key: String,
+    /// Fired when the flow is cancelled or the attempt timed out; the task is aborted soon after.
+    pub cancellation: CancellationToken,
+    /// Long-running handlers call `beat()` so the runtime can tell slow from stuck.
+    pub heartbeat: Heartbeat,
+}
+
+/// The last sign of life of a running attempt, in unix milliseconds.
+#[derive(Clone, Debug, Default)]
+pub struct Heartbeat(Arc<AtomicI64>);
+
+impl Heartbeat {
+    /// Records that the handler is still making progress.
+    pub fn beat(&self) {
+        self.0
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// When the handler last called [`Heartbeat::beat`] (0 if never).
+    pub fn last_beat_ms(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Where the flow goes after a phase succeeds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NextPhase {
+    /// The definition decides (its `next_phase`, else the next phase in order).
+    ByDefinition,
+    /// A phase of the same flow type, chosen by the handler.
+    Named(String),
+    /// Finish the flow now; remaining phases are skipped.
+    Finish,
+}
+
+/// A successful attempt's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseOutput {
+    pub output: Value,
+    pub next_phase: NextPhase,
+}
+
+impl PhaseOutput {
+    /// An output that lets the definition pick the next phase.
+    pub fn new(output: Value) -> Self {
+        Self {
+            output,
+            next_phase: NextPhase::ByDefinition,
+        }
+    }
+}
+
+/// A failed attempt. `retryable` decides whether the phase's retry policy applies.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct HandlerError {
+    /// Stable, machine-readable: `handler_error`, `timeout`, `panic`, `bad_params`, ….
+    pub kind: String,
+    pub message: String,
+    pub retryable: bool,
+    /// Anything that helps diagnose the failure; lands in the failure journal.
+    pub diagnostic: Value,
+}
+
+impl HandlerError {
+    /// A failure worth another attempt.
+    pub fn retryable(kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            message: message.into(),
+            retryable: true,
+            diagnostic: Value::Null,
+        }
+    }
+
+    /// A failure no retry can fix (bad parameters, a refused request).
+    pub fn fatal(kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            ..Self::retryable(kind, message)
+        }
+    }
+
+    /// Adds diagnostic data for the journal.
+    pub fn with_diagnostic(mut self, diagnostic: Value) -> Self {
+        self.diagnostic = diagnostic;
+        self
+    }
+}
+
+/// Result of one attempt.
+pub type PhaseResult = Result<PhaseOutput, HandlerError>;
+
+/// Code that runs a phase. It runs as its own task, never inside an actor's message handling.
+pub trait PhaseHandler: Send + Sync + 'static {
+    /// Runs one attempt.
+    fn run(&self, context: PhaseContext) -> BoxFuture<'static, PhaseResult>;
+}
+
+impl<F, Fut> PhaseHandler for F
+where
+    F: Fn(PhaseContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = PhaseResult> + Send + 'static,
+{
+    fn run(&self, context: PhaseContext) -> BoxFuture<'static, PhaseResult> {
+        Box::pin(self(context))
+    }
+}
+
+/// The handlers a runtime knows, by name. Built before the runtime starts and shared read-only.
+#[derive(Clone, Default)]
+pub struct HandlerSet {
+    handlers: HashMap<String, Arc<dyn PhaseHandler>>,
+}
+
+impl HandlerSet {
+    /// The built-ins (`noop`, `sleep`, `fail`) and nothing else.
+    pub fn with_builtins() -> Self {
+        let mut set = Self::default();
+        crate::builtin::register(&mut set);
+        set
+    }
+
+    /// Adds or replaces the handler called `name`.
+    pub fn register(&mut self, name: impl Into<String>, handler: impl PhaseHandler) -> &mut Self {
+        self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// The handler called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn PhaseHandler>> {
+        self.handlers.get(name).cloned()
+    }
+
+    /// Whether a definition may name `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.handlers.contains_key(name)
+    }
+
+    /// Names of all handlers, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<_> = self.handlers.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}

@@ -1,0 +1,486 @@
+//! The pure state machine of a flow: (state, input) → transition. No actors, no I/O, no clock
+//! (the caller passes `now`), so every rule of the lifecycle is unit-tested here.
+//!
+//! Each function validates first and mutates only when the input is accepted; an accepted input
+//! yields a [`Step`]: the events to commit (with their `seq`), the phase rows it touched, a
+//! failure-journal row, and the one [`Effect`] the actor carries out after the commit.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::definition::FlowType;
+use crate::events::{EventKind, FlowEvent};
+use crate::handler::{HandlerError, NextPhase, PhaseOutput};
+use crate::model::{FailureRecord, FlowState, FlowStatus, PhaseStatus};
+
+/// Longest pause between two attempts of a phase.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// First retry delay when a phase names none.
+const DEFAULT_BACKOFF_MS: u64 = 100;
+
+/// What the actor does once the step's writes have committed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Nothing to run (paused, or a no-op input).
+    None,
+    /// Run `attempt` of `phase`.
+    RunPhase { phase: String, attempt: u32 },
+    /// Start the next attempt of `phase` after `delay`.
+    RetryAfter { phase: String, delay: Duration },
+    /// The flow is terminal; its actor stops.
+    Stop,
+}
+
+/// An accepted input: what to commit and what to do after.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub events: Vec<FlowEvent>,
+    /// Positions of phase rows that changed.
+    pub touched: Vec<usize>,
+    pub failure: Option<FailureRecord>,
+    pub effect: Effect,
+}
+
+impl Step {
+    fn new() -> Self {
+        Self {
+            events: Vec::new(),
+            touched: Vec::new(),
+            failure: None,
+            effect: Effect::None,
+        }
+    }
+
+    /// Whether anything must be written (idempotent no-ops write nothing).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.touched.is_empty() && self.failure.is_none()
+    }
+
+    fn emit(
+        &mut self,
+        flow: &mut FlowState,
+        kind: EventKind,
+        error: Option<String>,
+        now: DateTime<Utc>,
+    ) {
+        flow.last_seq += 1;
+        flow.updated_at = now;
+        self.events.push(FlowEvent::of(flow, kind, error));
+    }
+
+    fn touch(&mut self, index: usize) {
+        if !self.touched.contains(&index) {
+            self.touched.push(index);
+        }
+    }
+}
+
+/// Why an input was refused; nothing changed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    /// The lifecycle forbids this input in the flow's current status.
+    #[error("a {0} flow cannot do that")]
+    IllegalTransition(FlowStatus),
+    /// A result or timer for an attempt that is no longer the current one (fencing).
+    #[error("stale result for {phase} attempt {attempt}")]
+    Stale { phase: String, attempt: u32 },
+}
+
+/// A new flow: `initialized`, then at once `running` with its first phase started.
+pub fn start(flow: &mut FlowState, definition: &FlowType, now: DateTime<Utc>) -> Step {
+    let mut step = Step::new();
+    if flow.last_seq == 0 {
+        step.emit(flow, EventKind::FlowInitialized, None, now);
+    }
+    flow.status = FlowStatus::Running;
+    step.emit(flow, EventKind::FlowStarted, None, now);
+    if let Some(first) = definition.phases.first() {
+        begin_attempt(flow, definition, &first.name.clone(), now, &mut step);
+    }
+    step
+}
+
+/// An actor (re)started for a stored flow: pick up exactly where the database says it is.
+/// A phase that was running when the previous actor died runs again with the same attempt
+/// number, so its idempotency key is unchanged; nothing that succeeded runs again.
+pub fn recover(flow: &mut FlowState, definition: &FlowType, now: DateTime<Utc>) -> Step {
+    match flow.status {
+        FlowStatus::Initialized => start(flow, definition, now),
+        FlowStatus::Running => continue_current(flow, definition, now, false),
+        FlowStatus::Paused => Step::new(),
+        FlowStatus::Completed | FlowStatus::Failed | FlowStatus::Cancelled => Step {
+            effect: Effect::Stop,
+            ..Step::new()
+        },
+    }
+}
+
+/// A running flow whose current phase is not in flight: start, re-run or retry it.
+fn continue_current(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    now: DateTime<Utc>,
+    in_flight: bool,
+) -> Step {
+    let mut step = Step::new();
+    let Some((_, phase)) = flow.current() else {
+        complete(flow, now, &mut step);
+        return step;
+    };
+    match phase.status {
+        PhaseStatus::Running if in_flight => {}
+        PhaseStatus::Running => {
+            step.effect = Effect::RunPhase {
+                phase: phase.name.clone(),
+                attempt: phase.attempt.max(1),
+            }
+        }
+        PhaseStatus::Pending | PhaseStatus::Failed => {
+            let name = phase.name.clone();
+            begin_attempt(flow, definition, &name, now, &mut step);
+        }
+        PhaseStatus::Succeeded | PhaseStatus::Skipped => {
+            let name = phase.name.clone();
+            advance(
+                flow,
+                definition,
+                definition.default_next(&name).map(str::to_owned),
+                now,
+                &mut step,
+            );
+        }
+    }
+    step
+}
+
+/// The handler of `phase` returned successfully.
+pub fn phase_succeeded(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    phase: &str,
+    attempt: u32,
+    result: PhaseOutput,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
+    let index = check_current_attempt(flow, phase, attempt)?;
+    let next = match result.next_phase {
+        NextPhase::ByDefinition => definition.default_next(phase).map(str::to_owned),
+        NextPhase::Finish => None,
+        NextPhase::Named(name) if definition.phase(&name).is_some() => Some(name),
+        NextPhase::Named(name) => {
+            let error = HandlerError::fatal(
+                "invalid_next_phase",
+                format!(
+                    "handler returned next_phase `{name}`, which is not a phase of {}",
+                    definition.name
+                ),
+            );
+            return phase_failed(flow, definition, phase, attempt, error, now);
+        }
+    };
+    let mut step = Step::new();
+    let row = &mut flow.phases[index];
+    row.status = PhaseStatus::Succeeded;
+    row.finished_at = Some(now);
+    row.output = Some(result.output);
+    row.error = None;
+    step.touch(index);
+    flow.next_phase = next.clone();
+    update_progress(flow, definition);
+    step.emit(flow, EventKind::PhaseSucceeded, None, now);
+    advance(flow, definition, next, now, &mut step);
+    Ok(step)
+}
+
+/// The handler of `phase` failed (an error, a timeout, a panic). Journaled always; retried while
+/// the policy allows and the error is retryable; otherwise the flow fails.
+pub fn phase_failed(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    phase: &str,
+    attempt: u32,
+    error: HandlerError,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
+    let index = check_current_attempt(flow, phase, attempt)?;
+    let policy = definition.phase(phase);
+    let retries = policy.map_or(0, |p| p.retries);
+    let mut step = Step::new();
+    let message = error.to_string();
+    let row = &mut flow.phases[index];
+    row.status = PhaseStatus::Failed;
+    row.finished_at = Some(now);
+    row.error = Some(message.clone());
+    step.touch(index);
+    let will_retry = error.retryable && attempt <= retries;
+    step.failure = Some(FailureRecord {
+        id: 0,
+        flow_id: flow.id,
+        master_flow_id: flow.master_flow_id,
+        phase: Some(phase.to_owned()),
+        attempt,
+        error_kind: error.kind.clone(),
+        message: error.message.clone(),
+        diagnostic: json!({
+            "retryable": error.retryable,
+            "will_retry": will_retry,
+            "max_attempts": retries + 1,
+            "detail": error.diagnostic,
+        }),
+        at: now,
+    });
+    step.emit(flow, EventKind::PhaseFailed, Some(message.clone()), now);
+    if will_retry {
+        if flow.status == FlowStatus::Running {
+            let base = policy
+                .and_then(|p| p.retry_backoff_ms)
+                .unwrap_or(DEFAULT_BACKOFF_MS);
+            step.effect = Effect::RetryAfter {
+                phase: phase.to_owned(),
+                delay: backoff(base, attempt),
+            };
+        }
+    } else {
+        flow.status = FlowStatus::Failed;
+        step.emit(flow, EventKind::FlowFailed, Some(message), now);
+        step.effect = Effect::Stop;
+    }
+    Ok(step)
+}
+
+/// The backoff timer of `phase` fired: start its next attempt if it is still due.
+pub fn retry_due(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    phase: &str,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
+    let due = flow.status == FlowStatus::Running
+        && flow
+            .current()
+            .is_some_and(|(_, p)| p.name == phase && p.status == PhaseStatus::Failed);
+    if !due {
+        let attempt = flow.current().map_or(0, |(_, p)| p.attempt);
+        return Err(Rejected::Stale {
+            phase: phase.to_owned(),
+            attempt,
+        });
+    }
+    let mut step = Step::new();
+    begin_attempt(flow, definition, phase, now, &mut step);
+    Ok(step)
+}
+
+/// Stop starting phases. The phase in flight finishes and is recorded; idempotent.
+pub fn pause(flow: &mut FlowState, now: DateTime<Utc>) -> Result<Step, Rejected> {
+    let mut step = Step::new();
+    match flow.status {
+        FlowStatus::Paused => Ok(step),
+        FlowStatus::Running => {
+            flow.status = FlowStatus::Paused;
+            step.emit(flow, EventKind::FlowPaused, None, now);
+            Ok(step)
+        }
+        other => Err(Rejected::IllegalTransition(other)),
+    }
+}
+
+/// Continue a paused flow where it stopped; idempotent. `in_flight` says whether the current
+/// phase's handler is still running in this actor (then it is not started again).
+pub fn resume(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    in_flight: bool,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
+    match flow.status {
+        FlowStatus::Running => Ok(Step::new()),
+        FlowStatus::Paused => {
+            let mut first = Step::new();
+            flow.status = FlowStatus::Running;
+            first.emit(flow, EventKind::FlowResumed, None, now);
+            let rest = continue_current(flow, definition, now, in_flight);
+            Ok(merge(first, rest))
+        }
+        other => Err(Rejected::IllegalTransition(other)),
+    }
+}
+
+/// End the flow; no later phase runs. Idempotent.
+pub fn cancel(flow: &mut FlowState, now: DateTime<Utc>) -> Result<Step, Rejected> {
+    let mut step = Step::new();
+    match flow.status {
+        FlowStatus::Cancelled => Ok(step),
+        FlowStatus::Completed | FlowStatus::Failed => Err(Rejected::IllegalTransition(flow.status)),
+        FlowStatus::Initialized | FlowStatus::Running | FlowStatus::Paused => {
+            if let Some((index, phase)) = flow.current()
+                && phase.status == PhaseStatus::Running
+            {
+                let row = &mut flow.phases[index];
+                row.status = PhaseStatus::Failed;
+                row.finished_at = Some(now);
+                row.error = Some("cancelled".into());
+                step.touch(index);
+            }
+            flow.status = FlowStatus::Cancelled;
+            flow.next_phase = None;
+            step.emit(flow, EventKind::FlowCancelled, None, now);
+            step.effect = Effect::Stop;
+            Ok(step)
+        }
+    }
+}
+
+/// A failed flow runs again from its failed phase, with a fresh attempt. Idempotent while running.
+pub fn retry(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
+    match flow.status {
+        FlowStatus::Running | FlowStatus::Paused => Ok(Step::new()),
+        FlowStatus::Failed => {
+            let mut first = Step::new();
+            flow.status = FlowStatus::Running;
+            first.emit(flow, EventKind::FlowRetried, None, now);
+            let rest = continue_current(flow, definition, now, false);
+            Ok(merge(first, rest))
+        }
+        other => Err(Rejected::IllegalTransition(other)),
+    }
+}
+
+fn merge(mut first: Step, rest: Step) -> Step {
+    first.events.extend(rest.events);
+    for index in rest.touched {
+        first.touch(index);
+    }
+    first.failure = first.failure.or(rest.failure);
+    first.effect = rest.effect;
+    first
+}
+
+fn check_current_attempt(flow: &FlowState, phase: &str, attempt: u32) -> Result<usize, Rejected> {
+    let stale = || Rejected::Stale {
+        phase: phase.to_owned(),
+        attempt,
+    };
+    if !matches!(flow.status, FlowStatus::Running | FlowStatus::Paused) {
+        return Err(stale());
+    }
+    match flow.current() {
+        Some((index, p))
+            if p.name == phase && p.attempt == attempt && p.status == PhaseStatus::Running =>
+        {
+            Ok(index)
+        }
+        _ => Err(stale()),
+    }
+}
+
+/// Moves to `next` (running it unless paused) or completes the flow.
+fn advance(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    next: Option<String>,
+    now: DateTime<Utc>,
+    step: &mut Step,
+) {
+    match next {
+        None => complete(flow, now, step),
+        Some(name) if flow.status == FlowStatus::Running => {
+            begin_attempt(flow, definition, &name, now, step)
+        }
+        Some(name) => {
+            // Paused: the next phase waits, pending, for `resume`.
+            flow.next_phase = definition.default_next(&name).map(str::to_owned);
+            if let Some(index) = flow.phase_index(&name) {
+                if flow.phases[index].status != PhaseStatus::Pending {
+                    flow.phases[index].status = PhaseStatus::Pending;
+                    step.touch(index);
+                }
+            }
+            flow.current_phase = Some(name);
+        }
+    }
+}
+
+/// `completed` iff no next phase and every phase succeeded or was skipped.
+fn complete(flow: &mut FlowState, now: DateTime<Utc>, step: &mut Step) {
+    for (index, phase) in flow.phases.iter_mut().enumerate() {
+        if phase.status == PhaseStatus::Pending {
+            phase.status = PhaseStatus::Skipped;
+            step.touch(index);
+        }
+    }
+    flow.current_phase = None;
+    flow.next_phase = None;
+    if flow.phases.iter().all(|p| p.status.is_done()) {
+        flow.status = FlowStatus::Completed;
+        flow.progress_percentage = 100.0;
+        step.emit(flow, EventKind::FlowCompleted, None, now);
+    } else {
+        flow.status = FlowStatus::Failed;
+        step.emit(
+            flow,
+            EventKind::FlowFailed,
+            Some("flow ended with unfinished phases".into()),
+            now,
+        );
+    }
+    step.effect = Effect::Stop;
+}
+
+fn begin_attempt(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    name: &str,
+    now: DateTime<Utc>,
+    step: &mut Step,
+) {
+    let Some(index) = flow.phase_index(name) else {
+        return;
+    };
+    let row = &mut flow.phases[index];
+    row.status = PhaseStatus::Running;
+    row.attempt += 1;
+    row.started_at = Some(now);
+    row.finished_at = None;
+    row.error = None;
+    let attempt = row.attempt;
+    step.touch(index);
+    flow.current_phase = Some(name.to_owned());
+    flow.next_phase = definition.default_next(name).map(str::to_owned);
+    step.emit(flow, EventKind::PhaseStarted, None, now);
+    step.effect = Effect::RunPhase {
+        phase: name.to_owned(),
+        attempt,
+    };
+}
+
+fn update_progress(flow: &mut FlowState, definition: &FlowType) {
+    let total = definition.total_weight();
+    if total == 0 {
+        return;
+    }
+    let done: u64 = flow
+        .phases
+        .iter()
+        .filter(|p| p.status.is_done())
+        .filter_map(|p| definition.phase(&p.name))
+        .map(|p| u64::from(p.weight))
+        .sum();
+    let percentage = ((done as f64 / total as f64) * 10_000.0).round() / 100.0;
+    flow.progress_percentage = flow.progress_percentage.max(percentage);
+}
+
+/// Exponential backoff: `base`, `2·base`, `4·base`, … capped at [`MAX_BACKOFF`].
+pub fn backoff(base_ms: u64, failed_attempt: u32) -> Duration {
+    let factor = 1u64 << failed_attempt.saturating_sub(1).min(20);
+    Duration::from_millis(base_ms.saturating_mul(factor)).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,347 @@
+use serde_json::json;
+
+use super::*;
+use crate::definition::PhaseDefinition;
+use crate::ids::Tenant;
+use crate::model::{NewFlow, now};
+
+fn phase(name: &str, retries: u32, weight: u32) -> PhaseDefinition {
+    PhaseDefinition {
+        name: name.into(),
+        handler: "noop".into(),
+        params: json!({}),
+        timeout_s: None,
+        retries,
+        retry_backoff_ms: Some(10),
+        weight,
+        next_phase: None,
+    }
+}
+
+fn definition() -> FlowType {
+    FlowType {
+        name: "t".into(),
+        version: 1,
+        phases: vec![phase("a", 0, 1), phase("b", 2, 2), phase("c", 0, 1)],
+    }
+}
+
+fn new_flow(definition: &FlowType) -> FlowState {
+    FlowState::new_initialized(
+        definition,
+        NewFlow {
+            flow_type: definition.name.clone(),
+            input: json!({}),
+            parent_flow_id: None,
+            master_flow_id: None,
+            tenant: Tenant::default_tenant(),
+            created_by: None,
+            idempotency_key: None,
+        },
+    )
+}
+
+fn ok(output: serde_json::Value) -> PhaseOutput {
+    PhaseOutput::new(output)
+}
+
+fn statuses(step: &Step) -> Vec<(EventKind, FlowStatus, u64)> {
+    step.events
+        .iter()
+        .map(|e| (e.kind, e.status, e.seq))
+        .collect()
+}
+
+#[test]
+fn start_records_initialized_then_running_and_runs_the_first_phase() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    let step = start(&mut flow, &def, now());
+    assert_eq!(
+        statuses(&step),
+        vec![
+            (EventKind::FlowInitialized, FlowStatus::Initialized, 1),
+            (EventKind::FlowStarted, FlowStatus::Running, 2),
+            (EventKind::PhaseStarted, FlowStatus::Running, 3),
+        ]
+    );
+    assert_eq!(flow.status, FlowStatus::Running);
+    assert_eq!(flow.current_phase.as_deref(), Some("a"));
+    assert_eq!(flow.next_phase.as_deref(), Some("b"));
+    assert_eq!(
+        step.effect,
+        Effect::RunPhase {
+            phase: "a".into(),
+            attempt: 1
+        }
+    );
+}
+
+#[test]
+fn a_full_run_completes_with_progress_by_weight() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let step = phase_succeeded(&mut flow, &def, "a", 1, ok(json!(1)), now()).unwrap();
+    assert_eq!(
+        step.events[0].next_phase.as_deref(),
+        Some("b"),
+        "a phase result carries next_phase"
+    );
+    assert_eq!(flow.progress_percentage, 25.0);
+    phase_succeeded(&mut flow, &def, "b", 1, ok(json!(2)), now()).unwrap();
+    assert_eq!(flow.progress_percentage, 75.0);
+    let step = phase_succeeded(&mut flow, &def, "c", 1, ok(json!(3)), now()).unwrap();
+    assert_eq!(flow.status, FlowStatus::Completed);
+    assert_eq!(flow.progress_percentage, 100.0);
+    assert_eq!(flow.next_phase, None);
+    assert_eq!(step.effect, Effect::Stop);
+    assert!(
+        flow.phases
+            .iter()
+            .all(|p| p.status == PhaseStatus::Succeeded)
+    );
+    let last = step.events.last().unwrap();
+    assert_eq!(
+        (last.kind, last.seq),
+        (EventKind::FlowCompleted, flow.last_seq)
+    );
+}
+
+#[test]
+fn retryable_failures_retry_with_backoff_then_fail_the_flow() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    phase_succeeded(&mut flow, &def, "a", 1, ok(json!(null)), now()).unwrap();
+    for attempt in 1..=2 {
+        let step = phase_failed(
+            &mut flow,
+            &def,
+            "b",
+            attempt,
+            HandlerError::retryable("x", "boom"),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(step.failure.as_ref().unwrap().attempt, attempt);
+        assert_eq!(
+            step.effect,
+            Effect::RetryAfter {
+                phase: "b".into(),
+                delay: backoff(10, attempt)
+            }
+        );
+        let step = retry_due(&mut flow, &def, "b", now()).unwrap();
+        assert_eq!(
+            step.effect,
+            Effect::RunPhase {
+                phase: "b".into(),
+                attempt: attempt + 1
+            }
+        );
+    }
+    let step = phase_failed(
+        &mut flow,
+        &def,
+        "b",
+        3,
+        HandlerError::retryable("x", "boom"),
+        now(),
+    )
+    .unwrap();
+    assert_eq!(flow.status, FlowStatus::Failed);
+    assert_eq!(step.effect, Effect::Stop);
+    assert!(step.failure.is_some());
+    assert_eq!(step.events.last().unwrap().kind, EventKind::FlowFailed);
+}
+
+#[test]
+fn fatal_errors_do_not_retry() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    phase_succeeded(&mut flow, &def, "a", 1, ok(json!(null)), now()).unwrap();
+    phase_failed(
+        &mut flow,
+        &def,
+        "b",
+        1,
+        HandlerError::fatal("x", "no"),
+        now(),
+    )
+    .unwrap();
+    assert_eq!(flow.status, FlowStatus::Failed);
+}
+
+#[test]
+fn stale_results_are_fenced_off() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let before = flow.clone();
+    assert!(matches!(
+        phase_succeeded(&mut flow, &def, "a", 2, ok(json!(null)), now()),
+        Err(Rejected::Stale { .. })
+    ));
+    assert!(matches!(
+        phase_succeeded(&mut flow, &def, "b", 1, ok(json!(null)), now()),
+        Err(Rejected::Stale { .. })
+    ));
+    assert_eq!(flow, before, "a rejected input changes nothing");
+}
+
+#[test]
+fn pause_holds_at_the_phase_boundary_and_resume_continues() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    pause(&mut flow, now()).unwrap();
+    assert!(
+        pause(&mut flow, now()).unwrap().is_empty(),
+        "pause is idempotent"
+    );
+    let step = phase_succeeded(&mut flow, &def, "a", 1, ok(json!(null)), now()).unwrap();
+    assert_eq!(step.effect, Effect::None, "no phase starts while paused");
+    assert_eq!(flow.current_phase.as_deref(), Some("b"));
+    assert_eq!(flow.phases[1].status, PhaseStatus::Pending);
+    let step = resume(&mut flow, &def, false, now()).unwrap();
+    assert_eq!(step.events[0].kind, EventKind::FlowResumed);
+    assert_eq!(
+        step.effect,
+        Effect::RunPhase {
+            phase: "b".into(),
+            attempt: 1
+        }
+    );
+}
+
+#[test]
+fn resume_does_not_restart_a_phase_still_in_flight() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    pause(&mut flow, now()).unwrap();
+    let step = resume(&mut flow, &def, true, now()).unwrap();
+    assert_eq!(step.effect, Effect::None);
+}
+
+#[test]
+fn cancel_is_terminal_and_idempotent() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let step = cancel(&mut flow, now()).unwrap();
+    assert_eq!(step.effect, Effect::Stop);
+    assert_eq!(flow.status, FlowStatus::Cancelled);
+    assert_eq!(flow.phases[0].status, PhaseStatus::Failed);
+    assert!(cancel(&mut flow, now()).unwrap().is_empty());
+    assert_eq!(
+        resume(&mut flow, &def, false, now()),
+        Err(Rejected::IllegalTransition(FlowStatus::Cancelled))
+    );
+    assert!(matches!(
+        phase_succeeded(&mut flow, &def, "a", 1, ok(json!(null)), now()),
+        Err(Rejected::Stale { .. })
+    ));
+}
+
+#[test]
+fn retry_resumes_a_failed_flow_at_the_failed_phase() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    phase_succeeded(&mut flow, &def, "a", 1, ok(json!(null)), now()).unwrap();
+    phase_failed(
+        &mut flow,
+        &def,
+        "b",
+        1,
+        HandlerError::fatal("x", "no"),
+        now(),
+    )
+    .unwrap();
+    let step = retry(&mut flow, &def, now()).unwrap();
+    assert_eq!(step.events[0].kind, EventKind::FlowRetried);
+    assert_eq!(
+        step.effect,
+        Effect::RunPhase {
+            phase: "b".into(),
+            attempt: 2
+        }
+    );
+    assert_eq!(
+        flow.phases[0].status,
+        PhaseStatus::Succeeded,
+        "earlier phases are kept"
+    );
+    assert!(retry(&mut flow, &def, now()).unwrap().is_empty());
+}
+
+#[test]
+fn recovery_reruns_the_interrupted_attempt_and_nothing_before_it() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    phase_succeeded(&mut flow, &def, "a", 1, ok(json!(null)), now()).unwrap();
+    let stored = flow.clone();
+    let mut recovered = stored.clone();
+    let step = recover(&mut recovered, &def, now());
+    assert!(step.events.is_empty());
+    assert_eq!(
+        step.effect,
+        Effect::RunPhase {
+            phase: "b".into(),
+            attempt: 1
+        }
+    );
+    assert_eq!(recovered, stored);
+}
+
+#[test]
+fn handlers_may_jump_or_finish_early() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let jump = PhaseOutput {
+        output: json!(null),
+        next_phase: NextPhase::Named("c".into()),
+    };
+    let step = phase_succeeded(&mut flow, &def, "a", 1, jump, now()).unwrap();
+    assert_eq!(
+        step.effect,
+        Effect::RunPhase {
+            phase: "c".into(),
+            attempt: 1
+        }
+    );
+    let finish = PhaseOutput {
+        output: json!(null),
+        next_phase: NextPhase::Finish,
+    };
+    phase_succeeded(&mut flow, &def, "c", 1, finish, now()).unwrap();
+    assert_eq!(flow.status, FlowStatus::Completed);
+    assert_eq!(flow.phases[1].status, PhaseStatus::Skipped);
+    assert_eq!(flow.progress_percentage, 100.0);
+}
+
+#[test]
+fn an_unknown_next_phase_fails_the_phase() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let bad = PhaseOutput {
+        output: json!(null),
+        next_phase: NextPhase::Named("nope".into()),
+    };
+    let step = phase_succeeded(&mut flow, &def, "a", 1, bad, now()).unwrap();
+    assert_eq!(step.failure.unwrap().error_kind, "invalid_next_phase");
+    assert_eq!(flow.status, FlowStatus::Failed);
+}
+
+#[test]
+fn backoff_doubles_and_is_capped() {
+    assert_eq!(backoff(100, 1), Duration::from_millis(100));
+    assert_eq!(backoff(100, 3), Duration::from_millis(400));
+    assert_eq!(backoff(100, 40), MAX_BACKOFF);
+}
