@@ -3,13 +3,29 @@
 //! - [`ids`]: flow and tenant identifiers.
 //! - [`definition`]: flow types, their phases and validation.
 //! - [`model`]: flow and phase state, as stored and served.
+//! - [`machine`]: the pure state machine of a flow's lifecycle.
+//! - [`handler`]: the phase handler trait; [`builtin`]: `noop`, `sleep`, `fail`.
 //! - [`events`]: flow events and their fan-out to subscribers.
-//! - [`store`]: the storage contract the runtime writes through.
+//! - [`store`]: the storage contract; [`memory_store`]: an in-memory store for tests.
+//! - [`error`]: the runtime's errors.
+//! - Actors, one folder each with its messages: [`supervisor`], [`flow`], [`registry`],
+//!   [`persistence`], [`health`].
+//! - [`runtime`]: the handle that starts the actors and that callers hold.
 pub mod builtin;
 pub mod definition;
+pub mod error;
 pub mod events;
+pub mod flow;
 pub mod handler;
+pub mod health;
 pub mod ids;
 pub mod machine;
+pub mod memory_store;
 pub mod model;
+pub mod persistence;
+pub mod registry;
+pub mod runtime;
 pub mod store;
+pub mod supervisor;
+
+pub use runtime::{Runtime, RuntimeConfig};

@@ -352,6 +352,52 @@ pub fn retry(
     }
 }
 
+/// The runtime gives up on the flow (e.g. it crashed too often): fail it loudly, with a journal row.
+pub fn abort(
+    flow: &mut FlowState,
+    error_kind: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
+    if flow.status.is_terminal() {
+        return Err(Rejected::IllegalTransition(flow.status));
+    }
+    let mut step = Step::new();
+    let mut phase = None;
+    let mut attempt = 0;
+    if let Some((index, row)) = flow.current() {
+        phase = Some(row.name.clone());
+        attempt = row.attempt;
+        if row.status == PhaseStatus::Running {
+            let row = &mut flow.phases[index];
+            row.status = PhaseStatus::Failed;
+            row.finished_at = Some(now);
+            row.error = Some(message.to_owned());
+            step.touch(index);
+        }
+    }
+    step.failure = Some(FailureRecord {
+        id: 0,
+        flow_id: flow.id,
+        master_flow_id: flow.master_flow_id,
+        phase,
+        attempt,
+        error_kind: error_kind.to_owned(),
+        message: message.to_owned(),
+        diagnostic: json!({}),
+        at: now,
+    });
+    flow.status = FlowStatus::Failed;
+    step.emit(
+        flow,
+        EventKind::FlowFailed,
+        Some(format!("{error_kind}: {message}")),
+        now,
+    );
+    step.effect = Effect::Stop;
+    Ok(step)
+}
+
 fn merge(mut first: Step, rest: Step) -> Step {
     first.events.extend(rest.events);
     for index in rest.touched {
@@ -396,11 +442,11 @@ fn advance(
         Some(name) => {
             // Paused: the next phase waits, pending, for `resume`.
             flow.next_phase = definition.default_next(&name).map(str::to_owned);
-            if let Some(index) = flow.phase_index(&name) {
-                if flow.phases[index].status != PhaseStatus::Pending {
-                    flow.phases[index].status = PhaseStatus::Pending;
-                    step.touch(index);
-                }
+            if let Some(index) = flow.phase_index(&name)
+                && flow.phases[index].status != PhaseStatus::Pending
+            {
+                flow.phases[index].status = PhaseStatus::Pending;
+                step.touch(index);
             }
             flow.current_phase = Some(name);
         }

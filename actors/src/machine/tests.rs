@@ -345,3 +345,24 @@ fn backoff_doubles_and_is_capped() {
     assert_eq!(backoff(100, 3), Duration::from_millis(400));
     assert_eq!(backoff(100, 40), MAX_BACKOFF);
 }
+
+#[test]
+fn abort_fails_the_flow_with_a_journal_row() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let step = abort(
+        &mut flow,
+        "restart_intensity_exceeded",
+        "too many restarts",
+        now(),
+    )
+    .unwrap();
+    assert_eq!(flow.status, FlowStatus::Failed);
+    assert_eq!(
+        step.failure.unwrap().error_kind,
+        "restart_intensity_exceeded"
+    );
+    assert_eq!(flow.phases[0].status, PhaseStatus::Failed);
+    assert!(abort(&mut flow, "x", "y", now()).is_err());
+}

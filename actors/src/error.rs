@@ -1,0 +1,64 @@
+//! The runtime's error type, by what the caller should do.
+
+use crate::definition::DefinitionError;
+use crate::ids::FlowId;
+use crate::model::FlowStatus;
+use crate::store::StoreError;
+
+/// Why a runtime request failed. Each variant maps to one HTTP status in the API layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No flow type by that name (or version) is registered.
+    #[error("unknown flow type `{0}`")]
+    UnknownFlowType(String),
+    /// No such flow for this tenant.
+    #[error("flow {0} not found")]
+    FlowNotFound(FlowId),
+    /// The named parent flow does not exist for this tenant.
+    #[error("parent flow {0} not found")]
+    ParentNotFound(FlowId),
+    /// The lifecycle forbids the request in the flow's current status.
+    #[error("the flow is {status}; that transition is not allowed")]
+    IllegalTransition { status: FlowStatus },
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key `{0}` was used for a different request")]
+    IdempotencyMismatch(String),
+    /// A definition failed validation.
+    #[error("invalid flow type: {0}")]
+    InvalidDefinition(#[from] DefinitionError),
+    /// That (name, version) exists with different content; versions are immutable.
+    #[error("flow type {name} version {version} exists with a different definition")]
+    VersionConflict { name: String, version: u32 },
+    /// The database or an actor is unavailable; the request may be retried.
+    #[error("runtime unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for RuntimeError {
+    fn from(error: StoreError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
+impl From<actix::MailboxError> for RuntimeError {
+    fn from(error: actix::MailboxError) -> Self {
+        Self::Unavailable(format!("actor mailbox: {error}"))
+    }
+}
+
+/// A commit that did not happen; the writer must not act as if it had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PersistError {
+    /// The database refused or could not take the batch.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// The persistence actor stopped before answering.
+    #[error("persistence actor stopped")]
+    Stopped,
+}
+
+impl From<PersistError> for RuntimeError {
+    fn from(error: PersistError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}

@@ -1,0 +1,52 @@
+//! Messages of a flow actor.
+
+use actix::Message;
+
+use crate::error::RuntimeError;
+use crate::handler::PhaseResult;
+use crate::ids::FlowId;
+use crate::model::{FlowState, FlowStatus};
+
+/// An attempt's handler task ended; sent by that task to its flow's mailbox.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PhaseFinished {
+    pub phase: String,
+    pub attempt: u32,
+    pub result: PhaseResult,
+}
+
+/// A lifecycle request from a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlCommand {
+    Pause,
+    Resume,
+    Cancel,
+    Retry,
+}
+
+/// Applies a lifecycle request; answered with the flow once the transition has committed.
+#[derive(Message)]
+#[rtype(result = "Result<FlowState, RuntimeError>")]
+pub struct Control(pub ControlCommand);
+
+/// Are you alive? A flow actor answers from its mailbox, so a blocked mailbox shows as silence.
+#[derive(Message)]
+#[rtype(result = "Pong")]
+pub struct Ping;
+
+/// A flow actor's answer to [`Ping`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pong {
+    pub flow_id: FlowId,
+    pub status: FlowStatus,
+    /// The phase whose handler is running, and its attempt.
+    pub in_flight: Option<(String, u32)>,
+    /// Unix ms of the running handler's last heartbeat.
+    pub last_heartbeat_ms: Option<i64>,
+}
+
+/// Stops the actor without marking the flow finished: its stored state stays as it is.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopFlow;

@@ -1,0 +1,451 @@
+//! The flow actor: owns one live flow. Its mailbox drives phase execution; handlers run as their
+//! own tasks and report back with [`PhaseFinished`], so the mailbox never blocks on phase work.
+//! Every transition is committed (and acked) before its effect — the next phase — is carried out.
+
+pub mod messages;
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde_json::Map;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::definition::FlowType;
+use crate::error::RuntimeError;
+use crate::handler::{HandlerError, HandlerSet, Heartbeat, PhaseContext};
+use crate::machine::{self, Effect, Rejected, Step};
+use crate::model::{FlowState, PhaseStatus, now};
+use crate::persistence::{Persist, PersistenceActor};
+use crate::store::{FlowUpdate, TransitionWrite, Write};
+use crate::supervisor::messages::FlowStopped;
+pub use messages::{Control, ControlCommand, PhaseFinished, Ping, Pong, StopFlow};
+
+/// What every flow actor shares: handlers, the writer, and whom to tell when it stops.
+#[derive(Clone)]
+pub struct FlowEnv {
+    pub handlers: Arc<HandlerSet>,
+    pub persistence: Addr<PersistenceActor>,
+    pub stopped: Recipient<FlowStopped>,
+    /// Deadline of an attempt whose phase names no `timeout_s`.
+    pub default_timeout: Duration,
+}
+
+/// How a new actor begins.
+pub enum StartMode {
+    /// The creating transition is committed already; carry out its effect.
+    Run(Effect),
+    /// Rebuild from the stored state: after a crash, a restart or at boot.
+    Recover,
+    /// Do nothing until told (a terminal flow woken up for `retry`).
+    Idle,
+}
+
+struct RunningAttempt {
+    phase: String,
+    attempt: u32,
+    cancellation: CancellationToken,
+    abort: tokio::task::AbortHandle,
+    heartbeat: Heartbeat,
+}
+
+impl RunningAttempt {
+    fn stop(&self) {
+        self.cancellation.cancel();
+        self.abort.abort();
+    }
+}
+
+type Reply = oneshot::Sender<Result<FlowState, RuntimeError>>;
+
+struct Outgoing {
+    write: TransitionWrite,
+    effect: Effect,
+    /// For control requests: the caller and the flow as this transition left it.
+    reply: Option<(Reply, FlowState)>,
+}
+
+/// One live flow.
+pub struct FlowActor {
+    flow: FlowState,
+    definition: Arc<FlowType>,
+    env: FlowEnv,
+    start: Option<StartMode>,
+    generation: u64,
+    in_flight: Option<RunningAttempt>,
+    /// Transitions waiting for the write ahead of them: one write in flight keeps the stored
+    /// history a prefix of the in-memory one, whatever fails.
+    outbox: VecDeque<Outgoing>,
+    writing: bool,
+    finished: bool,
+}
+
+impl FlowActor {
+    /// `generation` tells the supervisor which life of the flow a stop notice is about.
+    pub fn new(
+        flow: FlowState,
+        definition: Arc<FlowType>,
+        env: FlowEnv,
+        start: StartMode,
+        generation: u64,
+    ) -> Self {
+        Self {
+            flow,
+            definition,
+            env,
+            start: Some(start),
+            generation,
+            in_flight: None,
+            outbox: VecDeque::new(),
+            writing: false,
+            finished: false,
+        }
+    }
+
+    /// Queues a step's writes; its effect follows their commit. Empty steps act at once.
+    fn apply(&mut self, step: Step, reply: Option<Reply>, ctx: &mut Context<Self>) {
+        if step.is_empty() && self.outbox.is_empty() && !self.writing {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(self.flow.clone()));
+            }
+            self.carry_out(step.effect, ctx);
+            return;
+        }
+        let write = TransitionWrite {
+            flow_id: self.flow.id,
+            create: None,
+            flow: FlowUpdate::of(&self.flow),
+            phases: step
+                .touched
+                .iter()
+                .map(|&i| (i, self.flow.phases[i].clone()))
+                .collect(),
+            events: step.events,
+            failure: step.failure,
+        };
+        let reply = reply.map(|reply| (reply, self.flow.clone()));
+        self.outbox.push_back(Outgoing {
+            write,
+            effect: step.effect,
+            reply,
+        });
+        self.pump(ctx);
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.finished {
+            return;
+        }
+        let Some(outgoing) = self.outbox.pop_front() else {
+            return;
+        };
+        self.writing = true;
+        let Outgoing {
+            write,
+            effect,
+            reply,
+        } = outgoing;
+        let commit = self.env.persistence.send(Persist(Write::Transition(write)));
+        ctx.spawn(commit.into_actor(self).map(move |result, act, ctx| {
+            act.writing = false;
+            let result = result.map_err(RuntimeError::from).and_then(|r| r.map_err(RuntimeError::from));
+            match result {
+                Ok(()) => {
+                    if let Some((reply, flow)) = reply {
+                        let _ = reply.send(Ok(flow));
+                    }
+                    act.carry_out(effect, ctx);
+                    act.pump(ctx);
+                }
+                Err(error) => {
+                    // The stored state is the truth: stop and let the supervisor rebuild from it.
+                    error!(flow_id = %act.flow.id, %error, "transition not committed; restarting from stored state");
+                    if let Some((reply, _)) = reply {
+                        let _ = reply.send(Err(error));
+                    }
+                    for pending in act.outbox.drain(..) {
+                        if let Some((reply, _)) = pending.reply {
+                            let _ = reply.send(Err(RuntimeError::Unavailable("transition not committed".into())));
+                        }
+                    }
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+
+    fn carry_out(&mut self, effect: Effect, ctx: &mut Context<Self>) {
+        match effect {
+            Effect::None => {}
+            Effect::RunPhase { phase, attempt } => self.run_attempt(phase, attempt, ctx),
+            Effect::RetryAfter { phase, delay } => {
+                ctx.run_later(delay, move |act, ctx| {
+                    match machine::retry_due(&mut act.flow, &act.definition, &phase, now()) {
+                        Ok(step) => act.apply(step, None, ctx),
+                        Err(rejected) => {
+                            debug!(flow_id = %act.flow.id, %rejected, "retry no longer due")
+                        }
+                    }
+                });
+            }
+            Effect::Stop => {
+                info!(flow_id = %self.flow.id, status = %self.flow.status, "flow finished");
+                self.finished = true;
+                ctx.stop();
+            }
+        }
+    }
+
+    /// Starts an attempt as its own task; its result comes back as [`PhaseFinished`].
+    fn run_attempt(&mut self, phase: String, attempt: u32, ctx: &mut Context<Self>) {
+        let current = self
+            .flow
+            .current()
+            .map(|(_, p)| (p.name.as_str(), p.attempt, p.status));
+        if current != Some((phase.as_str(), attempt, PhaseStatus::Running))
+            || self.in_flight.is_some()
+            || self.flow.status.is_terminal()
+        {
+            debug!(flow_id = %self.flow.id, %phase, attempt, "attempt no longer current; not started");
+            return;
+        }
+        let Some(definition) = self.definition.phase(&phase) else {
+            return;
+        };
+        let span = info_span!("phase", flow_id = %self.flow.id, phase = %phase, attempt);
+        let Some(handler) = self.env.handlers.get(&definition.handler) else {
+            let error = HandlerError::fatal(
+                "handler_missing",
+                format!(
+                    "no handler `{}` is registered in this runtime",
+                    definition.handler
+                ),
+            );
+            ctx.notify(PhaseFinished {
+                phase,
+                attempt,
+                result: Err(error),
+            });
+            return;
+        };
+        let cancellation = CancellationToken::new();
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat();
+        let context = PhaseContext {
+            flow_id: self.flow.id,
+            master_flow_id: self.flow.master_flow_id,
+            parent_flow_id: self.flow.parent_flow_id,
+            tenant: self.flow.tenant(),
+            flow_type: self.flow.flow_type.clone(),
+            phase: phase.clone(),
+            params: definition.params.clone(),
+            input: self.flow.input.clone(),
+            outputs: self.outputs(),
+            attempt,
+            idempotency_key: format!("{}:{}:{}", self.flow.id, phase, attempt),
+            cancellation: cancellation.clone(),
+            heartbeat: heartbeat.clone(),
+        };
+        let timeout = definition
+            .timeout_s
+            .map_or(self.env.default_timeout, Duration::from_secs);
+        let task = tokio::spawn(handler.run(context).instrument(span.clone()));
+        let abort = task.abort_handle();
+        let on_timeout = (cancellation.clone(), task.abort_handle());
+        let flow = ctx.address();
+        let reported_phase = phase.clone();
+        tokio::spawn(
+            async move {
+                let result = match tokio::time::timeout(timeout, task).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(join)) if join.is_panic() => {
+                        let message = panic_message(join.into_panic());
+                        error!(%message, "phase handler panicked");
+                        Err(HandlerError::retryable("panic", message))
+                    }
+                    Ok(Err(_)) => Err(HandlerError::fatal("cancelled", "the attempt was aborted")),
+                    Err(_) => {
+                        on_timeout.0.cancel();
+                        on_timeout.1.abort();
+                        Err(HandlerError::retryable(
+                            "timeout",
+                            format!("no result within {}s", timeout.as_secs_f64()),
+                        ))
+                    }
+                };
+                flow.do_send(PhaseFinished {
+                    phase: reported_phase,
+                    attempt,
+                    result,
+                });
+            }
+            .instrument(span),
+        );
+        self.in_flight = Some(RunningAttempt {
+            phase,
+            attempt,
+            cancellation,
+            abort,
+            heartbeat,
+        });
+    }
+
+    fn outputs(&self) -> Map<String, serde_json::Value> {
+        self.flow
+            .phases
+            .iter()
+            .filter(|p| p.status == PhaseStatus::Succeeded)
+            .filter_map(|p| Some((p.name.clone(), p.output.clone()?)))
+            .collect()
+    }
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+impl Actor for FlowActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        match self.start.take() {
+            Some(StartMode::Run(effect)) => self.carry_out(effect, ctx),
+            Some(StartMode::Recover) => {
+                let step = machine::recover(&mut self.flow, &self.definition, now());
+                debug!(flow_id = %self.flow.id, status = %self.flow.status, "flow recovered");
+                self.apply(step, None, ctx);
+            }
+            Some(StartMode::Idle) | None => {}
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(attempt) = self.in_flight.take() {
+            attempt.stop();
+        }
+        self.env.stopped.do_send(FlowStopped {
+            flow_id: self.flow.id,
+            generation: self.generation,
+            finished: self.finished,
+        });
+    }
+}
+
+impl Handler<PhaseFinished> for FlowActor {
+    type Result = ();
+
+    fn handle(&mut self, message: PhaseFinished, ctx: &mut Self::Context) {
+        let PhaseFinished {
+            phase,
+            attempt,
+            result,
+        } = message;
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|r| r.phase == phase && r.attempt == attempt)
+        {
+            self.in_flight = None;
+        }
+        let now = now();
+        let step = match result {
+            Ok(output) => machine::phase_succeeded(
+                &mut self.flow,
+                &self.definition,
+                &phase,
+                attempt,
+                output,
+                now,
+            ),
+            Err(error) => {
+                warn!(flow_id = %self.flow.id, %phase, attempt, kind = %error.kind, message = %error.message, "phase attempt failed");
+                machine::phase_failed(
+                    &mut self.flow,
+                    &self.definition,
+                    &phase,
+                    attempt,
+                    error,
+                    now,
+                )
+            }
+        };
+        match step {
+            Ok(step) => self.apply(step, None, ctx),
+            Err(rejected) => debug!(flow_id = %self.flow.id, %rejected, "late result ignored"),
+        }
+    }
+}
+
+impl Handler<Control> for FlowActor {
+    type Result = ResponseFuture<Result<FlowState, RuntimeError>>;
+
+    fn handle(&mut self, Control(command): Control, ctx: &mut Self::Context) -> Self::Result {
+        let now = now();
+        let in_flight = self.in_flight.is_some();
+        let result = match command {
+            ControlCommand::Pause => machine::pause(&mut self.flow, now),
+            ControlCommand::Resume => {
+                machine::resume(&mut self.flow, &self.definition, in_flight, now)
+            }
+            ControlCommand::Cancel => machine::cancel(&mut self.flow, now),
+            ControlCommand::Retry => machine::retry(&mut self.flow, &self.definition, now),
+        };
+        match result {
+            Ok(step) => {
+                info!(flow_id = %self.flow.id, ?command, status = %self.flow.status, "lifecycle request applied");
+                if command == ControlCommand::Cancel
+                    && let Some(attempt) = self.in_flight.take()
+                {
+                    attempt.stop();
+                }
+                let (reply, answer) = oneshot::channel();
+                self.apply(step, Some(reply), ctx);
+                Box::pin(async move {
+                    answer.await.unwrap_or_else(|_| {
+                        Err(RuntimeError::Unavailable("flow actor stopped".into()))
+                    })
+                })
+            }
+            Err(Rejected::IllegalTransition(status)) => {
+                Box::pin(async move { Err(RuntimeError::IllegalTransition { status }) })
+            }
+            Err(rejected @ Rejected::Stale { .. }) => {
+                Box::pin(async move { Err(RuntimeError::Unavailable(rejected.to_string())) })
+            }
+        }
+    }
+}
+
+impl Handler<Ping> for FlowActor {
+    type Result = MessageResult<Ping>;
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) -> Self::Result {
+        MessageResult(Pong {
+            flow_id: self.flow.id,
+            status: self.flow.status,
+            in_flight: self
+                .in_flight
+                .as_ref()
+                .map(|r| (r.phase.clone(), r.attempt)),
+            last_heartbeat_ms: self.in_flight.as_ref().map(|r| r.heartbeat.last_beat_ms()),
+        })
+    }
+}
+
+impl Handler<StopFlow> for FlowActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopFlow, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,90 @@
+//! The health actor: pings every flow actor each interval. One whose mailbox does not answer
+//! in time (blocked, hung or dead) is restarted by the supervisor from stored state; the
+//! supervisor's restart intensity turns a restart loop into a failed flow with a journal row.
+
+pub mod messages;
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use tracing::warn;
+
+use crate::flow::Ping;
+use crate::supervisor::{LiveFlows, RestartFlow, Supervisor};
+pub use messages::{GetHealthStats, HealthStats};
+
+/// Pings flow actors and reports the silent ones.
+pub struct HealthActor {
+    supervisor: Addr<Supervisor>,
+    interval: Duration,
+    timeout: Duration,
+    sweeping: bool,
+    stats: HealthStats,
+}
+
+impl HealthActor {
+    /// A health actor that pings every `interval` and waits `timeout` for each answer.
+    pub fn new(supervisor: Addr<Supervisor>, interval: Duration, timeout: Duration) -> Self {
+        Self {
+            supervisor,
+            interval,
+            timeout,
+            sweeping: false,
+            stats: HealthStats::default(),
+        }
+    }
+
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        if self.sweeping {
+            return;
+        }
+        self.sweeping = true;
+        let supervisor = self.supervisor.clone();
+        let timeout = self.timeout;
+        let pings = async move {
+            let flows = supervisor.send(LiveFlows).await.unwrap_or_default();
+            let answers = join_all(flows.into_iter().map(|(flow_id, addr)| async move {
+                let answer = addr.send(Ping).timeout(timeout).await;
+                (flow_id, answer)
+            }))
+            .await;
+            let total = answers.len() as u64;
+            let silent: Vec<_> = answers
+                .into_iter()
+                .filter_map(|(flow_id, answer)| answer.err().map(|error| (flow_id, error)))
+                .collect();
+            (total, silent)
+        };
+        ctx.spawn(pings.into_actor(self).map(|(total, silent), act, _| {
+            act.sweeping = false;
+            act.stats.sweeps += 1;
+            act.stats.pings += total;
+            act.stats.pings_missed += silent.len() as u64;
+            for (flow_id, error) in silent {
+                warn!(flow_id = %flow_id, %error, "flow actor did not answer its ping");
+                act.stats.restarts_requested += 1;
+                act.supervisor.do_send(RestartFlow {
+                    flow_id,
+                    reason: format!("no answer to ping: {error}"),
+                });
+            }
+        }));
+    }
+}
+
+impl Actor for HealthActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.interval, |act, ctx| act.sweep(ctx));
+    }
+}
+
+impl Handler<GetHealthStats> for HealthActor {
+    type Result = MessageResult<GetHealthStats>;
+
+    fn handle(&mut self, _: GetHealthStats, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.stats)
+    }
+}

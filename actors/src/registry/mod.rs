@@ -1,0 +1,123 @@
+//! The registry actor: the single source of flow types, from config, the API and Rust code.
+//! Versions are immutable once registered, so a flow always runs the definition it started with.
+
+pub mod messages;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tracing::info;
+
+use crate::definition::FlowType;
+use crate::error::RuntimeError;
+use crate::handler::HandlerSet;
+use crate::persistence::{Persist, PersistenceActor};
+use crate::store::Write;
+pub use messages::{GetFlowType, ListFlowTypes, RegisterFlowType};
+
+/// Holds every registered version of every flow type.
+pub struct Registry {
+    types: HashMap<String, BTreeMap<u32, Arc<FlowType>>>,
+    handlers: Arc<HandlerSet>,
+    persistence: Addr<PersistenceActor>,
+}
+
+impl Registry {
+    /// A registry holding the versions already stored.
+    pub fn new(
+        stored: Vec<FlowType>,
+        handlers: Arc<HandlerSet>,
+        persistence: Addr<PersistenceActor>,
+    ) -> Self {
+        let mut types: HashMap<String, BTreeMap<u32, Arc<FlowType>>> = HashMap::new();
+        for definition in stored {
+            types
+                .entry(definition.name.clone())
+                .or_default()
+                .insert(definition.version, Arc::new(definition));
+        }
+        Self {
+            types,
+            handlers,
+            persistence,
+        }
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+}
+
+impl Handler<RegisterFlowType> for Registry {
+    type Result = ResponseActFuture<Self, Result<Arc<FlowType>, RuntimeError>>;
+
+    fn handle(
+        &mut self,
+        RegisterFlowType(definition): RegisterFlowType,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let handlers = self.handlers.clone();
+        if let Err(error) = definition.validate(|name| handlers.contains(name)) {
+            return Box::pin(fut::ready(Err(error.into())));
+        }
+        let versions = self.types.entry(definition.name.clone()).or_default();
+        if let Some(existing) = versions.get(&definition.version) {
+            let result = if **existing == definition {
+                Ok(existing.clone())
+            } else {
+                Err(RuntimeError::VersionConflict {
+                    name: definition.name,
+                    version: definition.version,
+                })
+            };
+            return Box::pin(fut::ready(result));
+        }
+        // Claimed now so a concurrent registration of the same version sees it; released if the write fails.
+        let definition = Arc::new(definition);
+        versions.insert(definition.version, definition.clone());
+        let write = self
+            .persistence
+            .send(Persist(Write::FlowType((*definition).clone())));
+        Box::pin(write.into_actor(self).map(move |result, act, _| {
+            match result.map_err(RuntimeError::from).and_then(|r| r.map_err(RuntimeError::from)) {
+                Ok(()) => {
+                    info!(flow_type = %definition.name, version = definition.version, "flow type registered");
+                    Ok(definition)
+                }
+                Err(error) => {
+                    if let Some(versions) = act.types.get_mut(&definition.name) {
+                        versions.remove(&definition.version);
+                    }
+                    Err(error)
+                }
+            }
+        }))
+    }
+}
+
+impl Handler<GetFlowType> for Registry {
+    type Result = Option<Arc<FlowType>>;
+
+    fn handle(&mut self, message: GetFlowType, _: &mut Self::Context) -> Self::Result {
+        let versions = self.types.get(&message.name)?;
+        match message.version {
+            Some(version) => versions.get(&version).cloned(),
+            None => versions.values().next_back().cloned(),
+        }
+    }
+}
+
+impl Handler<ListFlowTypes> for Registry {
+    type Result = Vec<Arc<FlowType>>;
+
+    fn handle(&mut self, _: ListFlowTypes, _: &mut Self::Context) -> Self::Result {
+        let mut latest: Vec<_> = self
+            .types
+            .values()
+            .filter_map(|versions| versions.values().next_back().cloned())
+            .collect();
+        latest.sort_by(|a, b| a.name.cmp(&b.name));
+        latest
+    }
+}

@@ -1,0 +1,246 @@
+//! The runtime handle: what HTTP handlers, the CLI and embedding programs hold. It starts the
+//! actors and turns requests into messages, mailbox failures into [`RuntimeError`]s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::broadcast;
+
+use crate::definition::FlowType;
+use crate::error::RuntimeError;
+use crate::events::{EventFanout, FlowEvent};
+use crate::flow::ControlCommand;
+use crate::handler::HandlerSet;
+use crate::health::{GetHealthStats, HealthActor, HealthStats};
+use crate::ids::{FlowId, Tenant};
+use crate::model::{FailureRecord, FlowState, NewFlow};
+use crate::persistence::{GetStats, PersistenceActor, PersistenceStats};
+use crate::registry::{GetFlowType, ListFlowTypes, RegisterFlowType, Registry};
+use crate::store::{FlowQuery, FlowStore};
+use crate::supervisor::{
+    ControlFlow, CreateFlow, CreatedFlow, LiveFlows, RecoverFlows, RestartIntensity, Supervisor,
+    SupervisorParts,
+};
+
+/// Tuning of the runtime; the application fills it from its configuration.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Deadline of a phase attempt whose phase names no `timeout_s`.
+    pub default_phase_timeout: Duration,
+    /// Arbiters (threads) that flow actors are spread over; one per core by default.
+    pub flow_arbiters: usize,
+    /// Most writes in one transaction.
+    pub max_batch: usize,
+    /// Events a subscriber may fall behind before it must catch up from the database.
+    pub event_buffer: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub restart_intensity: RestartIntensity,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            default_phase_timeout: Duration::from_secs(300),
+            flow_arbiters: std::thread::available_parallelism().map_or(2, usize::from),
+            max_batch: 4096,
+            event_buffer: 16_384,
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(5),
+            restart_intensity: RestartIntensity {
+                max_restarts: 3,
+                window: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+/// A cheap-to-clone handle on a running runtime.
+#[derive(Clone)]
+pub struct Runtime {
+    supervisor: Addr<Supervisor>,
+    registry: Addr<Registry>,
+    persistence: Addr<PersistenceActor>,
+    health: Addr<HealthActor>,
+    store: Arc<dyn FlowStore>,
+    fanout: EventFanout,
+    handlers: Arc<HandlerSet>,
+}
+
+impl Runtime {
+    /// Starts every actor, registers `flow_types` (config or code), and resumes every stored
+    /// non-terminal flow before returning. Must be called inside an actix `System`.
+    pub async fn start(
+        config: RuntimeConfig,
+        store: Arc<dyn FlowStore>,
+        handlers: HandlerSet,
+        flow_types: Vec<FlowType>,
+    ) -> Result<Self, RuntimeError> {
+        let handlers = Arc::new(handlers);
+        let fanout = EventFanout::new(config.event_buffer);
+        let last_event_id = store.max_event_id().await?;
+        let persistence = {
+            let store = store.clone();
+            let fanout = fanout.clone();
+            let max_batch = config.max_batch;
+            PersistenceActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                PersistenceActor::new(store, fanout, last_event_id, max_batch)
+            })
+        };
+        let stored = store.load_flow_types().await?;
+        let registry = Registry::new(stored, handlers.clone(), persistence.clone()).start();
+        for definition in flow_types {
+            registry.send(RegisterFlowType(definition)).await??;
+        }
+        let arbiters = (0..config.flow_arbiters.max(1))
+            .map(|_| Arbiter::new().handle())
+            .collect();
+        let supervisor = Supervisor::new(SupervisorParts {
+            arbiters,
+            handlers: handlers.clone(),
+            persistence: persistence.clone(),
+            registry: registry.clone(),
+            store: store.clone(),
+            default_timeout: config.default_phase_timeout,
+            intensity: config.restart_intensity,
+        })
+        .start();
+        supervisor.send(RecoverFlows).await??;
+        let health = HealthActor::new(
+            supervisor.clone(),
+            config.ping_interval,
+            config.ping_timeout,
+        )
+        .start();
+        Ok(Self {
+            supervisor,
+            registry,
+            persistence,
+            health,
+            store,
+            fanout,
+            handlers,
+        })
+    }
+
+    /// Creates a flow; it is `running` when this returns.
+    pub async fn create_flow(&self, request: NewFlow) -> Result<CreatedFlow, RuntimeError> {
+        self.supervisor.send(CreateFlow(request)).await?
+    }
+
+    /// Pause, resume, cancel or retry a flow of `tenant`.
+    pub async fn control(
+        &self,
+        tenant: Tenant,
+        flow_id: FlowId,
+        command: ControlCommand,
+    ) -> Result<FlowState, RuntimeError> {
+        self.supervisor
+            .send(ControlFlow {
+                flow_id,
+                tenant,
+                command,
+            })
+            .await?
+    }
+
+    /// A flow of `tenant`, as stored.
+    pub async fn flow(&self, tenant: &Tenant, flow_id: FlowId) -> Result<FlowState, RuntimeError> {
+        self.store
+            .load_flow(flow_id)
+            .await?
+            .filter(|flow| flow.tenant() == *tenant)
+            .ok_or(RuntimeError::FlowNotFound(flow_id))
+    }
+
+    /// Flows matching `query`, newest first.
+    pub async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowState>, RuntimeError> {
+        Ok(self.store.list_flows(query).await?)
+    }
+
+    /// A flow's stored events after `after`.
+    pub async fn events(
+        &self,
+        tenant: &Tenant,
+        flow_id: FlowId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<FlowEvent>, RuntimeError> {
+        self.flow(tenant, flow_id).await?;
+        Ok(self.store.flow_events(flow_id, after, limit).await?)
+    }
+
+    /// A flow's failure journal.
+    pub async fn failures(
+        &self,
+        tenant: &Tenant,
+        flow_id: FlowId,
+    ) -> Result<Vec<FailureRecord>, RuntimeError> {
+        self.flow(tenant, flow_id).await?;
+        Ok(self.store.failures(flow_id).await?)
+    }
+
+    /// Adds a flow type version (validated against this runtime's handlers).
+    pub async fn register_flow_type(
+        &self,
+        definition: FlowType,
+    ) -> Result<Arc<FlowType>, RuntimeError> {
+        self.registry.send(RegisterFlowType(definition)).await?
+    }
+
+    /// A flow type: the given version, or the latest.
+    pub async fn flow_type(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<Arc<FlowType>>, RuntimeError> {
+        Ok(self
+            .registry
+            .send(GetFlowType {
+                name: name.to_owned(),
+                version,
+            })
+            .await?)
+    }
+
+    /// The latest version of every flow type.
+    pub async fn flow_types(&self) -> Result<Vec<Arc<FlowType>>, RuntimeError> {
+        Ok(self.registry.send(ListFlowTypes).await?)
+    }
+
+    /// Every event committed from now on (filter by tenant yourself).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FlowEvent>> {
+        self.fanout.subscribe()
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Arc<dyn FlowStore> {
+        &self.store
+    }
+
+    /// The handlers this runtime knows.
+    pub fn handlers(&self) -> &HandlerSet {
+        &self.handlers
+    }
+
+    /// Counters of the persistence actor.
+    pub async fn persistence_stats(&self) -> Result<PersistenceStats, RuntimeError> {
+        Ok(self.persistence.send(GetStats).await?)
+    }
+
+    /// Counters of the health actor.
+    pub async fn health_stats(&self) -> Result<HealthStats, RuntimeError> {
+        Ok(self.health.send(GetHealthStats).await?)
+    }
+
+    /// How many flow actors are live.
+    pub async fn live_flows(&self) -> Result<usize, RuntimeError> {
+        Ok(self.supervisor.send(LiveFlows).await?.len())
+    }
+
+    /// Live event subscribers.
+    pub fn subscriber_count(&self) -> usize {
+        self.fanout.subscriber_count()
+    }
+}

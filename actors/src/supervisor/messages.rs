@@ -1,0 +1,58 @@
+//! Messages of the supervisor.
+
+use actix::{Addr, Message};
+
+use crate::error::RuntimeError;
+use crate::flow::{ControlCommand, FlowActor};
+use crate::ids::{FlowId, Tenant};
+use crate::model::{FlowState, NewFlow};
+
+/// Creates a flow and starts its actor. Answered once the flow is committed as `running`.
+#[derive(Message)]
+#[rtype(result = "Result<CreatedFlow, RuntimeError>")]
+pub struct CreateFlow(pub NewFlow);
+
+/// The answer to [`CreateFlow`].
+#[derive(Clone, Debug)]
+pub struct CreatedFlow {
+    pub flow: FlowState,
+    /// False when an idempotency key matched an existing flow.
+    pub created: bool,
+}
+
+/// Starts an actor for every stored non-terminal flow that has none. Answers how many started.
+#[derive(Message)]
+#[rtype(result = "Result<usize, RuntimeError>")]
+pub struct RecoverFlows;
+
+/// A flow actor stopped. `finished` is false for an abnormal stop, which triggers a restart.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlowStopped {
+    pub flow_id: FlowId,
+    pub generation: u64,
+    pub finished: bool,
+}
+
+/// A lifecycle request for one flow of one tenant.
+#[derive(Message)]
+#[rtype(result = "Result<FlowState, RuntimeError>")]
+pub struct ControlFlow {
+    pub flow_id: FlowId,
+    pub tenant: Tenant,
+    pub command: ControlCommand,
+}
+
+/// The live flow actors, for the health actor's pings.
+#[derive(Message)]
+#[rtype(result = "Vec<(FlowId, Addr<FlowActor>)>")]
+pub struct LiveFlows;
+
+/// Stops a flow's actor (it did not answer) and starts it again from stored state, within the
+/// restart intensity limit.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RestartFlow {
+    pub flow_id: FlowId,
+    pub reason: String,
+}

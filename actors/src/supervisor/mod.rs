@@ -1,0 +1,519 @@
+//! The supervisor: owns one flow actor per live flow, spread over one arbiter per core. It
+//! creates flows, resumes every non-terminal flow at boot, and restarts flow actors that stop
+//! abnormally — from stored state, within a restart intensity limit (OTP's intensity and period),
+//! past which the flow fails loudly instead of looping.
+
+pub mod messages;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use crate::definition::FlowType;
+use crate::error::RuntimeError;
+use crate::flow::{Control, ControlCommand, FlowActor, FlowEnv, StartMode, StopFlow};
+use crate::handler::HandlerSet;
+use crate::ids::{FlowId, Tenant};
+use crate::machine;
+use crate::model::{FlowState, now};
+use crate::persistence::{Persist, PersistenceActor};
+use crate::registry::{GetFlowType, Registry};
+use crate::store::{FlowStore, FlowUpdate, TransitionWrite, Write};
+pub use messages::{
+    ControlFlow, CreateFlow, CreatedFlow, FlowStopped, LiveFlows, RecoverFlows, RestartFlow,
+};
+
+/// How often a flow may be restarted before it is failed instead.
+#[derive(Clone, Copy, Debug)]
+pub struct RestartIntensity {
+    pub max_restarts: usize,
+    pub window: Duration,
+}
+
+struct LiveFlow {
+    addr: Addr<FlowActor>,
+    generation: u64,
+}
+
+type Waiter = oneshot::Sender<Result<CreatedFlow, RuntimeError>>;
+
+/// Owns every live flow actor.
+pub struct Supervisor {
+    flows: HashMap<FlowId, LiveFlow>,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: usize,
+    generation: u64,
+    handlers: Arc<HandlerSet>,
+    persistence: Addr<PersistenceActor>,
+    registry: Addr<Registry>,
+    store: Arc<dyn FlowStore>,
+    default_timeout: Duration,
+    intensity: RestartIntensity,
+    restarts: HashMap<FlowId, VecDeque<Instant>>,
+    /// Creates in flight per (tenant, idempotency key): later identical requests wait for the first.
+    creating: HashMap<(Tenant, String), Vec<Waiter>>,
+}
+
+/// What the supervisor needs to run flows.
+pub struct SupervisorParts {
+    pub arbiters: Vec<ArbiterHandle>,
+    pub handlers: Arc<HandlerSet>,
+    pub persistence: Addr<PersistenceActor>,
+    pub registry: Addr<Registry>,
+    pub store: Arc<dyn FlowStore>,
+    pub default_timeout: Duration,
+    pub intensity: RestartIntensity,
+}
+
+impl Supervisor {
+    /// A supervisor with no live flows yet; send [`RecoverFlows`] to resume stored ones.
+    pub fn new(parts: SupervisorParts) -> Self {
+        Self {
+            flows: HashMap::new(),
+            arbiters: parts.arbiters,
+            next_arbiter: 0,
+            generation: 0,
+            handlers: parts.handlers,
+            persistence: parts.persistence,
+            registry: parts.registry,
+            store: parts.store,
+            default_timeout: parts.default_timeout,
+            intensity: parts.intensity,
+            restarts: HashMap::new(),
+            creating: HashMap::new(),
+        }
+    }
+
+    fn spawn_flow(
+        &mut self,
+        flow: FlowState,
+        definition: Arc<FlowType>,
+        mode: StartMode,
+        ctx: &mut Context<Self>,
+    ) -> Addr<FlowActor> {
+        let env = FlowEnv {
+            handlers: self.handlers.clone(),
+            persistence: self.persistence.clone(),
+            stopped: ctx.address().recipient(),
+            default_timeout: self.default_timeout,
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let flow_id = flow.id;
+        let addr = if self.arbiters.is_empty() {
+            FlowActor::new(flow, definition, env, mode, generation).start()
+        } else {
+            let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+            self.next_arbiter = self.next_arbiter.wrapping_add(1);
+            FlowActor::start_in_arbiter(arbiter, move |_| {
+                FlowActor::new(flow, definition, env, mode, generation)
+            })
+        };
+        self.flows.insert(
+            flow_id,
+            LiveFlow {
+                addr: addr.clone(),
+                generation,
+            },
+        );
+        addr
+    }
+
+    /// Counts a restart; false once the flow exceeded its restart intensity.
+    fn allow_restart(&mut self, flow_id: FlowId) -> bool {
+        let window = self.intensity.window;
+        let history = self.restarts.entry(flow_id).or_default();
+        let now = Instant::now();
+        while history
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > window)
+        {
+            history.pop_front();
+        }
+        history.push_back(now);
+        history.len() <= self.intensity.max_restarts
+    }
+
+    /// Loads the flow and starts a fresh actor for it (or fails it past the restart intensity).
+    fn restart(&mut self, flow_id: FlowId, reason: String, ctx: &mut Context<Self>) {
+        let exceeded = !self.allow_restart(flow_id);
+        let attempts = self.restarts.get(&flow_id).map_or(0, VecDeque::len) as u32;
+        let delay = crate::machine::backoff(50, attempts.max(1));
+        let store = self.store.clone();
+        let registry = self.registry.clone();
+        let persistence = self.persistence.clone();
+        ctx.run_later(delay, move |act, ctx| {
+            let load = async move {
+                let Some(mut flow) = store.load_flow(flow_id).await? else {
+                    return Ok(None);
+                };
+                if flow.status.is_terminal() {
+                    return Ok(None);
+                }
+                if exceeded {
+                    let message = format!("restarted too often; last cause: {reason}");
+                    if let Ok(step) =
+                        machine::abort(&mut flow, "restart_intensity_exceeded", &message, now())
+                    {
+                        persist_step(&persistence, &flow, step).await?;
+                    }
+                    error!(flow_id = %flow_id, %message, "flow failed: restart intensity exceeded");
+                    return Ok(None);
+                }
+                let definition = definition_of(&registry, &flow).await?;
+                Ok::<_, RuntimeError>(Some((flow, definition)))
+            };
+            ctx.spawn(
+                load.into_actor(act)
+                    .map(move |result, act, ctx| match result {
+                        Ok(Some((flow, definition))) if !act.flows.contains_key(&flow_id) => {
+                            info!(flow_id = %flow_id, "flow actor restarted from stored state");
+                            act.spawn_flow(flow, definition, StartMode::Recover, ctx);
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            warn!(flow_id = %flow_id, %error, "restart failed; trying again");
+                            act.restart(flow_id, error.to_string(), ctx);
+                        }
+                    }),
+            );
+        });
+    }
+}
+
+async fn definition_of(
+    registry: &Addr<Registry>,
+    flow: &FlowState,
+) -> Result<Arc<FlowType>, RuntimeError> {
+    registry
+        .send(GetFlowType {
+            name: flow.flow_type.clone(),
+            version: Some(flow.flow_type_version),
+        })
+        .await?
+        .ok_or_else(|| {
+            RuntimeError::UnknownFlowType(format!("{} v{}", flow.flow_type, flow.flow_type_version))
+        })
+}
+
+async fn persist_step(
+    persistence: &Addr<PersistenceActor>,
+    flow: &FlowState,
+    step: machine::Step,
+) -> Result<(), RuntimeError> {
+    let write = TransitionWrite {
+        flow_id: flow.id,
+        create: None,
+        flow: FlowUpdate::of(flow),
+        phases: step
+            .touched
+            .iter()
+            .map(|&i| (i, flow.phases[i].clone()))
+            .collect(),
+        events: step.events,
+        failure: step.failure,
+    };
+    persistence
+        .send(Persist(Write::Transition(write)))
+        .await??;
+    Ok(())
+}
+
+/// Checks, builds and commits a new flow; the caller starts its actor.
+async fn create(
+    request: crate::model::NewFlow,
+    store: Arc<dyn FlowStore>,
+    registry: Addr<Registry>,
+    persistence: Addr<PersistenceActor>,
+) -> Result<(CreatedFlow, Option<(Arc<FlowType>, machine::Effect)>), RuntimeError> {
+    if let Some(key) = &request.idempotency_key
+        && let Some(existing) = store.find_by_idempotency_key(&request.tenant, key).await?
+    {
+        let same = existing.flow_type == request.flow_type
+            && *existing.input == request.input
+            && existing.parent_flow_id == request.parent_flow_id;
+        if !same {
+            return Err(RuntimeError::IdempotencyMismatch(key.clone()));
+        }
+        return Ok((
+            CreatedFlow {
+                flow: existing,
+                created: false,
+            },
+            None,
+        ));
+    }
+    let definition = registry
+        .send(GetFlowType {
+            name: request.flow_type.clone(),
+            version: None,
+        })
+        .await?
+        .ok_or_else(|| RuntimeError::UnknownFlowType(request.flow_type.clone()))?;
+    let mut request = request;
+    if let Some(parent_id) = request.parent_flow_id {
+        let parent = store
+            .load_flow(parent_id)
+            .await?
+            .filter(|parent| parent.tenant() == request.tenant)
+            .ok_or(RuntimeError::ParentNotFound(parent_id))?;
+        request.master_flow_id = Some(parent.master_flow_id);
+    }
+    let mut flow = FlowState::new_initialized(&definition, request);
+    let step = machine::start(&mut flow, &definition, now());
+    let write = TransitionWrite {
+        flow_id: flow.id,
+        create: Some(Box::new(flow.clone())),
+        flow: FlowUpdate::of(&flow),
+        phases: Vec::new(),
+        events: step.events,
+        failure: None,
+    };
+    persistence
+        .send(Persist(Write::Transition(write)))
+        .await??;
+    info!(flow_id = %flow.id, flow_type = %flow.flow_type, "flow created");
+    Ok((
+        CreatedFlow {
+            flow,
+            created: true,
+        },
+        Some((definition, step.effect)),
+    ))
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1 << 16);
+    }
+}
+
+impl Handler<CreateFlow> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<CreatedFlow, RuntimeError>>;
+
+    fn handle(&mut self, CreateFlow(request): CreateFlow, _: &mut Self::Context) -> Self::Result {
+        let slot = request
+            .idempotency_key
+            .clone()
+            .map(|key| (request.tenant.clone(), key));
+        if let Some(slot) = &slot
+            && let Some(waiters) = self.creating.get_mut(slot)
+        {
+            let (waiter, answer) = oneshot::channel();
+            waiters.push(waiter);
+            let answer = async move {
+                match answer.await {
+                    Ok(Ok(created)) => Ok(CreatedFlow {
+                        created: false,
+                        ..created
+                    }),
+                    Ok(Err(error)) => Err(error),
+                    Err(_) => Err(RuntimeError::Unavailable("create abandoned".into())),
+                }
+            };
+            return Box::pin(answer.into_actor(self));
+        }
+        if let Some(slot) = &slot {
+            self.creating.insert(slot.clone(), Vec::new());
+        }
+        let work = create(
+            request,
+            self.store.clone(),
+            self.registry.clone(),
+            self.persistence.clone(),
+        );
+        Box::pin(work.into_actor(self).map(move |result, act, ctx| {
+            let result = result.map(|(created, start)| {
+                if let Some((definition, effect)) = start {
+                    act.spawn_flow(
+                        created.flow.clone(),
+                        definition,
+                        StartMode::Run(effect),
+                        ctx,
+                    );
+                }
+                created
+            });
+            if let Some(slot) = slot
+                && let Some(waiters) = act.creating.remove(&slot)
+            {
+                for waiter in waiters {
+                    let copy = match &result {
+                        Ok(created) => Ok(created.clone()),
+                        Err(RuntimeError::IdempotencyMismatch(key)) => {
+                            Err(RuntimeError::IdempotencyMismatch(key.clone()))
+                        }
+                        Err(error) => Err(RuntimeError::Unavailable(error.to_string())),
+                    };
+                    let _ = waiter.send(copy);
+                }
+            }
+            result
+        }))
+    }
+}
+
+impl Handler<RecoverFlows> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<usize, RuntimeError>>;
+
+    fn handle(&mut self, _: RecoverFlows, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let registry = self.registry.clone();
+        let load = async move {
+            let flows = store.load_active_flows().await?;
+            let mut definitions: HashMap<(String, u32), Arc<FlowType>> = HashMap::new();
+            let mut ready = Vec::with_capacity(flows.len());
+            for flow in flows {
+                let key = (flow.flow_type.clone(), flow.flow_type_version);
+                let definition = match definitions.get(&key) {
+                    Some(definition) => definition.clone(),
+                    None => {
+                        let definition = definition_of(&registry, &flow).await?;
+                        definitions.insert(key, definition.clone());
+                        definition
+                    }
+                };
+                ready.push((flow, definition));
+            }
+            Ok::<_, RuntimeError>(ready)
+        };
+        Box::pin(load.into_actor(self).map(|result, act, ctx| {
+            let mut started = 0;
+            for (flow, definition) in result? {
+                if !act.flows.contains_key(&flow.id) {
+                    act.spawn_flow(flow, definition, StartMode::Recover, ctx);
+                    started += 1;
+                }
+            }
+            info!(flows = started, "non-terminal flows resumed");
+            Ok(started)
+        }))
+    }
+}
+
+impl Handler<FlowStopped> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, message: FlowStopped, ctx: &mut Self::Context) {
+        let current = self.flows.get(&message.flow_id).map(|f| f.generation);
+        if current != Some(message.generation) {
+            return;
+        }
+        self.flows.remove(&message.flow_id);
+        if message.finished {
+            self.restarts.remove(&message.flow_id);
+        } else {
+            warn!(flow_id = %message.flow_id, "flow actor stopped abnormally");
+            self.restart(message.flow_id, "flow actor stopped abnormally".into(), ctx);
+        }
+    }
+}
+
+impl Handler<RestartFlow> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, message: RestartFlow, ctx: &mut Self::Context) {
+        if let Some(live) = self.flows.remove(&message.flow_id) {
+            // Stops the old life; its late stop notice no longer matches a live generation.
+            live.addr.do_send(StopFlow);
+        }
+        warn!(flow_id = %message.flow_id, reason = %message.reason, "restarting flow actor");
+        self.restart(message.flow_id, message.reason, ctx);
+    }
+}
+
+impl Handler<LiveFlows> for Supervisor {
+    type Result = MessageResult<LiveFlows>;
+
+    fn handle(&mut self, _: LiveFlows, _: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.flows
+                .iter()
+                .map(|(id, f)| (*id, f.addr.clone()))
+                .collect(),
+        )
+    }
+}
+
+impl Handler<ControlFlow> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<FlowState, RuntimeError>>;
+
+    fn handle(&mut self, message: ControlFlow, _: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        let registry = self.registry.clone();
+        let ControlFlow {
+            flow_id,
+            tenant,
+            command,
+        } = message;
+        let load = async move {
+            let flow = store
+                .load_flow(flow_id)
+                .await?
+                .filter(|flow| flow.tenant() == tenant)
+                .ok_or(RuntimeError::FlowNotFound(flow_id))?;
+            let definition = definition_of(&registry, &flow).await?;
+            Ok::<_, RuntimeError>((flow, definition))
+        };
+        Box::pin(load.into_actor(self).then(move |loaded, act, ctx| {
+            let routed: ResponseActFuture<Self, Result<FlowState, RuntimeError>> = match loaded {
+                Err(error) => Box::pin(fut::ready(Err(error))),
+                Ok((flow, definition)) => {
+                    let addr = match act.flows.get(&flow_id) {
+                        Some(live) => Some(live.addr.clone()),
+                        None if !flow.status.is_terminal() => Some(act.spawn_flow(
+                            flow.clone(),
+                            definition.clone(),
+                            StartMode::Recover,
+                            ctx,
+                        )),
+                        None if command == ControlCommand::Retry
+                            && flow.status == crate::model::FlowStatus::Failed =>
+                        {
+                            Some(act.spawn_flow(
+                                flow.clone(),
+                                definition.clone(),
+                                StartMode::Idle,
+                                ctx,
+                            ))
+                        }
+                        None => None,
+                    };
+                    match addr {
+                        Some(addr) => Box::pin(
+                            async move { addr.send(Control(command)).await? }.into_actor(act),
+                        ),
+                        None => {
+                            // A terminal flow with no actor: answer as the state machine would.
+                            let mut copy = flow.clone();
+                            let at = now();
+                            let answer = match command {
+                                ControlCommand::Pause => machine::pause(&mut copy, at),
+                                ControlCommand::Resume => {
+                                    machine::resume(&mut copy, &definition, false, at)
+                                }
+                                ControlCommand::Cancel => machine::cancel(&mut copy, at),
+                                ControlCommand::Retry => machine::retry(&mut copy, &definition, at),
+                            };
+                            let result = match answer {
+                                Ok(_) => Ok(flow),
+                                Err(machine::Rejected::IllegalTransition(status)) => {
+                                    Err(RuntimeError::IllegalTransition { status })
+                                }
+                                Err(other) => Err(RuntimeError::Unavailable(other.to_string())),
+                            };
+                            Box::pin(fut::ready(result))
+                        }
+                    }
+                }
+            };
+            routed
+        }))
+    }
+}

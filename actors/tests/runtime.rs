@@ -1,0 +1,447 @@
+//! The runtime's actors on a real actix system with the in-memory store: one test per path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowd_actors::definition::{FlowType, PhaseDefinition};
+use flowd_actors::error::RuntimeError;
+use flowd_actors::events::EventKind;
+use flowd_actors::flow::ControlCommand;
+use flowd_actors::handler::{HandlerSet, PhaseContext, PhaseOutput};
+use flowd_actors::ids::{FlowId, Tenant};
+use flowd_actors::memory_store::MemoryStore;
+use flowd_actors::model::{FlowState, FlowStatus, NewFlow, PhaseStatus};
+use flowd_actors::store::FlowStore;
+use flowd_actors::{Runtime, RuntimeConfig};
+use serde_json::{Value, json};
+
+fn phase(name: &str, handler: &str, params: Value, retries: u32) -> PhaseDefinition {
+    PhaseDefinition {
+        name: name.into(),
+        handler: handler.into(),
+        params,
+        timeout_s: None,
+        retries,
+        retry_backoff_ms: Some(5),
+        weight: 1,
+        next_phase: None,
+    }
+}
+
+fn flow_type(name: &str, phases: Vec<PhaseDefinition>) -> FlowType {
+    FlowType {
+        name: name.into(),
+        version: 1,
+        phases,
+    }
+}
+
+fn handlers() -> HandlerSet {
+    let mut set = HandlerSet::with_builtins();
+    set.register("panics", |_ctx: PhaseContext| async move {
+        if true {
+            panic!("handler exploded");
+        }
+        Ok(PhaseOutput::new(json!({})))
+    });
+    set.register("hangs", |_ctx: PhaseContext| std::future::pending());
+    set.register("echo_key", |ctx: PhaseContext| async move {
+        Ok(PhaseOutput::new(
+            json!({ "key": ctx.idempotency_key, "seen": ctx.outputs.len() }),
+        ))
+    });
+    set
+}
+
+async fn start(store: Arc<MemoryStore>, types: Vec<FlowType>) -> Runtime {
+    let config = RuntimeConfig {
+        flow_arbiters: 2,
+        ping_interval: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(500),
+        ..RuntimeConfig::default()
+    };
+    Runtime::start(config, store, handlers(), types)
+        .await
+        .expect("runtime starts")
+}
+
+fn request(flow_type: &str) -> NewFlow {
+    NewFlow {
+        flow_type: flow_type.into(),
+        input: json!({ "n": 1 }),
+        parent_flow_id: None,
+        master_flow_id: None,
+        tenant: Tenant::default_tenant(),
+        created_by: Some("tester".into()),
+        idempotency_key: None,
+    }
+}
+
+async fn wait_for(store: &MemoryStore, id: FlowId, done: impl Fn(&FlowState) -> bool) -> FlowState {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let flow = store.load_flow(id).await.unwrap().expect("flow stored");
+        if done(&flow) {
+            return flow;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out; flow is {:?} at {:?}",
+            flow.status,
+            flow.current_phase
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn terminal(flow: &FlowState) -> bool {
+    flow.status.is_terminal()
+}
+
+#[actix::test]
+async fn a_flow_runs_every_phase_to_completed_with_gap_free_events() {
+    let store = Arc::new(MemoryStore::new());
+    let types = vec![flow_type(
+        "three",
+        vec![
+            phase("a", "noop", json!({}), 0),
+            phase("b", "echo_key", json!({}), 0),
+            phase("c", "noop", json!({}), 0),
+        ],
+    )];
+    let runtime = start(store.clone(), types).await;
+    let created = runtime.create_flow(request("three")).await.unwrap();
+    assert!(created.created);
+    assert_eq!(
+        created.flow.status,
+        FlowStatus::Running,
+        "create answers with the flow already running"
+    );
+    let flow = wait_for(&store, created.flow.id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Completed);
+    assert_eq!(flow.progress_percentage, 100.0);
+    assert_eq!(flow.next_phase, None);
+    assert!(
+        flow.phases
+            .iter()
+            .all(|p| p.status == PhaseStatus::Succeeded)
+    );
+    let b = flow.phases[1].output.clone().unwrap();
+    assert_eq!(b["key"], json!(format!("{}:b:1", flow.id)));
+    assert_eq!(b["seen"], json!(1), "handlers see earlier outputs");
+    let events = store.flow_events(flow.id, 0, 100).await.unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+    assert_eq!(events[0].status, FlowStatus::Initialized);
+    assert_eq!(events[1].status, FlowStatus::Running);
+    assert_eq!(events.last().unwrap().kind, EventKind::FlowCompleted);
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+}
+
+#[actix::test]
+async fn a_failing_phase_retries_then_succeeds_with_journal_rows() {
+    let store = Arc::new(MemoryStore::new());
+    let runtime = start(
+        store.clone(),
+        vec![flow_type(
+            "flaky",
+            vec![phase("f", "fail", json!({"times": 2}), 2)],
+        )],
+    )
+    .await;
+    let id = runtime.create_flow(request("flaky")).await.unwrap().flow.id;
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Completed);
+    assert_eq!(flow.phases[0].attempt, 3);
+    let failures = store.failures(id).await.unwrap();
+    assert_eq!(
+        failures.iter().map(|f| f.attempt).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
+#[actix::test]
+async fn retries_exhausted_fail_the_flow() {
+    let store = Arc::new(MemoryStore::new());
+    let runtime = start(
+        store.clone(),
+        vec![flow_type(
+            "flaky",
+            vec![phase("f", "fail", json!({"times": 2}), 1)],
+        )],
+    )
+    .await;
+    let id = runtime.create_flow(request("flaky")).await.unwrap().flow.id;
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Failed);
+    assert_eq!(store.failures(id).await.unwrap().len(), 2);
+}
+
+#[actix::test]
+async fn a_panicking_handler_is_journaled_and_other_flows_carry_on() {
+    let store = Arc::new(MemoryStore::new());
+    let types = vec![
+        flow_type("bad", vec![phase("p", "panics", json!({}), 0)]),
+        flow_type("good", vec![phase("a", "noop", json!({}), 0)]),
+    ];
+    let runtime = start(store.clone(), types).await;
+    let bad = runtime.create_flow(request("bad")).await.unwrap().flow.id;
+    let good = runtime.create_flow(request("good")).await.unwrap().flow.id;
+    assert_eq!(
+        wait_for(&store, bad, terminal).await.status,
+        FlowStatus::Failed
+    );
+    assert_eq!(
+        wait_for(&store, good, terminal).await.status,
+        FlowStatus::Completed
+    );
+    let failures = store.failures(bad).await.unwrap();
+    assert_eq!(failures[0].error_kind, "panic");
+    assert!(failures[0].message.contains("handler exploded"));
+}
+
+#[actix::test]
+async fn a_hanging_handler_times_out() {
+    let store = Arc::new(MemoryStore::new());
+    let mut hang = phase("h", "hangs", json!({}), 0);
+    hang.timeout_s = Some(1);
+    let runtime = start(store.clone(), vec![flow_type("hang", vec![hang])]).await;
+    let id = runtime.create_flow(request("hang")).await.unwrap().flow.id;
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Failed);
+    assert_eq!(store.failures(id).await.unwrap()[0].error_kind, "timeout");
+}
+
+#[actix::test]
+async fn pause_resume_and_cancel() {
+    let store = Arc::new(MemoryStore::new());
+    let types = vec![flow_type(
+        "slow",
+        vec![
+            phase("a", "sleep", json!({"ms": 200}), 0),
+            phase("b", "sleep", json!({"ms": 200}), 0),
+            phase("c", "noop", json!({}), 0),
+        ],
+    )];
+    let runtime = start(store.clone(), types).await;
+    let tenant = Tenant::default_tenant();
+    let id = runtime.create_flow(request("slow")).await.unwrap().flow.id;
+    let paused = runtime
+        .control(tenant.clone(), id, ControlCommand::Pause)
+        .await
+        .unwrap();
+    assert_eq!(paused.status, FlowStatus::Paused);
+    let held = wait_for(&store, id, |f| f.phases[0].status == PhaseStatus::Succeeded).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let held_later = store.load_flow(id).await.unwrap().unwrap();
+    assert_eq!(
+        held_later.phases[1].status,
+        PhaseStatus::Pending,
+        "no phase starts while paused"
+    );
+    assert_eq!(held.current_phase.as_deref(), Some("b"));
+    runtime
+        .control(tenant.clone(), id, ControlCommand::Resume)
+        .await
+        .unwrap();
+    wait_for(&store, id, |f| f.phases[1].status == PhaseStatus::Running).await;
+    let cancelled = runtime
+        .control(tenant.clone(), id, ControlCommand::Cancel)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, FlowStatus::Cancelled);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flow = store.load_flow(id).await.unwrap().unwrap();
+    assert_eq!(flow.status, FlowStatus::Cancelled);
+    assert_eq!(
+        flow.phases[2].status,
+        PhaseStatus::Pending,
+        "no later phase runs after cancel"
+    );
+    let again = runtime
+        .control(tenant.clone(), id, ControlCommand::Cancel)
+        .await
+        .unwrap();
+    assert_eq!(again.status, FlowStatus::Cancelled, "cancel is idempotent");
+    let refused = runtime.control(tenant, id, ControlCommand::Resume).await;
+    assert!(matches!(
+        refused,
+        Err(RuntimeError::IllegalTransition {
+            status: FlowStatus::Cancelled
+        })
+    ));
+}
+
+#[actix::test]
+async fn retry_resumes_a_failed_flow_at_its_failed_phase() {
+    let store = Arc::new(MemoryStore::new());
+    let types = vec![flow_type(
+        "once",
+        vec![
+            phase("a", "noop", json!({}), 0),
+            phase("b", "fail", json!({"times": 1}), 0),
+        ],
+    )];
+    let runtime = start(store.clone(), types).await;
+    let id = runtime.create_flow(request("once")).await.unwrap().flow.id;
+    assert_eq!(
+        wait_for(&store, id, terminal).await.status,
+        FlowStatus::Failed
+    );
+    let retried = runtime
+        .control(Tenant::default_tenant(), id, ControlCommand::Retry)
+        .await
+        .unwrap();
+    assert_eq!(retried.status, FlowStatus::Running);
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Completed);
+    assert_eq!((flow.phases[0].attempt, flow.phases[1].attempt), (1, 2));
+}
+
+#[actix::test]
+async fn a_short_outage_is_bridged_by_commit_retries() {
+    let store = Arc::new(MemoryStore::new());
+    let types = vec![flow_type(
+        "two",
+        vec![
+            phase("a", "sleep", json!({"ms": 100}), 0),
+            phase("b", "noop", json!({}), 0),
+        ],
+    )];
+    let runtime = start(store.clone(), types).await;
+    let id = runtime.create_flow(request("two")).await.unwrap().flow.id;
+    store.set_fail_commits(true);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    store.set_fail_commits(false);
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Completed);
+    let events = store.flow_events(id, 0, 100).await.unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+}
+
+#[actix::test]
+async fn idempotent_creates_share_one_flow() {
+    let store = Arc::new(MemoryStore::new());
+    let runtime = start(
+        store.clone(),
+        vec![flow_type("one", vec![phase("a", "noop", json!({}), 0)])],
+    )
+    .await;
+    let mut keyed = request("one");
+    keyed.idempotency_key = Some("k1".into());
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| runtime.create_flow(keyed.clone()))).await;
+    let ids: std::collections::HashSet<FlowId> = answers
+        .iter()
+        .map(|a| a.as_ref().unwrap().flow.id)
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|a| a.as_ref().unwrap().created)
+            .count(),
+        1
+    );
+    keyed.input = json!({ "other": true });
+    assert!(matches!(
+        runtime.create_flow(keyed).await,
+        Err(RuntimeError::IdempotencyMismatch(_))
+    ));
+}
+
+#[actix::test]
+async fn an_outage_longer_than_commit_retries_restarts_the_actor_and_loses_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let types = vec![flow_type(
+        "two",
+        vec![
+            phase("a", "sleep", json!({"ms": 50}), 0),
+            phase("b", "noop", json!({}), 0),
+        ],
+    )];
+    let runtime = start(store.clone(), types).await;
+    let id = runtime.create_flow(request("two")).await.unwrap().flow.id;
+    store.set_fail_commits(true);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    store.set_fail_commits(false);
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Completed);
+    let events = store.flow_events(id, 0, 100).await.unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    let started_a = events
+        .iter()
+        .filter(|e| e.kind == EventKind::PhaseStarted && e.current_phase.as_deref() == Some("a"))
+        .count();
+    assert_eq!(
+        started_a, 1,
+        "the interrupted attempt re-ran without a second start event"
+    );
+}
+
+#[actix::test]
+async fn restarts_past_the_intensity_limit_fail_the_flow_loudly() {
+    let store = Arc::new(MemoryStore::new());
+    let types = vec![flow_type(
+        "two",
+        vec![
+            phase("a", "sleep", json!({"ms": 50}), 0),
+            phase("b", "noop", json!({}), 0),
+        ],
+    )];
+    let config = RuntimeConfig {
+        flow_arbiters: 1,
+        restart_intensity: flowd_actors::supervisor::RestartIntensity {
+            max_restarts: 1,
+            window: Duration::from_secs(60),
+        },
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::start(config, store.clone(), handlers(), types)
+        .await
+        .unwrap();
+    let id = runtime.create_flow(request("two")).await.unwrap().flow.id;
+    // Every commit fails long enough for the flow actor to die twice: one restart is allowed.
+    store.set_fail_commits(true);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    store.set_fail_commits(false);
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Failed);
+    let failures = store.failures(id).await.unwrap();
+    assert_eq!(
+        failures.last().unwrap().error_kind,
+        "restart_intensity_exceeded"
+    );
+}
+
+#[actix::test]
+async fn a_create_that_did_not_commit_is_not_acknowledged() {
+    let store = Arc::new(MemoryStore::new());
+    let runtime = start(
+        store.clone(),
+        vec![flow_type("one", vec![phase("a", "noop", json!({}), 0)])],
+    )
+    .await;
+    store.set_fail_commits(true);
+    assert!(matches!(
+        runtime.create_flow(request("one")).await,
+        Err(RuntimeError::Unavailable(_))
+    ));
+    store.set_fail_commits(false);
+    let everything = flowd_actors::store::FlowQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let listed = store.list_flows(&everything).await.unwrap();
+    assert!(listed.is_empty());
+}
