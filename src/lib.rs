@@ -1,4 +1,12 @@
 //! flowd: the application shell around the `flowd-actors` runtime.
 //!
+//! - [`configuration`]: typed settings from `config.toml` and `FLOWD_*` variables.
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`startup`]: builds store, runtime and HTTP server as one [`startup::Application`].
 //! - [`store`]: the diesel stores for SQLite and PostgreSQL.
+//! - [`http`]: the v1 API, problem+json errors and tenancy.
+pub mod configuration;
+pub mod http;
+pub mod startup;
 pub mod store;
+pub mod telemetry;

@@ -1,0 +1,241 @@
+//! Typed configuration: defaults → `config.toml` (or `--config PATH`) → `FLOWD_<SECTION>__<KEY>`
+//! environment variables. A relative SQLite path is relative to the config file's folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use flowd_actors::RuntimeConfig;
+use flowd_actors::definition::FlowType;
+use flowd_actors::supervisor::RestartIntensity;
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` does not exist.
+    #[error("config file {0} not found")]
+    Missing(PathBuf),
+    /// A value is malformed or of the wrong type.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+}
+
+/// Everything flowd reads from its configuration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Settings {
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    #[serde(default)]
+    pub health: HealthSettings,
+    #[serde(default)]
+    pub auth: AuthSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+    /// Flow types registered at start; a flow pins the version it started with.
+    #[serde(default)]
+    pub flow_types: Vec<FlowType>,
+}
+
+/// The HTTP listener.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// `host:port`; port 0 picks a free one (tests).
+    pub bind: String,
+    /// Larger request bodies get `413`.
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; one per core when absent.
+    pub workers: Option<usize>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            max_body_bytes: 1 << 20,
+            workers: None,
+        }
+    }
+}
+
+/// Where flows are stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` (embedded default) or `postgres://user@host:port/db`.
+    pub url: String,
+    /// Connections of the read pool (the writer has its own).
+    pub pool_size: usize,
+    /// Most writes committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/flowd.db".into(),
+            pool_size: 8,
+            max_batch: 4096,
+        }
+    }
+}
+
+/// Liveness: pings, restarts, phase deadlines.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    /// Restarts allowed within `restart_window_s` before the flow is failed.
+    pub max_restarts: usize,
+    pub restart_window_s: u64,
+    /// Deadline of a phase attempt whose phase names no `timeout_s`.
+    pub phase_timeout_s: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 1000,
+            ping_timeout_ms: 5000,
+            max_restarts: 3,
+            restart_window_s: 60,
+            phase_timeout_s: 300,
+        }
+    }
+}
+
+/// API keys and the tenants they stand for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// When false (the local default) every request belongs to tenant `default`.
+    pub enabled: bool,
+    pub keys: Vec<ApiKey>,
+}
+
+/// One API key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    pub client_account_id: String,
+    pub engagement_id: String,
+}
+
+/// Log output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Reads `path` (or `./config.toml` when `None` and present), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (file, base) = match path {
+            Some(path) if !path.exists() => return Err(ConfigError::Missing(path.to_owned())),
+            Some(path) => (Some(path.to_owned()), folder_of(path)),
+            None => {
+                let default = PathBuf::from("config.toml");
+                let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+                (default.exists().then_some(default), base)
+            }
+        };
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = &file {
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("FLOWD_").split("__").only(&["server.", "database.", "health.", "auth.", "log."]));
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.database.url = resolve_sqlite_path(&settings.database.url, &base);
+        Ok(settings)
+    }
+
+    /// The runtime's tuning derived from these settings.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            default_phase_timeout: Duration::from_secs(self.health.phase_timeout_s.max(1)),
+            max_batch: self.database.max_batch.max(1),
+            ping_interval: Duration::from_millis(self.health.ping_interval_ms.max(10)),
+            ping_timeout: Duration::from_millis(self.health.ping_timeout_ms.max(10)),
+            restart_intensity: RestartIntensity {
+                max_restarts: self.health.max_restarts,
+                window: Duration::from_secs(self.health.restart_window_s),
+            },
+            ..RuntimeConfig::default()
+        }
+    }
+}
+
+fn folder_of(path: &Path) -> PathBuf {
+    let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let folder = if folder.as_os_str().is_empty() { PathBuf::from(".") } else { folder };
+    folder.canonicalize().unwrap_or(folder)
+}
+
+/// `sqlite://relative/x.db` → `sqlite:///abs/base/relative/x.db`; other URLs are kept.
+fn resolve_sqlite_path(url: &str, base: &Path) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !Path::new(path).is_absolute() => format!("sqlite://{}", base.join(path).display()),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_sqlite_paths_follow_the_config_folder() {
+        let base = Path::new("/etc/flowd");
+        assert_eq!(resolve_sqlite_path("sqlite://data/f.db", base), "sqlite:///etc/flowd/data/f.db");
+        assert_eq!(resolve_sqlite_path("sqlite:///var/f.db", base), "sqlite:///var/f.db");
+        assert_eq!(resolve_sqlite_path("postgres://u@h/db", base), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nbind = \"127.0.0.1:9999\"\n[[flow_types]]\nname = \"x\"\nversion = 1\n[[flow_types.phases]]\nname = \"a\"\nhandler = \"noop\"\n",
+        )
+        .unwrap();
+        let settings = Settings::load(Some(&path)).unwrap();
+        assert_eq!(settings.server.bind, "127.0.0.1:9999");
+        assert_eq!(settings.flow_types[0].phases[0].weight, 1);
+        assert!(settings.database.url.ends_with("/data/flowd.db"));
+        assert!(settings.database.url.starts_with("sqlite:///"));
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        assert!(matches!(Settings::load(Some(Path::new("/nonexistent/c.toml"))), Err(ConfigError::Missing(_))));
+    }
+}

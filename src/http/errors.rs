@@ -1,0 +1,140 @@
+//! API errors as `application/problem+json` (RFC 9457), with a stable `type` per error. Bad
+//! input is always a 4xx and is rejected before anything is stored.
+
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpResponse, ResponseError};
+use flowd_actors::error::RuntimeError;
+use serde::Serialize;
+use serde_json::error::Category;
+
+/// An error answer of the API.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{title}: {detail}")]
+pub struct ApiError {
+    status: StatusCode,
+    slug: &'static str,
+    title: &'static str,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+        }
+    }
+
+    /// A malformed request: syntax, a bad id, a bad query parameter.
+    pub fn bad_request(slug: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, slug, "Bad request", detail)
+    }
+
+    /// Well-formed input that breaks a rule.
+    pub fn unprocessable(slug: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, slug, "Unprocessable request", detail)
+    }
+
+    /// Nothing at this address for this caller.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    /// No or an unknown API key.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
+    }
+
+    /// The problem's stable `type`, e.g. `/problems/not-found`.
+    pub fn problem_type(&self) -> String {
+        format!("/problems/{}", self.slug)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let problem = Problem {
+            kind: self.problem_type(),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+        };
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response
+            .insert_header((CONTENT_TYPE, "application/problem+json"))
+            .body(serde_json::to_string(&problem).unwrap_or_default())
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(error: RuntimeError) -> Self {
+        let detail = error.to_string();
+        match error {
+            RuntimeError::UnknownFlowType(_) => Self::unprocessable("unknown-flow-type", detail),
+            RuntimeError::FlowNotFound(_) => Self::not_found(detail),
+            RuntimeError::ParentNotFound(_) => Self::unprocessable("unknown-parent-flow", detail),
+            RuntimeError::IllegalTransition { .. } => {
+                Self::new(StatusCode::CONFLICT, "illegal-transition", "Conflict", detail)
+            }
+            RuntimeError::IdempotencyMismatch(_) => {
+                Self::new(StatusCode::CONFLICT, "idempotency-key-reused", "Conflict", detail)
+            }
+            RuntimeError::InvalidDefinition(_) => Self::unprocessable("invalid-flow-type", detail),
+            RuntimeError::VersionConflict { .. } => {
+                Self::new(StatusCode::CONFLICT, "flow-type-version-exists", "Conflict", detail)
+            }
+            RuntimeError::Unavailable(_) => {
+                tracing::error!(%detail, "request failed: runtime unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
+            }
+        }
+    }
+}
+
+/// Maps body errors: oversize → 413, not JSON → 415, broken JSON → 400, wrong shape → 422.
+pub fn json_error(error: JsonPayloadError) -> ApiError {
+    match &error {
+        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Payload too large",
+            format!("request bodies are limited to {limit} bytes"),
+        ),
+        JsonPayloadError::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send the body as application/json",
+        ),
+        JsonPayloadError::Deserialize(inner) if inner.classify() == Category::Data => {
+            ApiError::unprocessable("invalid-body", inner.to_string())
+        }
+        JsonPayloadError::Deserialize(inner) => ApiError::bad_request("malformed-json", inner.to_string()),
+        other => ApiError::bad_request("malformed-body", other.to_string()),
+    }
+}
+
+/// Maps query-string errors to 400.
+pub fn query_error(error: QueryPayloadError) -> ApiError {
+    ApiError::bad_request("invalid-query", error.to_string())
+}

@@ -1,0 +1,73 @@
+//! `/v1/flow-types`: the registry's definitions, and new versions over the API.
+
+use actix_web::{HttpResponse, web};
+use flowd_actors::Runtime;
+use flowd_actors::definition::{FlowType, PhaseDefinition};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::instrument;
+
+use crate::http::auth::Caller;
+use crate::http::errors::ApiError;
+
+/// The latest version of every flow type.
+#[instrument(skip_all)]
+pub async fn list(runtime: web::Data<Runtime>, _caller: Caller) -> Result<HttpResponse, ApiError> {
+    let types = runtime.flow_types().await?;
+    Ok(HttpResponse::Ok().json(json!({ "flow_types": types })))
+}
+
+/// Query of `GET /v1/flow-types/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionQuery {
+    pub version: Option<u32>,
+}
+
+/// One flow type: the latest version, or `?version=N`.
+#[instrument(skip_all, fields(flow_type = %name))]
+pub async fn get(
+    runtime: web::Data<Runtime>,
+    _caller: Caller,
+    name: web::Path<String>,
+    query: web::Query<VersionQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let found = runtime.flow_type(&name, query.version).await?;
+    let definition = found.ok_or_else(|| ApiError::not_found(format!("no flow type `{name}`")))?;
+    Ok(HttpResponse::Ok().json(&*definition))
+}
+
+/// Body of `PUT /v1/flow-types/{name}`: a new version (the next one when `version` is absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutFlowTypeBody {
+    pub version: Option<u32>,
+    pub phases: Vec<PhaseDefinition>,
+}
+
+/// Registers a new version; flows already running keep theirs. `201` new, `200` identical repeat.
+#[instrument(skip_all, fields(flow_type = %name))]
+pub async fn put(
+    runtime: web::Data<Runtime>,
+    _caller: Caller,
+    name: web::Path<String>,
+    body: web::Json<PutFlowTypeBody>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    let body = body.into_inner();
+    let latest = runtime.flow_type(&name, None).await?;
+    let version = match body.version {
+        Some(version) => version,
+        None => latest.as_ref().map_or(1, |t| t.version + 1),
+    };
+    let existed = runtime.flow_type(&name, Some(version)).await?.is_some();
+    let definition = runtime
+        .register_flow_type(FlowType {
+            name,
+            version,
+            phases: body.phases,
+        })
+        .await?;
+    let mut response = if existed { HttpResponse::Ok() } else { HttpResponse::Created() };
+    Ok(response.json(&*definition))
+}

@@ -1,0 +1,38 @@
+//! The HTTP API: a module per resource, problem+json errors, and tenant resolution.
+
+pub mod auth;
+pub mod errors;
+pub mod flow_types;
+pub mod flows;
+pub mod ops;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::http::errors::ApiError;
+
+/// Mounts every route of the API.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/healthz", web::get().to(ops::healthz))
+        .route("/readyz", web::get().to(ops::readyz))
+        .service(
+            web::scope("/v1")
+                .route("/flows", web::post().to(flows::create))
+                .route("/flows", web::get().to(flows::list))
+                .route("/flows/{id}", web::get().to(flows::get))
+                .route("/flows/{id}/pause", web::post().to(flows::pause))
+                .route("/flows/{id}/resume", web::post().to(flows::resume))
+                .route("/flows/{id}/cancel", web::post().to(flows::cancel))
+                .route("/flows/{id}/retry", web::post().to(flows::retry))
+                .route("/flows/{id}/events", web::get().to(flows::events))
+                .route("/flows/{id}/failures", web::get().to(flows::failures))
+                .route("/flow-types", web::get().to(flow_types::list))
+                .route("/flow-types/{name}", web::get().to(flow_types::get))
+                .route("/flow-types/{name}", web::put().to(flow_types::put)),
+        );
+}
+
+/// Any path or method the API does not have.
+pub async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!("no route for {} {}", request.method(), request.path())))
+}

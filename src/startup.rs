@@ -1,0 +1,101 @@
+//! Builds the whole application — store, runtime, HTTP server — so the binary, tests and
+//! examples start exactly the same thing.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use flowd_actors::Runtime;
+use flowd_actors::error::RuntimeError;
+use flowd_actors::handler::HandlerSet;
+use flowd_actors::store::StoreError;
+use tracing_actix_web::TracingLogger;
+
+use crate::configuration::Settings;
+use crate::http::{self, auth::KeyRing, errors};
+use crate::store::DbStore;
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Database(#[from] StoreError),
+    #[error("runtime: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot listen on {bind}: {source}")]
+    Bind { bind: String, source: std::io::Error },
+}
+
+/// A started flowd: the runtime is running and the server is bound.
+pub struct Application {
+    address: SocketAddr,
+    server: Server,
+    runtime: Runtime,
+}
+
+impl Application {
+    /// Starts flowd with the built-in handlers.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_handlers(settings, HandlerSet::with_builtins()).await
+    }
+
+    /// Starts flowd with extra Rust handlers registered by the embedding program.
+    pub async fn build_with_handlers(settings: Settings, handlers: HandlerSet) -> Result<Self, StartupError> {
+        let store = DbStore::connect(&settings.database.url, settings.database.pool_size).await?;
+        tracing::info!(backend = store.backend_name(), "database ready");
+        let runtime = Runtime::start(settings.runtime_config(), Arc::new(store), handlers, settings.flow_types.clone()).await?;
+        let listener = TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
+            bind: settings.server.bind.clone(),
+            source,
+        })?;
+        let address = listener.local_addr().map_err(|source| StartupError::Bind {
+            bind: settings.server.bind.clone(),
+            source,
+        })?;
+        let runtime_data = web::Data::new(runtime.clone());
+        let keys = web::Data::new(KeyRing::new(&settings.auth));
+        let max_body = settings.server.max_body_bytes;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(runtime_data.clone())
+                .app_data(keys.clone())
+                .app_data(web::JsonConfig::default().limit(max_body).error_handler(|e, _| errors::json_error(e).into()))
+                .app_data(web::QueryConfig::default().error_handler(|e, _| errors::query_error(e).into()))
+                .app_data(web::PayloadConfig::default().limit(max_body))
+                .configure(http::routes)
+                .default_service(web::to(http::not_found))
+        });
+        if let Some(workers) = settings.server.workers {
+            server = server.workers(workers.max(1));
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                bind: settings.server.bind.clone(),
+                source,
+            })?
+            .run();
+        Ok(Self {
+            address,
+            server,
+            runtime,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The runtime, for embedding programs.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Serves until the process is told to stop (SIGINT/SIGTERM).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
