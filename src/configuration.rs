@@ -22,6 +22,10 @@ pub enum ConfigError {
     Invalid(#[from] Box<figment::Error>),
 }
 
+/// Sections that `FLOWD_<SECTION>__<KEY>` variables may override; other `FLOWD_*` variables
+/// (e.g. `FLOWD_CONFIG`, `FLOWD_TEST_POSTGRES_URL`) are not configuration keys.
+const SECTIONS: [&str; 5] = ["server", "database", "health", "auth", "log"];
+
 /// Everything flowd reads from its configuration.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Settings {
@@ -170,7 +174,16 @@ impl Settings {
         if let Some(file) = &file {
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("FLOWD_").split("__").only(&["server.", "database.", "health.", "auth.", "log."]));
+        figment = figment.merge(
+            Env::prefixed("FLOWD_")
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    SECTIONS
+                        .iter()
+                        .any(|section| key.starts_with(&format!("{section}__")))
+                })
+                .split("__"),
+        );
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         settings.database.url = resolve_sqlite_path(&settings.database.url, &base);
         Ok(settings)
@@ -194,14 +207,20 @@ impl Settings {
 
 fn folder_of(path: &Path) -> PathBuf {
     let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let folder = if folder.as_os_str().is_empty() { PathBuf::from(".") } else { folder };
+    let folder = if folder.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        folder
+    };
     folder.canonicalize().unwrap_or(folder)
 }
 
 /// `sqlite://relative/x.db` → `sqlite:///abs/base/relative/x.db`; other URLs are kept.
 fn resolve_sqlite_path(url: &str, base: &Path) -> String {
     match url.strip_prefix("sqlite://") {
-        Some(path) if !Path::new(path).is_absolute() => format!("sqlite://{}", base.join(path).display()),
+        Some(path) if !Path::new(path).is_absolute() => {
+            format!("sqlite://{}", base.join(path).display())
+        }
         _ => url.to_owned(),
     }
 }
@@ -213,9 +232,18 @@ mod tests {
     #[test]
     fn relative_sqlite_paths_follow_the_config_folder() {
         let base = Path::new("/etc/flowd");
-        assert_eq!(resolve_sqlite_path("sqlite://data/f.db", base), "sqlite:///etc/flowd/data/f.db");
-        assert_eq!(resolve_sqlite_path("sqlite:///var/f.db", base), "sqlite:///var/f.db");
-        assert_eq!(resolve_sqlite_path("postgres://u@h/db", base), "postgres://u@h/db");
+        assert_eq!(
+            resolve_sqlite_path("sqlite://data/f.db", base),
+            "sqlite:///etc/flowd/data/f.db"
+        );
+        assert_eq!(
+            resolve_sqlite_path("sqlite:///var/f.db", base),
+            "sqlite:///var/f.db"
+        );
+        assert_eq!(
+            resolve_sqlite_path("postgres://u@h/db", base),
+            "postgres://u@h/db"
+        );
     }
 
     #[test]
@@ -235,7 +263,24 @@ mod tests {
     }
 
     #[test]
+    fn environment_variables_override_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[server]\nbind = \"127.0.0.1:1\"\n")?;
+            jail.set_env("FLOWD_SERVER__BIND", "127.0.0.1:2");
+            jail.set_env("FLOWD_DATABASE__URL", "postgres://u@h/db");
+            jail.set_env("FLOWD_CONFIG", "ignored.toml");
+            let settings = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(settings.server.bind, "127.0.0.1:2");
+            assert_eq!(settings.database.url, "postgres://u@h/db");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_missing_explicit_file_is_an_error() {
-        assert!(matches!(Settings::load(Some(Path::new("/nonexistent/c.toml"))), Err(ConfigError::Missing(_))));
+        assert!(matches!(
+            Settings::load(Some(Path::new("/nonexistent/c.toml"))),
+            Err(ConfigError::Missing(_))
+        ));
     }
 }

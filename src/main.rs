@@ -35,7 +35,9 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
-        let application = Application::build(settings).await.context("starting flowd")?;
+        let application = Application::build(settings)
+            .await
+            .context("starting flowd")?;
         // The one line on stdout: scripts and tests read the bound address from it.
         println!("flowd listening on http://{}", application.address());
         application.run_until_stopped().await.context("serving")

@@ -24,7 +24,10 @@ pub enum StartupError {
     #[error("runtime: {0}")]
     Runtime(#[from] RuntimeError),
     #[error("cannot listen on {bind}: {source}")]
-    Bind { bind: String, source: std::io::Error },
+    Bind {
+        bind: String,
+        source: std::io::Error,
+    },
 }
 
 /// A started flowd: the runtime is running and the server is bound.
@@ -41,14 +44,24 @@ impl Application {
     }
 
     /// Starts flowd with extra Rust handlers registered by the embedding program.
-    pub async fn build_with_handlers(settings: Settings, handlers: HandlerSet) -> Result<Self, StartupError> {
+    pub async fn build_with_handlers(
+        settings: Settings,
+        handlers: HandlerSet,
+    ) -> Result<Self, StartupError> {
         let store = DbStore::connect(&settings.database.url, settings.database.pool_size).await?;
         tracing::info!(backend = store.backend_name(), "database ready");
-        let runtime = Runtime::start(settings.runtime_config(), Arc::new(store), handlers, settings.flow_types.clone()).await?;
-        let listener = TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
-            bind: settings.server.bind.clone(),
-            source,
-        })?;
+        let runtime = Runtime::start(
+            settings.runtime_config(),
+            Arc::new(store),
+            handlers,
+            settings.flow_types.clone(),
+        )
+        .await?;
+        let listener =
+            TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
+                bind: settings.server.bind.clone(),
+                source,
+            })?;
         let address = listener.local_addr().map_err(|source| StartupError::Bind {
             bind: settings.server.bind.clone(),
             source,
@@ -61,8 +74,14 @@ impl Application {
                 .wrap(TracingLogger::default())
                 .app_data(runtime_data.clone())
                 .app_data(keys.clone())
-                .app_data(web::JsonConfig::default().limit(max_body).error_handler(|e, _| errors::json_error(e).into()))
-                .app_data(web::QueryConfig::default().error_handler(|e, _| errors::query_error(e).into()))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(max_body)
+                        .error_handler(|e, _| errors::json_error(e).into()),
+                )
+                .app_data(
+                    web::QueryConfig::default().error_handler(|e, _| errors::query_error(e).into()),
+                )
                 .app_data(web::PayloadConfig::default().limit(max_body))
                 .configure(http::routes)
                 .default_service(web::to(http::not_found))

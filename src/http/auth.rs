@@ -51,7 +51,9 @@ impl KeyRing {
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer KEY`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer KEY`")
+            })?;
         self.keys
             .get(key)
             .cloned()
@@ -73,7 +75,9 @@ impl FromRequest for Caller {
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         let Some(ring) = request.app_data::<web::Data<KeyRing>>() else {
-            return ready(Err(ApiError::unauthorized("authentication is not configured")));
+            return ready(Err(ApiError::unauthorized(
+                "authentication is not configured",
+            )));
         };
         let user = request
             .headers()
@@ -82,6 +86,9 @@ impl FromRequest for Caller {
             .map(str::trim)
             .filter(|v| !v.is_empty() && v.len() <= 200)
             .map(str::to_owned);
-        ready(ring.tenant_of(request).map(|tenant| Caller { tenant, user }))
+        ready(
+            ring.tenant_of(request)
+                .map(|tenant| Caller { tenant, user }),
+        )
     }
 }

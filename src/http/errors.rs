@@ -29,7 +29,12 @@ struct Problem<'a> {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             slug,
@@ -45,7 +50,12 @@ impl ApiError {
 
     /// Well-formed input that breaks a rule.
     pub fn unprocessable(slug: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, slug, "Unprocessable request", detail)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            slug,
+            "Unprocessable request",
+            detail,
+        )
     }
 
     /// Nothing at this address for this caller.
@@ -55,7 +65,12 @@ impl ApiError {
 
     /// No or an unknown API key.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )
     }
 
     /// The problem's stable `type`, e.g. `/problems/not-found`.
@@ -93,19 +108,33 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::UnknownFlowType(_) => Self::unprocessable("unknown-flow-type", detail),
             RuntimeError::FlowNotFound(_) => Self::not_found(detail),
             RuntimeError::ParentNotFound(_) => Self::unprocessable("unknown-parent-flow", detail),
-            RuntimeError::IllegalTransition { .. } => {
-                Self::new(StatusCode::CONFLICT, "illegal-transition", "Conflict", detail)
-            }
-            RuntimeError::IdempotencyMismatch(_) => {
-                Self::new(StatusCode::CONFLICT, "idempotency-key-reused", "Conflict", detail)
-            }
+            RuntimeError::IllegalTransition { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "illegal-transition",
+                "Conflict",
+                detail,
+            ),
+            RuntimeError::IdempotencyMismatch(_) => Self::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-reused",
+                "Conflict",
+                detail,
+            ),
             RuntimeError::InvalidDefinition(_) => Self::unprocessable("invalid-flow-type", detail),
-            RuntimeError::VersionConflict { .. } => {
-                Self::new(StatusCode::CONFLICT, "flow-type-version-exists", "Conflict", detail)
-            }
+            RuntimeError::VersionConflict { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "flow-type-version-exists",
+                "Conflict",
+                detail,
+            ),
             RuntimeError::Unavailable(_) => {
                 tracing::error!(%detail, "request failed: runtime unavailable");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail)
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    detail,
+                )
             }
         }
     }
@@ -114,7 +143,8 @@ impl From<RuntimeError> for ApiError {
 /// Maps body errors: oversize → 413, not JSON → 415, broken JSON → 400, wrong shape → 422.
 pub fn json_error(error: JsonPayloadError) -> ApiError {
     match &error {
-        JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body-too-large",
             "Payload too large",
@@ -129,7 +159,9 @@ pub fn json_error(error: JsonPayloadError) -> ApiError {
         JsonPayloadError::Deserialize(inner) if inner.classify() == Category::Data => {
             ApiError::unprocessable("invalid-body", inner.to_string())
         }
-        JsonPayloadError::Deserialize(inner) => ApiError::bad_request("malformed-json", inner.to_string()),
+        JsonPayloadError::Deserialize(inner) => {
+            ApiError::bad_request("malformed-json", inner.to_string())
+        }
         other => ApiError::bad_request("malformed-body", other.to_string()),
     }
 }

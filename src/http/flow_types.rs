@@ -68,6 +68,10 @@ pub async fn put(
             phases: body.phases,
         })
         .await?;
-    let mut response = if existed { HttpResponse::Ok() } else { HttpResponse::Created() };
+    let mut response = if existed {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::Created()
+    };
     Ok(response.json(&*definition))
 }

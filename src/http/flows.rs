@@ -63,7 +63,11 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let key = idempotency_key(&request)?;
-    let parent_flow_id = body.parent_flow_id.as_deref().map(parse_flow_id).transpose()?;
+    let parent_flow_id = body
+        .parent_flow_id
+        .as_deref()
+        .map(parse_flow_id)
+        .transpose()?;
     let created = runtime
         .create_flow(NewFlow {
             flow_type: body.flow_type,
@@ -87,7 +91,11 @@ pub async fn create(
 
 /// One flow of the caller's tenant.
 #[instrument(skip_all, fields(flow_id = %id))]
-pub async fn get(runtime: web::Data<Runtime>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    runtime: web::Data<Runtime>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let flow = runtime.flow(&caller.tenant, parse_flow_id(&id)?).await?;
     Ok(HttpResponse::Ok().json(flow))
 }
@@ -105,7 +113,11 @@ pub struct ListQuery {
 
 /// Flows of the caller's tenant, newest first, in keyset pages (`next_cursor`).
 #[instrument(skip_all)]
-pub async fn list(runtime: web::Data<Runtime>, caller: Caller, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    runtime: web::Data<Runtime>,
+    caller: Caller,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let status = query
         .status
@@ -115,14 +127,25 @@ pub async fn list(runtime: web::Data<Runtime>, caller: Caller, query: web::Query
         .map_err(|e| ApiError::bad_request("invalid-query", e.to_string()))?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request("invalid-query", format!("limit must be 1–{MAX_PAGE}")));
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            format!("limit must be 1–{MAX_PAGE}"),
+        ));
     }
     let before = query
         .cursor
         .as_deref()
-        .map(|c| c.parse::<FlowId>().map_err(|_| ApiError::bad_request("invalid-cursor", "the cursor is not one this API issued")))
+        .map(|c| {
+            c.parse::<FlowId>().map_err(|_| {
+                ApiError::bad_request("invalid-cursor", "the cursor is not one this API issued")
+            })
+        })
         .transpose()?;
-    let parent_flow_id = query.parent_flow_id.as_deref().map(parse_flow_id).transpose()?;
+    let parent_flow_id = query
+        .parent_flow_id
+        .as_deref()
+        .map(parse_flow_id)
+        .transpose()?;
     let flows = runtime
         .list_flows(&FlowQuery {
             tenant: Some(caller.tenant),
@@ -133,7 +156,9 @@ pub async fn list(runtime: web::Data<Runtime>, caller: Caller, query: web::Query
             limit,
         })
         .await?;
-    let next_cursor = (flows.len() == limit as usize).then(|| flows.last().map(|f| f.id.to_string())).flatten();
+    let next_cursor = (flows.len() == limit as usize)
+        .then(|| flows.last().map(|f| f.id.to_string()))
+        .flatten();
     Ok(HttpResponse::Ok().json(json!({ "flows": flows, "next_cursor": next_cursor })))
 }
 
@@ -155,46 +180,83 @@ pub async fn events(
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid-query", "limit must be 1–10000"));
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "limit must be 1–10000",
+        ));
     }
     let events = runtime
-        .events(&caller.tenant, parse_flow_id(&id)?, query.after.unwrap_or(0), limit)
+        .events(
+            &caller.tenant,
+            parse_flow_id(&id)?,
+            query.after.unwrap_or(0),
+            limit,
+        )
         .await?;
     Ok(HttpResponse::Ok().json(json!({ "events": events })))
 }
 
 /// A flow's failure journal.
 #[instrument(skip_all, fields(flow_id = %id))]
-pub async fn failures(runtime: web::Data<Runtime>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let failures = runtime.failures(&caller.tenant, parse_flow_id(&id)?).await?;
+pub async fn failures(
+    runtime: web::Data<Runtime>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let failures = runtime
+        .failures(&caller.tenant, parse_flow_id(&id)?)
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "failures": failures })))
 }
 
-async fn control(runtime: &Runtime, caller: Caller, id: &str, command: ControlCommand) -> Result<HttpResponse, ApiError> {
-    let flow = runtime.control(caller.tenant, parse_flow_id(id)?, command).await?;
+async fn control(
+    runtime: &Runtime,
+    caller: Caller,
+    id: &str,
+    command: ControlCommand,
+) -> Result<HttpResponse, ApiError> {
+    let flow = runtime
+        .control(caller.tenant, parse_flow_id(id)?, command)
+        .await?;
     Ok(HttpResponse::Ok().json(flow))
 }
 
 /// Holds the flow at the next phase boundary.
 #[instrument(skip_all, fields(flow_id = %id))]
-pub async fn pause(runtime: web::Data<Runtime>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn pause(
+    runtime: web::Data<Runtime>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     control(&runtime, caller, &id, ControlCommand::Pause).await
 }
 
 /// Continues a paused flow.
 #[instrument(skip_all, fields(flow_id = %id))]
-pub async fn resume(runtime: web::Data<Runtime>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn resume(
+    runtime: web::Data<Runtime>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     control(&runtime, caller, &id, ControlCommand::Resume).await
 }
 
 /// Ends the flow; no later phase runs.
 #[instrument(skip_all, fields(flow_id = %id))]
-pub async fn cancel(runtime: web::Data<Runtime>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn cancel(
+    runtime: web::Data<Runtime>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     control(&runtime, caller, &id, ControlCommand::Cancel).await
 }
 
 /// Runs a failed flow again from its failed phase.
 #[instrument(skip_all, fields(flow_id = %id))]
-pub async fn retry(runtime: web::Data<Runtime>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn retry(
+    runtime: web::Data<Runtime>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     control(&runtime, caller, &id, ControlCommand::Retry).await
 }

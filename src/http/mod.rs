@@ -34,5 +34,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
 
 /// Any path or method the API does not have.
 pub async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::not_found(format!("no route for {} {}", request.method(), request.path())))
+    Err(ApiError::not_found(format!(
+        "no route for {} {}",
+        request.method(),
+        request.path()
+    )))
 }

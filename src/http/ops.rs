@@ -13,6 +13,7 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(runtime: web::Data<Runtime>) -> HttpResponse {
     match runtime.store().ping().await {
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready", "database": "ok" })),
-        Err(error) => HttpResponse::ServiceUnavailable().json(json!({ "status": "unready", "database": error.to_string() })),
+        Err(error) => HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "unready", "database": error.to_string() })),
     }
 }
