@@ -129,9 +129,15 @@ pub fn config_for(db: &TestDatabase, extra_toml: &str) -> PathBuf {
 impl TestServer {
     /// Starts the binary and waits for its "listening" line.
     pub fn start(config: PathBuf) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Like [`TestServer::start`], with extra `FLOWD_*` overrides in the environment.
+    pub fn start_with_env(config: PathBuf, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flowd"))
             .arg("--config")
             .arg(&config)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into()),
@@ -224,6 +230,16 @@ pub async fn post(server: &TestServer, path: &str, body: &Value) -> Reply {
             .expect("POST"),
     )
     .await
+}
+
+pub async fn request(server: &TestServer, method: &str, path: &str, body: Option<&Value>) -> Reply {
+    let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+    let request = client().request(method, server.url(path));
+    let response = match body {
+        Some(body) => request.send_json(body).await,
+        None => request.send().await,
+    };
+    read(response.expect("request")).await
 }
 
 pub async fn post_raw(server: &TestServer, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
