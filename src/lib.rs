@@ -5,8 +5,10 @@
 //! - [`startup`]: builds store, runtime and HTTP server as one [`startup::Application`].
 //! - [`store`]: the diesel stores for SQLite and PostgreSQL.
 //! - [`http`]: the v1 API, problem+json errors and tenancy.
+//! - [`ws`]: websocket progress streams.
 pub mod configuration;
 pub mod http;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod ws;

@@ -42,20 +42,20 @@ impl KeyRing {
         if !self.enabled {
             return Ok(Tenant::default_tenant());
         }
-        let header = request
-            .headers()
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer KEY`"))?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer KEY`")
-            })?;
+        let key = match request.headers().get(AUTHORIZATION) {
+            Some(header) => header
+                .to_str()
+                .ok()
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(|value| value.trim().to_owned())
+                .ok_or_else(|| {
+                    ApiError::unauthorized("the Authorization header must be `Bearer KEY`")
+                })?,
+            None => websocket_token(request)
+                .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer KEY`"))?,
+        };
         self.keys
-            .get(key)
+            .get(&key)
             .cloned()
             .ok_or_else(|| ApiError::unauthorized("unknown API key"))
     }
@@ -91,4 +91,15 @@ impl FromRequest for Caller {
                 .map(|tenant| Caller { tenant, user }),
         )
     }
+}
+
+/// Browsers cannot set headers on a websocket, so streams also take `?access_token=KEY`.
+fn websocket_token(request: &HttpRequest) -> Option<String> {
+    if !request.path().ends_with("/ws") {
+        return None;
+    }
+    web::Query::<HashMap<String, String>>::from_query(request.query_string())
+        .ok()?
+        .get("access_token")
+        .cloned()
 }

@@ -26,6 +26,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .route("/flows/{id}/retry", web::post().to(flows::retry))
                 .route("/flows/{id}/events", web::get().to(flows::events))
                 .route("/flows/{id}/failures", web::get().to(flows::failures))
+                .route("/flows/{id}/ws", web::get().to(crate::ws::flow_stream))
+                .route("/events/ws", web::get().to(crate::ws::tenant_stream))
                 .route("/flow-types", web::get().to(flow_types::list))
                 .route("/flow-types/{name}", web::get().to(flow_types::get))
                 .route("/flow-types/{name}", web::put().to(flow_types::put)),

@@ -289,3 +289,55 @@ pub fn flow_type_toml(name: &str, phases: &[(&str, &str, &str, u32)]) -> String 
     }
     toml
 }
+
+/// A websocket client on one of the stream endpoints.
+pub struct EventSocket {
+    framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+}
+
+impl EventSocket {
+    /// Connects; panics unless the handshake succeeds.
+    pub async fn connect(server: &TestServer, path: &str, key: Option<&str>) -> Self {
+        let mut request = client().ws(server.url(path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let (_, framed) = request.connect().await.expect("websocket handshake");
+        Self { framed }
+    }
+
+    /// The handshake's HTTP status when it is refused.
+    pub async fn refused(server: &TestServer, path: &str, key: Option<&str>) -> u16 {
+        let mut request = client().ws(server.url(path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        match request.connect().await {
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => status.as_u16(),
+            Ok(_) => panic!("the handshake was accepted"),
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+
+    /// The next event, answering pings; `None` if nothing arrives within `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<Value> {
+        use futures_util::{SinkExt, StreamExt};
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let frame = actix_web::rt::time::timeout(left, self.framed.next())
+                .await
+                .ok()??;
+            match frame.expect("websocket frame") {
+                awc::ws::Frame::Text(bytes) => {
+                    return Some(serde_json::from_slice(&bytes).expect("event JSON"));
+                }
+                awc::ws::Frame::Ping(bytes) => {
+                    let _ = self.framed.send(awc::ws::Message::Pong(bytes)).await;
+                }
+                awc::ws::Frame::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+}

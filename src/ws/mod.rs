@@ -1,0 +1,257 @@
+//! Live progress over websockets: a flow's events, or all events of a tenant. A stream first
+//! sends the stored events after the client's cursor, then live ones, each exactly once and in
+//! order. It subscribes to the fan-out *before* reading the database, so nothing falls between
+//! the two; duplicates from the overlap are dropped by cursor. A subscriber that falls behind
+//! the fan-out's buffer is caught up from the database; the runtime never waits for it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
+use flowd_actors::Runtime;
+use flowd_actors::events::FlowEvent;
+use flowd_actors::ids::{FlowId, Tenant};
+use flowd_actors::store::StoreError;
+use serde::Deserialize;
+use tokio::sync::broadcast::{Receiver, error::RecvError};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::http::auth::Caller;
+use crate::http::errors::ApiError;
+use crate::http::flows::parse_flow_id;
+
+/// How often the server pings; a client silent for [`CLIENT_TIMEOUT`] is closed.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events read from the database per catch-up query.
+const PAGE: u32 = 500;
+
+/// Where a stream is and what it wants.
+enum Cursor {
+    /// One flow's events (and, through `master_flow_id`, its children's), by `seq`.
+    Flow { flow_id: FlowId, last_seq: u64 },
+    /// A tenant's events, optionally of one flow type, by event `id`.
+    Tenant {
+        tenant: Tenant,
+        flow_type: Option<String>,
+        last_id: i64,
+    },
+}
+
+impl Cursor {
+    fn wants(&self, event: &FlowEvent) -> bool {
+        match self {
+            Cursor::Flow { flow_id, last_seq } => {
+                event.flow_id == *flow_id && event.seq > *last_seq
+            }
+            Cursor::Tenant {
+                tenant,
+                flow_type,
+                last_id,
+            } => {
+                event.id > *last_id
+                    && event.client_account_id == tenant.client_account_id
+                    && event.engagement_id == tenant.engagement_id
+                    && flow_type.as_ref().is_none_or(|t| *t == event.flow_type)
+            }
+        }
+    }
+
+    fn advance(&mut self, event: &FlowEvent) {
+        match self {
+            Cursor::Flow { last_seq, .. } => *last_seq = event.seq,
+            Cursor::Tenant { last_id, .. } => *last_id = event.id,
+        }
+    }
+
+    async fn stored_page(&self, runtime: &Runtime) -> Result<Vec<FlowEvent>, StoreError> {
+        match self {
+            Cursor::Flow { flow_id, last_seq } => {
+                runtime.store().flow_events(*flow_id, *last_seq, PAGE).await
+            }
+            Cursor::Tenant {
+                tenant, last_id, ..
+            } => runtime.store().tenant_events(tenant, *last_id, PAGE).await,
+        }
+    }
+}
+
+/// Query of the stream endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// The last `seq` (flow stream) or event `id` (tenant stream) the client has seen.
+    pub after: Option<i64>,
+    pub flow_type: Option<String>,
+    /// For browsers, which cannot set `Authorization` on a websocket.
+    pub access_token: Option<String>,
+}
+
+/// `GET /v1/flows/{id}/ws?after=SEQ`.
+pub async fn flow_stream(
+    request: HttpRequest,
+    body: web::Payload,
+    runtime: web::Data<Runtime>,
+    caller: Caller,
+    id: web::Path<String>,
+    query: web::Query<StreamQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let flow_id = parse_flow_id(&id)?;
+    if query.flow_type.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "flow_type filters the tenant stream only",
+        ));
+    }
+    let after = cursor_value(query.after)?;
+    runtime.flow(&caller.tenant, flow_id).await?;
+    let cursor = Cursor::Flow {
+        flow_id,
+        last_seq: after as u64,
+    };
+    let span = info_span!("flow_stream", flow_id = %flow_id);
+    open(&request, body, runtime.into_inner(), cursor, span)
+}
+
+/// `GET /v1/events/ws?flow_type=&after=ID`.
+pub async fn tenant_stream(
+    request: HttpRequest,
+    body: web::Payload,
+    runtime: web::Data<Runtime>,
+    caller: Caller,
+    query: web::Query<StreamQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let cursor = Cursor::Tenant {
+        tenant: caller.tenant.clone(),
+        flow_type: query.flow_type,
+        last_id: cursor_value(query.after)?,
+    };
+    let span = info_span!("tenant_stream", client_account_id = %caller.tenant.client_account_id);
+    open(&request, body, runtime.into_inner(), cursor, span)
+}
+
+fn cursor_value(after: Option<i64>) -> Result<i64, ApiError> {
+    match after {
+        Some(value) if value < 0 => Err(ApiError::bad_request(
+            "invalid-query",
+            "`after` must be 0 or more",
+        )),
+        other => Ok(other.unwrap_or(0)),
+    }
+}
+
+fn open(
+    request: &HttpRequest,
+    body: web::Payload,
+    runtime: Arc<Runtime>,
+    cursor: Cursor,
+    span: tracing::Span,
+) -> Result<HttpResponse, ApiError> {
+    let (response, session, messages) = actix_ws::handle(request, body)
+        .map_err(|error| ApiError::bad_request("not-a-websocket", error.to_string()))?;
+    // Subscribed before the first database read: see the module comment.
+    let live = runtime.subscribe();
+    actix_web::rt::spawn(stream(runtime, session, messages, live, cursor).instrument(span));
+    Ok(response)
+}
+
+/// Why a stream ended, for the close frame.
+fn close_reason(code: CloseCode, text: &str) -> Option<CloseReason> {
+    Some(CloseReason {
+        code,
+        description: Some(text.to_owned()),
+    })
+}
+
+async fn send(session: &mut Session, cursor: &mut Cursor, event: &FlowEvent) -> bool {
+    let Ok(text) = serde_json::to_string(event) else {
+        return false;
+    };
+    cursor.advance(event);
+    session.text(text).await.is_ok()
+}
+
+/// Sends stored events after the cursor until the database has no more.
+async fn catch_up(
+    runtime: &Runtime,
+    session: &mut Session,
+    cursor: &mut Cursor,
+) -> Result<bool, StoreError> {
+    loop {
+        let page = cursor.stored_page(runtime).await?;
+        let full = page.len() == PAGE as usize;
+        for event in &page {
+            if cursor.wants(event) && !send(session, cursor, event).await {
+                return Ok(false);
+            }
+        }
+        if !full {
+            return Ok(true);
+        }
+    }
+}
+
+async fn stream(
+    runtime: Arc<Runtime>,
+    mut session: Session,
+    mut messages: MessageStream,
+    mut live: Receiver<Arc<FlowEvent>>,
+    mut cursor: Cursor,
+) {
+    let reason = 'stream: {
+        match catch_up(&runtime, &mut session, &mut cursor).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                break 'stream close_reason(CloseCode::Error, &format!("database: {error}"));
+            }
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                event = live.recv() => match event {
+                    Ok(event) => {
+                        if cursor.wants(&event) && !send(&mut session, &mut cursor, &event).await {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        debug!(missed, "subscriber fell behind; catching up from the database");
+                        match catch_up(&runtime, &mut session, &mut cursor).await {
+                            Ok(true) => {}
+                            Ok(false) => return,
+                            Err(error) => break 'stream close_reason(CloseCode::Error, &format!("database: {error}")),
+                        }
+                    }
+                    Err(RecvError::Closed) => break 'stream close_reason(CloseCode::Away, "server shutting down"),
+                },
+                message = messages.recv() => match message {
+                    Some(Ok(Message::Ping(bytes))) => {
+                        last_heard = Instant::now();
+                        if session.pong(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None => break 'stream None,
+                    Some(Ok(_)) => last_heard = Instant::now(),
+                    Some(Err(error)) => {
+                        warn!(%error, "websocket protocol error");
+                        break 'stream close_reason(CloseCode::Protocol, "protocol error");
+                    }
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > CLIENT_TIMEOUT {
+                        break 'stream close_reason(CloseCode::Policy, "no pong within 30 s");
+                    }
+                    if session.ping(b"").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let _ = session.close(reason).await;
+}
