@@ -7,6 +7,7 @@ use serde_json::Value;
 
 /// A named, versioned list of phases. A flow pins the version it started with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FlowType {
     pub name: String,
@@ -16,12 +17,14 @@ pub struct FlowType {
 
 /// One phase of a flow type: which handler runs it and how it is retried.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PhaseDefinition {
     pub name: String,
     /// `noop`, `sleep`, `fail`, or the name of a handler registered by the embedding program.
     pub handler: String,
     #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub params: Value,
     /// Deadline of one attempt; the runtime's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -11,6 +11,7 @@ use crate::model::{FlowState, FlowStatus};
 
 /// What happened. Together with `status` this tells a watcher everything it needs to redraw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     FlowInitialized,
@@ -66,6 +67,7 @@ const ALL_KINDS: [EventKind; 11] = [
 
 /// One committed transition of one flow. `seq` is gap-free per flow; `id` rises across all flows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FlowEvent {
     /// Assigned by the persistence actor when the event is committed.
     pub id: i64,

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 /// A flow's id. Time-ordered (UUIDv7) so the newest-first listing is an index scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct FlowId(pub Uuid);
 

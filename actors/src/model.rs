@@ -25,6 +25,7 @@ macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
@@ -90,6 +91,7 @@ impl PhaseStatus {
 
 /// One phase of one flow: its latest attempt and result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PhaseState {
     pub name: String,
     pub status: PhaseStatus,
@@ -97,6 +99,7 @@ pub struct PhaseState {
     pub attempt: u32,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub output: Option<Value>,
     pub error: Option<String>,
 }
@@ -118,6 +121,7 @@ impl PhaseState {
 
 /// One flow as the database holds it and the API serves it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FlowState {
     pub id: FlowId,
     pub flow_type: String,
@@ -128,6 +132,7 @@ pub struct FlowState {
     /// 0–100, by phase weight; never decreases within a run.
     pub progress_percentage: f64,
     pub phases: Vec<PhaseState>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub input: Arc<Value>,
     pub parent_flow_id: Option<FlowId>,
     /// The root of the flow tree; a flow without a parent is its own master.
@@ -212,6 +217,7 @@ pub struct NewFlow {
 
 /// One row of the failure journal: every failed attempt, with enough to diagnose it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailureRecord {
     /// Assigned by the store; 0 before it is written.
     pub id: i64,
@@ -222,6 +228,7 @@ pub struct FailureRecord {
     /// A stable machine-readable kind: `handler_error`, `timeout`, `panic`, ….
     pub error_kind: String,
     pub message: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub diagnostic: Value,
     pub at: DateTime<Utc>,
 }

@@ -19,8 +19,10 @@ pub struct ApiError {
     detail: String,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// The body of every error answer (RFC 9457).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// Stable per error, e.g. `/problems/unknown-flow-type`.
     #[serde(rename = "type")]
     kind: String,
     title: &'a str,

@@ -3,28 +3,37 @@
 use actix_web::{HttpResponse, web};
 use flowd_actors::Runtime;
 use flowd_actors::definition::{FlowType, PhaseDefinition};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use crate::http::auth::Caller;
-use crate::http::errors::ApiError;
+use crate::http::errors::{ApiError, Problem};
+
+/// Every flow type's latest version.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FlowTypeList {
+    pub flow_types: Vec<FlowType>,
+}
 
 /// The latest version of every flow type.
+#[utoipa::path(get, path = "/v1/flow-types", tag = "flow types", responses((status = 200, body = FlowTypeList)))]
 #[instrument(skip_all)]
 pub async fn list(runtime: web::Data<Runtime>, _caller: Caller) -> Result<HttpResponse, ApiError> {
     let types = runtime.flow_types().await?;
-    Ok(HttpResponse::Ok().json(json!({ "flow_types": types })))
+    let flow_types = types.iter().map(|t| (**t).clone()).collect();
+    Ok(HttpResponse::Ok().json(FlowTypeList { flow_types }))
 }
 
 /// Query of `GET /v1/flow-types/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct VersionQuery {
     pub version: Option<u32>,
 }
 
 /// One flow type: the latest version, or `?version=N`.
+#[utoipa::path(get, path = "/v1/flow-types/{name}", tag = "flow types", params(("name" = String, Path), VersionQuery),
+    responses((status = 200, body = FlowType), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(flow_type = %name))]
 pub async fn get(
     runtime: web::Data<Runtime>,
@@ -38,7 +47,7 @@ pub async fn get(
 }
 
 /// Body of `PUT /v1/flow-types/{name}`: a new version (the next one when `version` is absent).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutFlowTypeBody {
     pub version: Option<u32>,
@@ -46,6 +55,8 @@ pub struct PutFlowTypeBody {
 }
 
 /// Registers a new version; flows already running keep theirs. `201` new, `200` identical repeat.
+#[utoipa::path(put, path = "/v1/flow-types/{name}", tag = "flow types", params(("name" = String, Path)), request_body = PutFlowTypeBody,
+    responses((status = 201, body = FlowType), (status = 200, body = FlowType), (status = 409, body = Problem), (status = 422, body = Problem, description = "invalid definition, naming the field")))]
 #[instrument(skip_all, fields(flow_type = %name))]
 pub async fn put(
     runtime: web::Data<Runtime>,

@@ -3,27 +3,30 @@
 use actix_web::http::header::LOCATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use flowd_actors::Runtime;
+use flowd_actors::events::FlowEvent;
 use flowd_actors::flow::ControlCommand;
 use flowd_actors::ids::FlowId;
+use flowd_actors::model::{FailureRecord, FlowState};
 use flowd_actors::model::{FlowStatus, NewFlow};
 use flowd_actors::store::FlowQuery;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::instrument;
 
 use crate::http::auth::Caller;
-use crate::http::errors::ApiError;
+use crate::http::errors::{ApiError, Problem};
 
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 500;
 
 /// Body of `POST /v1/flows`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFlowBody {
     pub flow_type: String,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub input: Option<Value>,
     #[serde(default)]
     pub parent_flow_id: Option<String>,
@@ -53,7 +56,31 @@ fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// A page of flows, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FlowPage {
+    pub flows: Vec<FlowState>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A flow's event history.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventList {
+    pub events: Vec<FlowEvent>,
+}
+
+/// A flow's failure journal.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FailureList {
+    pub failures: Vec<FailureRecord>,
+}
+
 /// Creates and starts a flow: `201` with the flow already running, `200` for a repeated key.
+#[utoipa::path(post, path = "/v1/flows", tag = "flows", request_body = CreateFlowBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "same key and body: the same flow")),
+    responses((status = 201, body = FlowState), (status = 200, body = FlowState, description = "idempotent repeat"),
+        (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
 #[instrument(skip_all, fields(flow_type = %body.flow_type))]
 pub async fn create(
     runtime: web::Data<Runtime>,
@@ -90,6 +117,8 @@ pub async fn create(
 }
 
 /// One flow of the caller's tenant.
+#[utoipa::path(get, path = "/v1/flows/{id}", tag = "flows", params(("id" = String, Path, description = "flow id")),
+    responses((status = 200, body = FlowState), (status = 400, body = Problem), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn get(
     runtime: web::Data<Runtime>,
@@ -101,7 +130,7 @@ pub async fn get(
 }
 
 /// Query of `GET /v1/flows`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub status: Option<String>,
@@ -112,6 +141,8 @@ pub struct ListQuery {
 }
 
 /// Flows of the caller's tenant, newest first, in keyset pages (`next_cursor`).
+#[utoipa::path(get, path = "/v1/flows", tag = "flows", params(ListQuery),
+    responses((status = 200, body = FlowPage), (status = 400, body = Problem)))]
 #[instrument(skip_all)]
 pub async fn list(
     runtime: web::Data<Runtime>,
@@ -159,11 +190,11 @@ pub async fn list(
     let next_cursor = (flows.len() == limit as usize)
         .then(|| flows.last().map(|f| f.id.to_string()))
         .flatten();
-    Ok(HttpResponse::Ok().json(json!({ "flows": flows, "next_cursor": next_cursor })))
+    Ok(HttpResponse::Ok().json(FlowPage { flows, next_cursor }))
 }
 
 /// Query of the event history.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     pub after: Option<u64>,
@@ -171,6 +202,8 @@ pub struct EventsQuery {
 }
 
 /// A flow's events after `after` (a `seq`), oldest first.
+#[utoipa::path(get, path = "/v1/flows/{id}/events", tag = "flows", params(("id" = String, Path), EventsQuery),
+    responses((status = 200, body = EventList), (status = 400, body = Problem), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn events(
     runtime: web::Data<Runtime>,
@@ -193,10 +226,12 @@ pub async fn events(
             limit,
         )
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "events": events })))
+    Ok(HttpResponse::Ok().json(EventList { events }))
 }
 
 /// A flow's failure journal.
+#[utoipa::path(get, path = "/v1/flows/{id}/failures", tag = "flows", params(("id" = String, Path, description = "flow id")),
+    responses((status = 200, body = FailureList), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn failures(
     runtime: web::Data<Runtime>,
@@ -206,7 +241,7 @@ pub async fn failures(
     let failures = runtime
         .failures(&caller.tenant, parse_flow_id(&id)?)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "failures": failures })))
+    Ok(HttpResponse::Ok().json(FailureList { failures }))
 }
 
 async fn control(
@@ -222,6 +257,8 @@ async fn control(
 }
 
 /// Holds the flow at the next phase boundary.
+#[utoipa::path(post, path = "/v1/flows/{id}/pause", tag = "lifecycle", params(("id" = String, Path, description = "flow id")),
+    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status")))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn pause(
     runtime: web::Data<Runtime>,
@@ -232,6 +269,8 @@ pub async fn pause(
 }
 
 /// Continues a paused flow.
+#[utoipa::path(post, path = "/v1/flows/{id}/resume", tag = "lifecycle", params(("id" = String, Path, description = "flow id")),
+    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status")))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn resume(
     runtime: web::Data<Runtime>,
@@ -242,6 +281,8 @@ pub async fn resume(
 }
 
 /// Ends the flow; no later phase runs.
+#[utoipa::path(post, path = "/v1/flows/{id}/cancel", tag = "lifecycle", params(("id" = String, Path, description = "flow id")),
+    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status")))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn cancel(
     runtime: web::Data<Runtime>,
@@ -252,6 +293,8 @@ pub async fn cancel(
 }
 
 /// Runs a failed flow again from its failed phase.
+#[utoipa::path(post, path = "/v1/flows/{id}/retry", tag = "lifecycle", params(("id" = String, Path, description = "flow id")),
+    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status")))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn retry(
     runtime: web::Data<Runtime>,

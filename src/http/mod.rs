@@ -4,6 +4,7 @@ pub mod auth;
 pub mod errors;
 pub mod flow_types;
 pub mod flows;
+pub mod openapi;
 pub mod ops;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -15,6 +16,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
+        .route("/openapi.json", web::get().to(ops::openapi))
         .service(
             web::scope("/v1")
                 .route("/flows", web::post().to(flows::create))

@@ -18,7 +18,7 @@ use tokio::sync::broadcast::{Receiver, error::RecvError};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::http::auth::Caller;
-use crate::http::errors::ApiError;
+use crate::http::errors::{ApiError, Problem};
 use crate::http::flows::parse_flow_id;
 
 /// How often the server pings; a client silent for [`CLIENT_TIMEOUT`] is closed.
@@ -78,7 +78,7 @@ impl Cursor {
 }
 
 /// Query of the stream endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// The last `seq` (flow stream) or event `id` (tenant stream) the client has seen.
@@ -89,6 +89,8 @@ pub struct StreamQuery {
 }
 
 /// `GET /v1/flows/{id}/ws?after=SEQ`.
+#[utoipa::path(get, path = "/v1/flows/{id}/ws", tag = "streams", params(("id" = String, Path), StreamQuery),
+    responses((status = 101, description = "websocket of FlowEvent JSON text frames, stored then live", body = FlowEvent), (status = 404, body = Problem)))]
 pub async fn flow_stream(
     request: HttpRequest,
     body: web::Payload,
@@ -115,6 +117,8 @@ pub async fn flow_stream(
 }
 
 /// `GET /v1/events/ws?flow_type=&after=ID`.
+#[utoipa::path(get, path = "/v1/events/ws", tag = "streams", params(StreamQuery),
+    responses((status = 101, description = "websocket of the tenant's FlowEvent JSON text frames, by id", body = FlowEvent), (status = 401, body = Problem)))]
 pub async fn tenant_stream(
     request: HttpRequest,
     body: web::Payload,
