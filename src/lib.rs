@@ -1,11 +1,13 @@
 //! flowd: the application shell around the `flowd-actors` runtime.
 //!
+//! - [`cli`]: the command-line client of a running server.
 //! - [`configuration`]: typed settings from `config.toml` and `FLOWD_*` variables.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`startup`]: builds store, runtime and HTTP server as one [`startup::Application`].
 //! - [`store`]: the diesel stores for SQLite and PostgreSQL.
 //! - [`http`]: the v1 API, problem+json errors and tenancy.
 //! - [`ws`]: websocket progress streams.
+pub mod cli;
 pub mod configuration;
 pub mod http;
 pub mod startup;

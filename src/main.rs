@@ -1,9 +1,12 @@
-//! The `flowd` binary: `flowd [--config PATH] [serve]` starts the server.
+//! The `flowd` binary: `flowd [--config PATH] [serve]` starts the server; `flows` and
+//! `flow-types` are the CLI client of a running server.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use flowd::cli::{self, Connection, FlowTypesCommand, FlowsCommand};
 use flowd::configuration::Settings;
 use flowd::startup::Application;
 
@@ -11,7 +14,7 @@ use flowd::startup::Application;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Configuration file (default: ./config.toml when present).
+    /// Configuration file of the server (default: ./config.toml when present).
     #[arg(long, global = true, env = "FLOWD_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -22,18 +25,52 @@ struct Cli {
 enum Command {
     /// Start the server (the default).
     Serve,
+    /// Create, list, show and watch flows on a running server.
+    Flows {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: FlowsCommand,
+    },
+    /// List flow types on a running server.
+    FlowTypes {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: FlowTypesCommand,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
-    flowd::telemetry::init(&settings.log);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(settings),
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).map(|()| 0),
+        Command::Flows {
+            connection,
+            command,
+        } => client(cli::flows(connection, command)),
+        Command::FlowTypes {
+            connection,
+            command,
+        } => client(cli::flow_types(connection, command)),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("flowd: {error:#}");
+            ExitCode::from(2)
+        }
     }
 }
 
-fn serve(settings: Settings) -> anyhow::Result<()> {
+fn client(work: impl std::future::Future<Output = anyhow::Result<i32>>) -> anyhow::Result<u8> {
+    let code = actix_web::rt::System::new().block_on(work)?;
+    Ok(u8::try_from(code).unwrap_or(2))
+}
+
+fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let settings = Settings::load(config.as_deref()).context("loading configuration")?;
+    flowd::telemetry::init(&settings.log);
     actix_web::rt::System::new().block_on(async move {
         let application = Application::build(settings)
             .await
