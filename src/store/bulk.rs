@@ -135,7 +135,13 @@ fn push_values(sql: &mut String, backend: Backend, rows: usize, columns: usize) 
 }
 
 /// `INSERT INTO table (columns) VALUES (…), (…)` followed by `suffix`.
-pub fn insert(backend: Backend, table: &str, columns: &[&str], rows: usize, suffix: &str) -> String {
+pub fn insert(
+    backend: Backend,
+    table: &str,
+    columns: &[&str],
+    rows: usize,
+    suffix: &str,
+) -> String {
     let mut sql = String::with_capacity(64 + rows * columns.len() * 8);
     let _ = write!(sql, "INSERT INTO {table} ({}) VALUES ", columns.join(", "));
     push_values(&mut sql, backend, rows, columns.len());
@@ -148,7 +154,11 @@ pub fn insert(backend: Backend, table: &str, columns: &[&str], rows: usize, suff
 /// bound parameters.
 pub fn update_flows(backend: Backend, rows: usize) -> String {
     let mut sql = String::with_capacity(300 + rows * FLOW_CHANGE_COLUMNS.len() * 8);
-    let _ = write!(sql, "WITH v ({}) AS (VALUES ", FLOW_CHANGE_COLUMNS.join(", "));
+    let _ = write!(
+        sql,
+        "WITH v ({}) AS (VALUES ",
+        FLOW_CHANGE_COLUMNS.join(", ")
+    );
     push_values(&mut sql, backend, rows, FLOW_CHANGE_COLUMNS.len());
     sql.push_str(
         ") UPDATE flows SET status = v.status, current_phase = v.current_phase, \

@@ -29,8 +29,8 @@ use futures_util::future::BoxFuture;
 
 use self::bulk::Backend;
 use self::models::{
-    EventRow, EventWrite, FailureRow, FailureWrite, FlowChange, FlowRow, FlowTypeRow, NewFlow, NewFlowType,
-    PhaseRow, PhaseWrite,
+    EventRow, EventWrite, FailureRow, FailureWrite, FlowChange, FlowRow, FlowTypeRow, NewFlow,
+    NewFlowType, PhaseRow, PhaseWrite,
 };
 use self::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
 use self::schema::{DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows, phase_runs};
@@ -88,7 +88,9 @@ impl DbStore {
                 "unsupported database url `{url}`: expected sqlite://… or postgres://…"
             )));
         };
-        Ok(DbStore { pools: Arc::new(pools) })
+        Ok(DbStore {
+            pools: Arc::new(pools),
+        })
     }
 
     /// Which backend this store talks to, for logs and metrics.
@@ -158,7 +160,8 @@ impl DbStore {
 
                 let per = bulk::rows_per_statement(bulk::FLOW_CHANGE_COLUMNS.len());
                 for chunk in plan.flow_changes.chunks(per) {
-                    let mut q = diesel::sql_query(bulk::update_flows(backend, chunk.len())).into_boxed::<Db>();
+                    let mut q = diesel::sql_query(bulk::update_flows(backend, chunk.len()))
+                        .into_boxed::<Db>();
                     for r in chunk {
                         let u = r.update;
                         q = q
@@ -179,7 +182,13 @@ impl DbStore {
 
                 let per = bulk::rows_per_statement(bulk::PHASE_COLUMNS.len());
                 for chunk in plan.phases.chunks(per) {
-                    let sql = bulk::insert(backend, "phase_runs", bulk::PHASE_COLUMNS, chunk.len(), bulk::PHASE_CONFLICT);
+                    let sql = bulk::insert(
+                        backend,
+                        "phase_runs",
+                        bulk::PHASE_COLUMNS,
+                        chunk.len(),
+                        bulk::PHASE_CONFLICT,
+                    );
                     let mut q = diesel::sql_query(sql).into_boxed::<Db>();
                     for r in chunk {
                         let p = r.phase;
@@ -224,7 +233,8 @@ impl DbStore {
 
                 let per = bulk::rows_per_statement(bulk::FAILURE_COLUMNS.len());
                 for chunk in plan.failures.chunks(per) {
-                    let sql = bulk::insert(backend, "failures", bulk::FAILURE_COLUMNS, chunk.len(), "");
+                    let sql =
+                        bulk::insert(backend, "failures", bulk::FAILURE_COLUMNS, chunk.len(), "");
                     let mut q = diesel::sql_query(sql).into_boxed::<Db>();
                     for r in chunk {
                         let f = r.failure;
@@ -271,7 +281,11 @@ impl DbStore {
         })
     }
 
-    async fn by_idempotency_key(&self, tenant: &Tenant, key: &str) -> Result<Option<FlowState>, StoreError> {
+    async fn by_idempotency_key(
+        &self,
+        tenant: &Tenant,
+        key: &str,
+    ) -> Result<Option<FlowState>, StoreError> {
         let id = with_conn!(self, |conn: Db, backend| {
             flows::table
                 .filter(flows::client_account_id.eq(&tenant.client_account_id))
@@ -343,7 +357,11 @@ impl DbStore {
                 .map_err(db_error)?;
             let phases = phase_runs::table
                 .filter(
-                    phase_runs::flow_id.eq_any(flows::table.filter(flows::status.eq_any(&active)).select(flows::id)),
+                    phase_runs::flow_id.eq_any(
+                        flows::table
+                            .filter(flows::status.eq_any(&active))
+                            .select(flows::id),
+                    ),
                 )
                 .order((phase_runs::flow_id, phase_runs::position))
                 .select(PhaseRow::as_select())
@@ -354,7 +372,12 @@ impl DbStore {
         })
     }
 
-    async fn events_of_flow(&self, flow_id: FlowId, after: u64, limit: u32) -> Result<Vec<FlowEvent>, StoreError> {
+    async fn events_of_flow(
+        &self,
+        flow_id: FlowId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<FlowEvent>, StoreError> {
         // No stored seq can exceed i64::MAX, so there is nothing after such a value.
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
@@ -373,7 +396,12 @@ impl DbStore {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
-    async fn events_of_tenant(&self, tenant: &Tenant, after: i64, limit: u32) -> Result<Vec<FlowEvent>, StoreError> {
+    async fn events_of_tenant(
+        &self,
+        tenant: &Tenant,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<FlowEvent>, StoreError> {
         let rows: Vec<EventRow> = with_conn!(self, |conn: Db, backend| {
             events::table
                 .filter(events::client_account_id.eq(&tenant.client_account_id))
@@ -461,11 +489,19 @@ impl FlowStore for DbStore {
         Box::pin(self.by_idempotency_key(tenant, key))
     }
 
-    fn list_flows<'a>(&'a self, query: &'a FlowQuery) -> BoxFuture<'a, Result<Vec<FlowState>, StoreError>> {
+    fn list_flows<'a>(
+        &'a self,
+        query: &'a FlowQuery,
+    ) -> BoxFuture<'a, Result<Vec<FlowState>, StoreError>> {
         Box::pin(self.list(query))
     }
 
-    fn flow_events(&self, flow_id: FlowId, after: u64, limit: u32) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
+    fn flow_events(
+        &self,
+        flow_id: FlowId,
+        after: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
         Box::pin(self.events_of_flow(flow_id, after, limit))
     }
 
@@ -517,18 +553,21 @@ impl<'a> Plan<'a> {
         };
         let mut change_index: HashMap<FlowId, usize> = HashMap::new();
         let mut phase_index: HashMap<(FlowId, usize), usize> = HashMap::new();
-        let mut put_phase = |plan: &mut Plan<'a>, write: PhaseWrite<'a>, key: (FlowId, usize)| {
-            match phase_index.get(&key) {
+        let mut put_phase =
+            |plan: &mut Plan<'a>, write: PhaseWrite<'a>, key: (FlowId, usize)| match phase_index
+                .get(&key)
+            {
                 Some(&i) => plan.phases[i] = write,
                 None => {
                     phase_index.insert(key, plan.phases.len());
                     plan.phases.push(write);
                 }
-            }
-        };
+            };
         for write in batch {
             match write {
-                Write::FlowType(flow_type) => plan.flow_types.push(NewFlowType::from_domain(flow_type)?),
+                Write::FlowType(flow_type) => {
+                    plan.flow_types.push(NewFlowType::from_domain(flow_type)?)
+                }
                 Write::Transition(t) => {
                     if let Some(created) = &t.create {
                         // The created row already is the state after the transition.
@@ -597,7 +636,9 @@ fn db_error(error: DieselError) -> StoreError {
         ) => StoreError::Conflict(format!("{kind:?}: {}", info.message())),
         DieselError::DatabaseError(_, info) => StoreError::Unavailable(info.message().to_owned()),
         DieselError::DeserializationError(e) => StoreError::Corrupt(e.to_string()),
-        DieselError::SerializationError(e) => StoreError::Conflict(format!("value not storable: {e}")),
+        DieselError::SerializationError(e) => {
+            StoreError::Conflict(format!("value not storable: {e}"))
+        }
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -628,7 +669,10 @@ fn with_phases(rows: Vec<FlowRow>, phases: Vec<PhaseRow>) -> Result<Vec<FlowStat
     let mut by_flow: HashMap<uuid::Uuid, Vec<_>> = HashMap::with_capacity(rows.len());
     for phase in phases {
         let flow_id = phase.flow_id.0;
-        by_flow.entry(flow_id).or_default().push(phase.into_state()?);
+        by_flow
+            .entry(flow_id)
+            .or_default()
+            .push(phase.into_state()?);
     }
     rows.into_iter()
         .map(|row| {

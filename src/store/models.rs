@@ -15,7 +15,9 @@ use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, PhaseState, Phas
 use flowd_actors::store::{FlowUpdate, StoreError};
 use serde_json::Value;
 
-use super::schema::{DbJson, DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows, phase_runs};
+use super::schema::{
+    DbJson, DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows, phase_runs,
+};
 
 /// A stored integer that does not fit its domain type: the row was edited or written by a bug.
 fn corrupt(what: &str, value: impl std::fmt::Display) -> StoreError {
@@ -157,8 +159,9 @@ pub struct EventRow {
 impl EventRow {
     /// The domain event.
     pub fn into_event(self) -> Result<FlowEvent, StoreError> {
-        let kind = EventKind::parse(&self.kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("events.kind: unknown value `{}`", self.kind)))?;
+        let kind = EventKind::parse(&self.kind).ok_or_else(|| {
+            StoreError::Corrupt(format!("events.kind: unknown value `{}`", self.kind))
+        })?;
         Ok(FlowEvent {
             id: self.id,
             seq: to_u64("events.seq", self.seq)?,
@@ -224,7 +227,10 @@ impl FlowTypeRow {
     /// The domain flow type; the key columns win over whatever the stored JSON says.
     pub fn into_flow_type(self) -> Result<FlowType, StoreError> {
         let mut flow_type: FlowType = serde_json::from_value(self.definition.0).map_err(|e| {
-            StoreError::Corrupt(format!("flow_types.definition of {} v{}: {e}", self.name, self.version))
+            StoreError::Corrupt(format!(
+                "flow_types.definition of {} v{}: {e}",
+                self.name, self.version
+            ))
         })?;
         flow_type.version = to_u32("flow_types.version", self.version)?;
         flow_type.name = self.name;
@@ -243,8 +249,12 @@ pub struct NewFlowType<'a> {
 impl<'a> NewFlowType<'a> {
     /// Converts and serializes a flow type for insertion.
     pub fn from_domain(flow_type: &'a FlowType) -> Result<Self, StoreError> {
-        let definition = serde_json::to_value(flow_type)
-            .map_err(|e| StoreError::Conflict(format!("flow type {} is not serializable: {e}", flow_type.name)))?;
+        let definition = serde_json::to_value(flow_type).map_err(|e| {
+            StoreError::Conflict(format!(
+                "flow type {} is not serializable: {e}",
+                flow_type.name
+            ))
+        })?;
         Ok(Self {
             name: &flow_type.name,
             version: to_i32("flow type version", flow_type.version)?,
@@ -302,7 +312,11 @@ pub struct PhaseWrite<'a> {
 
 impl<'a> PhaseWrite<'a> {
     /// Checks the phase's integers against their columns.
-    pub fn from_domain(flow_id: FlowId, position: usize, phase: &'a PhaseState) -> Result<Self, StoreError> {
+    pub fn from_domain(
+        flow_id: FlowId,
+        position: usize,
+        phase: &'a PhaseState,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
             flow_id: DbUuid(flow_id.0),
             position: position_to_i32(position)?,

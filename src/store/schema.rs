@@ -190,7 +190,12 @@ impl ToSql<SqlTime, Sqlite> for DbTime {
     fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
         // Fixed width, so text order is time order; microseconds, so both backends agree.
         // Read back by diesel's own `TimestamptzSqlite` parser.
-        out.set_value(self.0.trunc_subsecs(6).format("%Y-%m-%d %H:%M:%S%.6f+00:00").to_string());
+        out.set_value(
+            self.0
+                .trunc_subsecs(6)
+                .format("%Y-%m-%d %H:%M:%S%.6f+00:00")
+                .to_string(),
+        );
         Ok(IsNull::No)
     }
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, SqliteConnection};
 use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -41,8 +43,9 @@ pub fn path_of(url: &str) -> PathBuf {
 pub async fn connect(url: &str, pool_size: usize) -> Result<SqlitePool, StoreError> {
     let path = path_of(url);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+        })?;
     }
     let path_text = path
         .to_str()
@@ -98,7 +101,10 @@ mod tests {
 
     #[test]
     fn strips_the_scheme() {
-        assert_eq!(path_of("sqlite://data/flowd.db"), Path::new("data/flowd.db"));
+        assert_eq!(
+            path_of("sqlite://data/flowd.db"),
+            Path::new("data/flowd.db")
+        );
         assert_eq!(path_of("sqlite:///tmp/x.db"), Path::new("/tmp/x.db"));
         assert_eq!(path_of("sqlite:x.db"), Path::new("x.db"));
     }
