@@ -224,7 +224,8 @@ impl FromSql<SqlJson, Sqlite> for DbJson {
 }
 
 /// A JSON value bound as a parameter without copying it out of the domain value.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, AsExpression)]
+#[diesel(sql_type = SqlJson)]
 pub struct DbJsonRef<'a>(pub &'a Value);
 
 impl ToSql<SqlJson, Pg> for DbJsonRef<'_> {
