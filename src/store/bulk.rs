@@ -54,7 +54,7 @@ pub const PHASE_COLUMNS: &[&str] = &[
     "error",
 ];
 
-/// A phase row carries the whole phase: insert it, or overwrite the stored one.
+/// A phase row carries the whole phase: insert it, or overwrite the stored one (both backends).
 pub const PHASE_CONFLICT: &str = " ON CONFLICT (flow_id, position) DO UPDATE SET name = excluded.name, \
      status = excluded.status, attempt = excluded.attempt, started_at = excluded.started_at, \
      finished_at = excluded.finished_at, output = excluded.output, error = excluded.error";

@@ -140,7 +140,7 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
                 .bind::<Integer, _>(r.attempt)
                 .bind::<Nullable<SqlTime>, _>(p.started_at.map(DbTime))
                 .bind::<Nullable<SqlTime>, _>(p.finished_at.map(DbTime))
-                .bind::<Nullable<SqlJson>, _>(r.output())
+                .bind::<Nullable<SqlJson>, _>(r.output)
                 .bind::<Nullable<Text>, _>(p.error.as_deref());
         }
         q.execute(&mut *c).await?;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, SqliteConnection};
+use diesel::{Connection, RunQueryDsl, SqliteConnection};
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
@@ -15,8 +15,15 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use flowd_actors::store::StoreError;
 use futures_util::FutureExt;
 
-use super::schema::{DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows, phase_runs};
-use super::{Plan, TxError};
+use super::schema::{DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows};
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::result::QueryResult;
+use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
+use diesel::sqlite::Sqlite;
+
+use super::models::{FlowChange, PhaseWrite};
+use super::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
+use super::{Plan, TxError, bulk};
 
 /// The async connection type of the SQLite pool: a blocking connection driven on tokio's
 /// blocking threads.
@@ -103,9 +110,7 @@ pub fn is_sqlite_url(url: &str) -> bool {
 /// cached single-row statement per row, all inside one trip to a blocking thread, beats the
 /// multi-row statements PostgreSQL wants (measured: several times faster at 1000 transitions).
 pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result<(), TxError> {
-    use diesel::RunQueryDsl;
     use diesel::prelude::*;
-    use diesel::upsert::excluded;
 
     for r in &plan.flow_types {
         diesel::insert_into(flow_types::table)
@@ -143,49 +148,15 @@ pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result
             .execute(conn)?;
     }
     let mut missing = 0;
-    for r in &plan.flow_changes {
-        let u = r.update;
-        let updated = diesel::update(flows::table.find(r.id))
-            .set((
-                flows::status.eq(u.status.as_str()),
-                flows::current_phase.eq(u.current_phase.as_deref()),
-                flows::next_phase.eq(u.next_phase.as_deref()),
-                flows::progress_percentage.eq(u.progress_percentage),
-                flows::last_seq.eq(r.last_seq),
-                flows::updated_at.eq(DbTime(u.updated_at)),
-            ))
-            .execute(conn)?;
+    for change in &plan.flow_changes {
+        let updated = UpdateFlow(change).execute(conn)?;
         missing += 1 - updated.min(1);
     }
     if missing > 0 {
         return Err(TxError::MissingFlows(missing));
     }
-    for r in &plan.phases {
-        let p = r.phase;
-        diesel::insert_into(phase_runs::table)
-            .values((
-                phase_runs::flow_id.eq(r.flow_id),
-                phase_runs::position.eq(r.position),
-                phase_runs::name.eq(p.name.as_str()),
-                phase_runs::status.eq(p.status.as_str()),
-                phase_runs::attempt.eq(r.attempt),
-                phase_runs::started_at.eq(p.started_at.map(DbTime)),
-                phase_runs::finished_at.eq(p.finished_at.map(DbTime)),
-                phase_runs::output.eq(r.output()),
-                phase_runs::error.eq(p.error.as_deref()),
-            ))
-            .on_conflict((phase_runs::flow_id, phase_runs::position))
-            .do_update()
-            .set((
-                phase_runs::name.eq(excluded(phase_runs::name)),
-                phase_runs::status.eq(excluded(phase_runs::status)),
-                phase_runs::attempt.eq(excluded(phase_runs::attempt)),
-                phase_runs::started_at.eq(excluded(phase_runs::started_at)),
-                phase_runs::finished_at.eq(excluded(phase_runs::finished_at)),
-                phase_runs::output.eq(excluded(phase_runs::output)),
-                phase_runs::error.eq(excluded(phase_runs::error)),
-            ))
-            .execute(conn)?;
+    for phase in &plan.phases {
+        UpsertPhase(phase).execute(conn)?;
     }
     for r in &plan.events {
         let e = r.event;
@@ -225,6 +196,86 @@ pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result
     }
     Ok(())
 }
+
+/// `UPDATE flows … WHERE id = ?` for one flow. diesel never caches the statements of its own
+/// `update` and upsert builders (their text may vary with the changeset); this one has a fixed
+/// text and a static query id, so SQLite prepares it once per connection.
+struct UpdateFlow<'p, 'a>(&'p FlowChange<'a>);
+
+/// The static query id of [`UpdateFlow`].
+struct UpdateFlowId;
+
+impl QueryId for UpdateFlow<'_, '_> {
+    type QueryId = UpdateFlowId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Sqlite> for UpdateFlow<'_, '_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        let change = self.0;
+        let update = change.update;
+        out.push_sql("UPDATE flows SET status = ");
+        out.push_bind_param::<Text, str>(update.status.as_str())?;
+        out.push_sql(", current_phase = ");
+        out.push_bind_param::<Nullable<Text>, _>(&update.current_phase)?;
+        out.push_sql(", next_phase = ");
+        out.push_bind_param::<Nullable<Text>, _>(&update.next_phase)?;
+        out.push_sql(", progress_percentage = ");
+        out.push_bind_param::<Double, _>(&update.progress_percentage)?;
+        out.push_sql(", last_seq = ");
+        out.push_bind_param::<BigInt, _>(&change.last_seq)?;
+        out.push_sql(", updated_at = ");
+        out.push_bind_param::<SqlTime, _>(&change.updated_at)?;
+        out.push_sql(" WHERE id = ");
+        out.push_bind_param::<SqlUuid, _>(&change.id)?;
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<SqliteConnection> for UpdateFlow<'_, '_> {}
+
+/// Insert-or-overwrite of one phase row, with a fixed, cacheable text (see [`UpdateFlow`]).
+struct UpsertPhase<'p, 'a>(&'p PhaseWrite<'a>);
+
+/// The static query id of [`UpsertPhase`].
+struct UpsertPhaseId;
+
+impl QueryId for UpsertPhase<'_, '_> {
+    type QueryId = UpsertPhaseId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Sqlite> for UpsertPhase<'_, '_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        let row = self.0;
+        out.push_sql(
+            "INSERT INTO phase_runs (flow_id, position, name, status, attempt, started_at, \
+             finished_at, output, error) VALUES (",
+        );
+        out.push_bind_param::<SqlUuid, _>(&row.flow_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Integer, _>(&row.position)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.phase.name)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, str>(row.phase.status.as_str())?;
+        out.push_sql(", ");
+        out.push_bind_param::<Integer, _>(&row.attempt)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<SqlTime>, _>(&row.started_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<SqlTime>, _>(&row.finished_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<SqlJson>, _>(&row.output)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&row.phase.error)?;
+        out.push_sql(")");
+        out.push_sql(bulk::PHASE_CONFLICT);
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<SqliteConnection> for UpsertPhase<'_, '_> {}
 
 #[cfg(test)]
 mod tests {
