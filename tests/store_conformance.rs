@@ -785,7 +785,7 @@ async fn empty_batch_and_ping(store: &DbStore) {
 async fn commit_throughput(store: &DbStore) {
     let definition = flow_type("discovery", 1);
     let flows_per_batch = 1000;
-    let rounds = 20;
+    let rounds = 60;
     let mut flows: Vec<FlowState> = (0..flows_per_batch)
         .map(|_| new_flow(&definition, &tenant("acme"), None, None))
         .collect();
