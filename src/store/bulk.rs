@@ -1,21 +1,12 @@
-//! The text of the commit path's multi-row statements. A batch of a thousand transitions is a
-//! handful of statements instead of thousands: that is what makes group commit pay off on
-//! SQLite (each statement is a trip to a blocking thread) and on PostgreSQL (a network round
-//! trip). Only the placeholders differ between the backends.
+//! The text of PostgreSQL's multi-row commit statements. A batch of a thousand transitions is a
+//! handful of statements instead of thousands of network round trips.
 
 use std::fmt::Write as _;
-
-/// Which placeholder syntax a statement uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 /// Rows per statement, at most; bounds statement size and preparation cost.
 pub const MAX_ROWS: usize = 1000;
 
-/// Bound parameters per statement, at most: under SQLite's 32766 and PostgreSQL's 65535.
+/// Bound parameters per statement, at most: under PostgreSQL's 65535.
 const MAX_BINDS: usize = 30_000;
 
 /// How many rows of `columns` parameters one statement may carry.
@@ -63,7 +54,7 @@ pub const PHASE_COLUMNS: &[&str] = &[
     "error",
 ];
 
-/// A phase row carries the whole phase: insert it, or overwrite the stored one.
+/// A phase row carries the whole phase: insert it, or overwrite the stored one (both backends).
 pub const PHASE_CONFLICT: &str = " ON CONFLICT (flow_id, position) DO UPDATE SET name = excluded.name, \
      status = excluded.status, attempt = excluded.attempt, started_at = excluded.started_at, \
      finished_at = excluded.finished_at, output = excluded.output, error = excluded.error";
@@ -109,8 +100,8 @@ pub const FLOW_CHANGE_COLUMNS: &[&str] = &[
     "updated_at",
 ];
 
-/// `(p, p, …), (p, p, …)` for `rows` rows of `columns` parameters.
-fn push_values(sql: &mut String, backend: Backend, rows: usize, columns: usize) {
+/// `($1, $2, …), ($n, …)` for `rows` rows of `columns` parameters.
+fn push_values(sql: &mut String, rows: usize, columns: usize) {
     let mut n = 0;
     for row in 0..rows {
         if row > 0 {
@@ -122,44 +113,32 @@ fn push_values(sql: &mut String, backend: Backend, rows: usize, columns: usize) 
                 sql.push_str(", ");
             }
             n += 1;
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => {
-                    // Writing to a String cannot fail.
-                    let _ = write!(sql, "${n}");
-                }
-            }
+            // Writing to a String cannot fail.
+            let _ = write!(sql, "${n}");
         }
         sql.push(')');
     }
 }
 
 /// `INSERT INTO table (columns) VALUES (…), (…)` followed by `suffix`.
-pub fn insert(
-    backend: Backend,
-    table: &str,
-    columns: &[&str],
-    rows: usize,
-    suffix: &str,
-) -> String {
+pub fn insert(table: &str, columns: &[&str], rows: usize, suffix: &str) -> String {
     let mut sql = String::with_capacity(64 + rows * columns.len() * 8);
     let _ = write!(sql, "INSERT INTO {table} ({}) VALUES ", columns.join(", "));
-    push_values(&mut sql, backend, rows, columns.len());
+    push_values(&mut sql, rows, columns.len());
     sql.push_str(suffix);
     sql
 }
 
 /// One `UPDATE … FROM (VALUES …)` for `rows` flow changes, binding [`FLOW_CHANGE_COLUMNS`].
-/// Both SQLite (3.33+) and PostgreSQL accept this form; PostgreSQL types the values from the
-/// bound parameters.
-pub fn update_flows(backend: Backend, rows: usize) -> String {
+/// PostgreSQL types the `VALUES` columns from the bound parameters' types.
+pub fn update_flows(rows: usize) -> String {
     let mut sql = String::with_capacity(300 + rows * FLOW_CHANGE_COLUMNS.len() * 8);
     let _ = write!(
         sql,
         "WITH v ({}) AS (VALUES ",
         FLOW_CHANGE_COLUMNS.join(", ")
     );
-    push_values(&mut sql, backend, rows, FLOW_CHANGE_COLUMNS.len());
+    push_values(&mut sql, rows, FLOW_CHANGE_COLUMNS.len());
     sql.push_str(
         ") UPDATE flows SET status = v.status, current_phase = v.current_phase, \
          next_phase = v.next_phase, progress_percentage = v.progress_percentage, \
@@ -173,21 +152,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_postgres_placeholders_across_rows() {
+    fn numbers_placeholders_across_rows() {
         assert_eq!(
-            insert(Backend::Postgres, "t", &["a", "b"], 2, ""),
-            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+            insert("t", &["a", "b"], 2, " X"),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) X"
         );
-        assert_eq!(
-            insert(Backend::Sqlite, "t", &["a", "b"], 2, " X"),
-            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?) X"
-        );
+        assert!(update_flows(2).contains("VALUES ($1, $2, $3, $4, $5, $6, $7), ($8, "));
     }
 
     #[test]
-    fn keeps_statements_under_the_bind_limits() {
+    fn keeps_statements_under_the_bind_limit() {
         for columns in [1, 4, 7, 9, 14, 17] {
-            assert!(rows_per_statement(columns) * columns <= 32_766);
+            assert!(rows_per_statement(columns) * columns <= 65_535);
         }
     }
 }

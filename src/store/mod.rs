@@ -4,8 +4,10 @@
 //! - [`models`]: row structs and their conversion to and from the domain types.
 //! - [`sqlite`], [`postgres`]: pool construction and embedded migrations per backend.
 //!
-//! Every query is written once; [`with_conn!`] expands it once per backend. The commit path
-//! writes a whole batch with a handful of multi-row statements, whatever the batch size.
+//! Every read is written once; [`with_conn!`] expands it once per backend. The commit path is
+//! planned once ([`Plan`]) and then written the way each backend is fastest: on SQLite with
+//! cached single-row statements in one blocking call, on PostgreSQL with a few multi-row
+//! statements (see [`sqlite::write_plan`] and [`postgres::write_plan`]).
 
 mod bulk;
 pub mod models;
@@ -18,7 +20,6 @@ use std::sync::Arc;
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use flowd_actors::definition::FlowType;
 use flowd_actors::events::FlowEvent;
@@ -27,13 +28,11 @@ use flowd_actors::model::{FailureRecord, FlowState, FlowStatus};
 use flowd_actors::store::{FlowQuery, FlowStore, StoreError, Write};
 use futures_util::future::BoxFuture;
 
-use self::bulk::Backend;
 use self::models::{
     EventRow, EventWrite, FailureRow, FailureWrite, FlowChange, FlowRow, FlowTypeRow, NewFlow,
     NewFlowType, PhaseRow, PhaseWrite,
 };
-use self::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
-use self::schema::{DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows, phase_runs};
+use self::schema::{DbTime, DbUuid, events, failures, flow_types, flows, phase_runs};
 
 /// The database behind the runtime: SQLite or PostgreSQL, chosen by the URL. Cheap to clone;
 /// every clone shares one pool.
@@ -48,16 +47,13 @@ enum Pools {
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of the store's backend and `$db` to
-/// the diesel backend type, once expanded per backend. `$backend` is the [`Backend`] value,
-/// for the few statements whose text differs.
+/// the diesel backend type, once expanded per backend.
 macro_rules! with_conn {
-    ($store:expr, |$conn:ident: $db:ident, $backend:ident| $body:expr) => {
+    ($store:expr, |$conn:ident: $db:ident| $body:expr) => {
         match &*$store.pools {
             Pools::Sqlite(pool) => {
                 #[allow(unused_imports)]
                 use diesel::sqlite::Sqlite as $db;
-                #[allow(unused_variables)]
-                let $backend = Backend::Sqlite;
                 let mut pooled = pool.get().await.map_err(pool_error)?;
                 let $conn: &mut sqlite::SqliteConn = &mut pooled;
                 $body
@@ -65,8 +61,6 @@ macro_rules! with_conn {
             Pools::Postgres(pool) => {
                 #[allow(unused_imports)]
                 use diesel::pg::Pg as $db;
-                #[allow(unused_variables)]
-                let $backend = Backend::Postgres;
                 let mut pooled = pool.get().await.map_err(pool_error)?;
                 let $conn: &mut diesel_async::AsyncPgConnection = &mut pooled;
                 $body
@@ -105,160 +99,35 @@ impl DbStore {
         if batch.is_empty() {
             return Ok(());
         }
-        // Everything that can fail without the database fails here, before the transaction.
-        let plan = Plan::of(batch)?;
-        let plan = &plan;
-        with_conn!(self, |conn: Db, backend| {
-            conn.transaction(async |c| {
-                let per = bulk::rows_per_statement(bulk::FLOW_TYPE_COLUMNS.len());
-                for chunk in plan.flow_types.chunks(per) {
-                    let sql = bulk::insert(
-                        backend,
-                        "flow_types",
-                        bulk::FLOW_TYPE_COLUMNS,
-                        chunk.len(),
-                        bulk::FLOW_TYPE_CONFLICT,
-                    );
-                    let mut q = diesel::sql_query(sql).into_boxed::<Db>();
-                    for r in chunk {
-                        q = q
-                            .bind::<Text, _>(r.name)
-                            .bind::<Integer, _>(r.version)
-                            .bind::<SqlJson, _>(DbJsonRef(&r.definition))
-                            .bind::<SqlTime, _>(plan.now);
-                    }
-                    q.execute(&mut *c).await?;
-                }
-
-                let per = bulk::rows_per_statement(bulk::FLOW_COLUMNS.len());
-                for chunk in plan.new_flows.chunks(per) {
-                    let sql = bulk::insert(backend, "flows", bulk::FLOW_COLUMNS, chunk.len(), "");
-                    let mut q = diesel::sql_query(sql).into_boxed::<Db>();
-                    for r in chunk {
-                        let f = r.flow;
-                        q = q
-                            .bind::<SqlUuid, _>(DbUuid(f.id.0))
-                            .bind::<Text, _>(f.flow_type.as_str())
-                            .bind::<Integer, _>(r.flow_type_version)
-                            .bind::<Text, _>(f.status.as_str())
-                            .bind::<Nullable<Text>, _>(f.current_phase.as_deref())
-                            .bind::<Nullable<Text>, _>(f.next_phase.as_deref())
-                            .bind::<Double, _>(f.progress_percentage)
-                            .bind::<SqlJson, _>(DbJsonRef(&f.input))
-                            .bind::<Nullable<SqlUuid>, _>(f.parent_flow_id.map(|p| DbUuid(p.0)))
-                            .bind::<SqlUuid, _>(DbUuid(f.master_flow_id.0))
-                            .bind::<Text, _>(f.client_account_id.as_str())
-                            .bind::<Text, _>(f.engagement_id.as_str())
-                            .bind::<Nullable<Text>, _>(f.created_by.as_deref())
-                            .bind::<Nullable<Text>, _>(f.idempotency_key.as_deref())
-                            .bind::<BigInt, _>(r.last_seq)
-                            .bind::<SqlTime, _>(DbTime(f.created_at))
-                            .bind::<SqlTime, _>(DbTime(f.updated_at));
-                    }
-                    q.execute(&mut *c).await?;
-                }
-
-                let per = bulk::rows_per_statement(bulk::FLOW_CHANGE_COLUMNS.len());
-                for chunk in plan.flow_changes.chunks(per) {
-                    let mut q = diesel::sql_query(bulk::update_flows(backend, chunk.len()))
-                        .into_boxed::<Db>();
-                    for r in chunk {
-                        let u = r.update;
-                        q = q
-                            .bind::<SqlUuid, _>(r.id)
-                            .bind::<Text, _>(u.status.as_str())
-                            .bind::<Nullable<Text>, _>(u.current_phase.as_deref())
-                            .bind::<Nullable<Text>, _>(u.next_phase.as_deref())
-                            .bind::<Double, _>(u.progress_percentage)
-                            .bind::<BigInt, _>(r.last_seq)
-                            .bind::<SqlTime, _>(DbTime(u.updated_at));
-                    }
-                    let updated = q.execute(&mut *c).await?;
-                    // Keyed by id and deduplicated, so each change matches exactly one row.
-                    if updated != chunk.len() {
-                        return Err(TxError::MissingFlows(chunk.len().saturating_sub(updated)));
-                    }
-                }
-
-                let per = bulk::rows_per_statement(bulk::PHASE_COLUMNS.len());
-                for chunk in plan.phases.chunks(per) {
-                    let sql = bulk::insert(
-                        backend,
-                        "phase_runs",
-                        bulk::PHASE_COLUMNS,
-                        chunk.len(),
-                        bulk::PHASE_CONFLICT,
-                    );
-                    let mut q = diesel::sql_query(sql).into_boxed::<Db>();
-                    for r in chunk {
-                        let p = r.phase;
-                        q = q
-                            .bind::<SqlUuid, _>(r.flow_id)
-                            .bind::<Integer, _>(r.position)
-                            .bind::<Text, _>(p.name.as_str())
-                            .bind::<Text, _>(p.status.as_str())
-                            .bind::<Integer, _>(r.attempt)
-                            .bind::<Nullable<SqlTime>, _>(p.started_at.map(DbTime))
-                            .bind::<Nullable<SqlTime>, _>(p.finished_at.map(DbTime))
-                            .bind::<Nullable<SqlJson>, _>(r.output())
-                            .bind::<Nullable<Text>, _>(p.error.as_deref());
-                    }
-                    q.execute(&mut *c).await?;
-                }
-
-                let per = bulk::rows_per_statement(bulk::EVENT_COLUMNS.len());
-                for chunk in plan.events.chunks(per) {
-                    let sql = bulk::insert(backend, "events", bulk::EVENT_COLUMNS, chunk.len(), "");
-                    let mut q = diesel::sql_query(sql).into_boxed::<Db>();
-                    for r in chunk {
-                        let e = r.event;
-                        q = q
-                            .bind::<BigInt, _>(e.id)
-                            .bind::<SqlUuid, _>(DbUuid(e.flow_id.0))
-                            .bind::<BigInt, _>(r.seq)
-                            .bind::<SqlUuid, _>(DbUuid(e.master_flow_id.0))
-                            .bind::<Text, _>(e.client_account_id.as_str())
-                            .bind::<Text, _>(e.engagement_id.as_str())
-                            .bind::<Text, _>(e.flow_type.as_str())
-                            .bind::<Text, _>(e.kind.as_str())
-                            .bind::<Text, _>(e.status.as_str())
-                            .bind::<Nullable<Text>, _>(e.current_phase.as_deref())
-                            .bind::<Nullable<Text>, _>(e.next_phase.as_deref())
-                            .bind::<Double, _>(e.progress_percentage)
-                            .bind::<Nullable<Text>, _>(e.error.as_deref())
-                            .bind::<SqlTime, _>(DbTime(e.at));
-                    }
-                    q.execute(&mut *c).await?;
-                }
-
-                let per = bulk::rows_per_statement(bulk::FAILURE_COLUMNS.len());
-                for chunk in plan.failures.chunks(per) {
-                    let sql =
-                        bulk::insert(backend, "failures", bulk::FAILURE_COLUMNS, chunk.len(), "");
-                    let mut q = diesel::sql_query(sql).into_boxed::<Db>();
-                    for r in chunk {
-                        let f = r.failure;
-                        q = q
-                            .bind::<SqlUuid, _>(DbUuid(f.flow_id.0))
-                            .bind::<SqlUuid, _>(DbUuid(f.master_flow_id.0))
-                            .bind::<Nullable<Text>, _>(f.phase.as_deref())
-                            .bind::<Integer, _>(r.attempt)
-                            .bind::<Text, _>(f.error_kind.as_str())
-                            .bind::<Text, _>(f.message.as_str())
-                            .bind::<SqlJson, _>(DbJsonRef(&f.diagnostic))
-                            .bind::<SqlTime, _>(DbTime(f.at));
-                    }
-                    q.execute(&mut *c).await?;
-                }
-                Ok::<(), TxError>(())
-            })
-            .await
-            .map_err(TxError::into_store_error)
-        })
+        match &*self.pools {
+            Pools::Sqlite(pool) => {
+                // The whole transaction in one trip to a blocking thread; that closure must own
+                // its data, hence the copy of the batch (cheap next to the writes themselves).
+                let owned = batch.to_vec();
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                conn.spawn_blocking(move |conn| {
+                    Ok(Plan::of(&owned).and_then(|plan| {
+                        conn.transaction(|c| sqlite::write_plan(c, &plan))
+                            .map_err(TxError::into_store_error)
+                    }))
+                })
+                .await
+                .map_err(db_error)?
+            }
+            Pools::Postgres(pool) => {
+                // Everything that can fail without the database fails here, before the transaction.
+                let plan = Plan::of(batch)?;
+                let plan = &plan;
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                conn.transaction(async |c| postgres::write_plan(c, plan).await)
+                    .await
+                    .map_err(TxError::into_store_error)
+            }
+        }
     }
 
     async fn load_one(&self, id: FlowId) -> Result<Option<FlowState>, StoreError> {
-        with_conn!(self, |conn: Db, backend| {
+        with_conn!(self, |conn: Db| {
             let row = flows::table
                 .find(DbUuid(id.0))
                 .select(FlowRow::as_select())
@@ -286,7 +155,7 @@ impl DbStore {
         tenant: &Tenant,
         key: &str,
     ) -> Result<Option<FlowState>, StoreError> {
-        let id = with_conn!(self, |conn: Db, backend| {
+        let id = with_conn!(self, |conn: Db| {
             flows::table
                 .filter(flows::client_account_id.eq(&tenant.client_account_id))
                 .filter(flows::engagement_id.eq(&tenant.engagement_id))
@@ -304,7 +173,7 @@ impl DbStore {
     }
 
     async fn list(&self, query: &FlowQuery) -> Result<Vec<FlowState>, StoreError> {
-        with_conn!(self, |conn: Db, backend| {
+        with_conn!(self, |conn: Db| {
             let mut q = flows::table.select(FlowRow::as_select()).into_boxed::<Db>();
             if let Some(tenant) = &query.tenant {
                 q = q
@@ -347,7 +216,7 @@ impl DbStore {
 
     async fn active(&self) -> Result<Vec<FlowState>, StoreError> {
         let active = active_statuses();
-        with_conn!(self, |conn: Db, backend| {
+        with_conn!(self, |conn: Db| {
             let rows = flows::table
                 .filter(flows::status.eq_any(&active))
                 .order(flows::id)
@@ -382,7 +251,7 @@ impl DbStore {
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
         };
-        let rows: Vec<EventRow> = with_conn!(self, |conn: Db, backend| {
+        let rows: Vec<EventRow> = with_conn!(self, |conn: Db| {
             events::table
                 .filter(events::flow_id.eq(DbUuid(flow_id.0)))
                 .filter(events::seq.gt(after))
@@ -402,7 +271,7 @@ impl DbStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<FlowEvent>, StoreError> {
-        let rows: Vec<EventRow> = with_conn!(self, |conn: Db, backend| {
+        let rows: Vec<EventRow> = with_conn!(self, |conn: Db| {
             events::table
                 .filter(events::client_account_id.eq(&tenant.client_account_id))
                 .filter(events::engagement_id.eq(&tenant.engagement_id))
@@ -418,7 +287,7 @@ impl DbStore {
     }
 
     async fn failures_of(&self, flow_id: FlowId) -> Result<Vec<FailureRecord>, StoreError> {
-        let rows: Vec<FailureRow> = with_conn!(self, |conn: Db, backend| {
+        let rows: Vec<FailureRow> = with_conn!(self, |conn: Db| {
             failures::table
                 .filter(failures::flow_id.eq(DbUuid(flow_id.0)))
                 .order(failures::id)
@@ -431,7 +300,7 @@ impl DbStore {
     }
 
     async fn flow_types(&self) -> Result<Vec<FlowType>, StoreError> {
-        let rows: Vec<FlowTypeRow> = with_conn!(self, |conn: Db, backend| {
+        let rows: Vec<FlowTypeRow> = with_conn!(self, |conn: Db| {
             flow_types::table
                 .order((flow_types::name, flow_types::version))
                 .select(FlowTypeRow::as_select())
@@ -443,7 +312,7 @@ impl DbStore {
     }
 
     async fn max_id(&self) -> Result<i64, StoreError> {
-        let max: Option<i64> = with_conn!(self, |conn: Db, backend| {
+        let max: Option<i64> = with_conn!(self, |conn: Db| {
             events::table
                 .select(diesel::dsl::max(events::id))
                 .first(conn)
@@ -454,7 +323,7 @@ impl DbStore {
     }
 
     async fn round_trip(&self) -> Result<(), StoreError> {
-        with_conn!(self, |conn: Db, backend| {
+        with_conn!(self, |conn: Db| {
             diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
                 .get_result::<i32>(conn)
                 .await

@@ -288,6 +288,7 @@ pub struct FlowChange<'a> {
     pub id: DbUuid,
     pub update: &'a FlowUpdate,
     pub last_seq: i64,
+    pub updated_at: DbTime,
 }
 
 impl<'a> FlowChange<'a> {
@@ -297,6 +298,7 @@ impl<'a> FlowChange<'a> {
             id: DbUuid(id.0),
             update,
             last_seq: to_i64("last_seq", update.last_seq)?,
+            updated_at: DbTime(update.updated_at),
         })
     }
 }
@@ -308,6 +310,9 @@ pub struct PhaseWrite<'a> {
     pub position: i32,
     pub attempt: i32,
     pub phase: &'a PhaseState,
+    pub started_at: Option<DbTime>,
+    pub finished_at: Option<DbTime>,
+    pub output: Option<DbJsonRef<'a>>,
 }
 
 impl<'a> PhaseWrite<'a> {
@@ -322,12 +327,10 @@ impl<'a> PhaseWrite<'a> {
             position: position_to_i32(position)?,
             attempt: to_i32("phase attempt", phase.attempt)?,
             phase,
+            started_at: phase.started_at.map(DbTime),
+            finished_at: phase.finished_at.map(DbTime),
+            output: phase.output.as_ref().map(DbJsonRef),
         })
-    }
-
-    /// The phase's output, bound without a copy.
-    pub fn output(&self) -> Option<DbJsonRef<'a>> {
-        self.phase.output.as_ref().map(DbJsonRef)
     }
 }
 

@@ -1,11 +1,18 @@
 //! PostgreSQL: the scale-out backend, through tokio-postgres (no libpq).
 
+use diesel::pg::Pg;
+use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
 use diesel_async::AsyncPgConnection;
+use diesel_async::RunQueryDsl;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use flowd_actors::store::StoreError;
+
+use super::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
+use super::schema::{DbJsonRef, DbTime, DbUuid};
+use super::{Plan, TxError, bulk};
 
 /// The PostgreSQL pool.
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -39,5 +46,148 @@ fn migrate(url: &str) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
     conn.run_pending_migrations(MIGRATIONS)
         .map_err(|e| StoreError::Unavailable(format!("migrating PostgreSQL failed: {e}")))?;
+    Ok(())
+}
+
+/// Writes a planned batch inside the caller's transaction, a few multi-row statements per table:
+/// on PostgreSQL every statement is a network round trip, so a batch of a thousand transitions
+/// costs a handful of them rather than thousands.
+pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Result<(), TxError> {
+    let per = bulk::rows_per_statement(bulk::FLOW_TYPE_COLUMNS.len());
+    for chunk in plan.flow_types.chunks(per) {
+        let sql = bulk::insert(
+            "flow_types",
+            bulk::FLOW_TYPE_COLUMNS,
+            chunk.len(),
+            bulk::FLOW_TYPE_CONFLICT,
+        );
+        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+        for r in chunk {
+            q = q
+                .bind::<Text, _>(r.name)
+                .bind::<Integer, _>(r.version)
+                .bind::<SqlJson, _>(DbJsonRef(&r.definition))
+                .bind::<SqlTime, _>(plan.now);
+        }
+        q.execute(&mut *c).await?;
+    }
+
+    let per = bulk::rows_per_statement(bulk::FLOW_COLUMNS.len());
+    for chunk in plan.new_flows.chunks(per) {
+        let sql = bulk::insert("flows", bulk::FLOW_COLUMNS, chunk.len(), "");
+        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+        for r in chunk {
+            let f = r.flow;
+            q = q
+                .bind::<SqlUuid, _>(DbUuid(f.id.0))
+                .bind::<Text, _>(f.flow_type.as_str())
+                .bind::<Integer, _>(r.flow_type_version)
+                .bind::<Text, _>(f.status.as_str())
+                .bind::<Nullable<Text>, _>(f.current_phase.as_deref())
+                .bind::<Nullable<Text>, _>(f.next_phase.as_deref())
+                .bind::<Double, _>(f.progress_percentage)
+                .bind::<SqlJson, _>(DbJsonRef(&f.input))
+                .bind::<Nullable<SqlUuid>, _>(f.parent_flow_id.map(|p| DbUuid(p.0)))
+                .bind::<SqlUuid, _>(DbUuid(f.master_flow_id.0))
+                .bind::<Text, _>(f.client_account_id.as_str())
+                .bind::<Text, _>(f.engagement_id.as_str())
+                .bind::<Nullable<Text>, _>(f.created_by.as_deref())
+                .bind::<Nullable<Text>, _>(f.idempotency_key.as_deref())
+                .bind::<BigInt, _>(r.last_seq)
+                .bind::<SqlTime, _>(DbTime(f.created_at))
+                .bind::<SqlTime, _>(DbTime(f.updated_at));
+        }
+        q.execute(&mut *c).await?;
+    }
+
+    let per = bulk::rows_per_statement(bulk::FLOW_CHANGE_COLUMNS.len());
+    for chunk in plan.flow_changes.chunks(per) {
+        let mut q = diesel::sql_query(bulk::update_flows(chunk.len())).into_boxed::<Pg>();
+        for r in chunk {
+            let u = r.update;
+            q = q
+                .bind::<SqlUuid, _>(r.id)
+                .bind::<Text, _>(u.status.as_str())
+                .bind::<Nullable<Text>, _>(u.current_phase.as_deref())
+                .bind::<Nullable<Text>, _>(u.next_phase.as_deref())
+                .bind::<Double, _>(u.progress_percentage)
+                .bind::<BigInt, _>(r.last_seq)
+                .bind::<SqlTime, _>(DbTime(u.updated_at));
+        }
+        let updated = q.execute(&mut *c).await?;
+        // Keyed by id and deduplicated, so each change matches exactly one row.
+        if updated != chunk.len() {
+            return Err(TxError::MissingFlows(chunk.len().saturating_sub(updated)));
+        }
+    }
+
+    let per = bulk::rows_per_statement(bulk::PHASE_COLUMNS.len());
+    for chunk in plan.phases.chunks(per) {
+        let sql = bulk::insert(
+            "phase_runs",
+            bulk::PHASE_COLUMNS,
+            chunk.len(),
+            bulk::PHASE_CONFLICT,
+        );
+        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+        for r in chunk {
+            let p = r.phase;
+            q = q
+                .bind::<SqlUuid, _>(r.flow_id)
+                .bind::<Integer, _>(r.position)
+                .bind::<Text, _>(p.name.as_str())
+                .bind::<Text, _>(p.status.as_str())
+                .bind::<Integer, _>(r.attempt)
+                .bind::<Nullable<SqlTime>, _>(p.started_at.map(DbTime))
+                .bind::<Nullable<SqlTime>, _>(p.finished_at.map(DbTime))
+                .bind::<Nullable<SqlJson>, _>(r.output)
+                .bind::<Nullable<Text>, _>(p.error.as_deref());
+        }
+        q.execute(&mut *c).await?;
+    }
+
+    let per = bulk::rows_per_statement(bulk::EVENT_COLUMNS.len());
+    for chunk in plan.events.chunks(per) {
+        let sql = bulk::insert("events", bulk::EVENT_COLUMNS, chunk.len(), "");
+        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+        for r in chunk {
+            let e = r.event;
+            q = q
+                .bind::<BigInt, _>(e.id)
+                .bind::<SqlUuid, _>(DbUuid(e.flow_id.0))
+                .bind::<BigInt, _>(r.seq)
+                .bind::<SqlUuid, _>(DbUuid(e.master_flow_id.0))
+                .bind::<Text, _>(e.client_account_id.as_str())
+                .bind::<Text, _>(e.engagement_id.as_str())
+                .bind::<Text, _>(e.flow_type.as_str())
+                .bind::<Text, _>(e.kind.as_str())
+                .bind::<Text, _>(e.status.as_str())
+                .bind::<Nullable<Text>, _>(e.current_phase.as_deref())
+                .bind::<Nullable<Text>, _>(e.next_phase.as_deref())
+                .bind::<Double, _>(e.progress_percentage)
+                .bind::<Nullable<Text>, _>(e.error.as_deref())
+                .bind::<SqlTime, _>(DbTime(e.at));
+        }
+        q.execute(&mut *c).await?;
+    }
+
+    let per = bulk::rows_per_statement(bulk::FAILURE_COLUMNS.len());
+    for chunk in plan.failures.chunks(per) {
+        let sql = bulk::insert("failures", bulk::FAILURE_COLUMNS, chunk.len(), "");
+        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+        for r in chunk {
+            let f = r.failure;
+            q = q
+                .bind::<SqlUuid, _>(DbUuid(f.flow_id.0))
+                .bind::<SqlUuid, _>(DbUuid(f.master_flow_id.0))
+                .bind::<Nullable<Text>, _>(f.phase.as_deref())
+                .bind::<Integer, _>(r.attempt)
+                .bind::<Text, _>(f.error_kind.as_str())
+                .bind::<Text, _>(f.message.as_str())
+                .bind::<SqlJson, _>(DbJsonRef(&f.diagnostic))
+                .bind::<SqlTime, _>(DbTime(f.at));
+        }
+        q.execute(&mut *c).await?;
+    }
     Ok(())
 }

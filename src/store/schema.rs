@@ -3,7 +3,7 @@
 //! on SQLite. The `Db*` newtypes carry the per-backend conversions, delegating to diesel's own
 //! impls wherever diesel has one (coherence forbids putting them on `Uuid`/`DateTime`/`Value`).
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::expression::AsExpression;
 use diesel::pg::{Pg, PgValue};
@@ -190,12 +190,19 @@ impl ToSql<SqlTime, Sqlite> for DbTime {
     fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
         // Fixed width, so text order is time order; microseconds, so both backends agree.
         // Read back by diesel's own `TimestamptzSqlite` parser.
-        out.set_value(
-            self.0
-                .trunc_subsecs(6)
-                .format("%Y-%m-%d %H:%M:%S%.6f+00:00")
-                .to_string(),
-        );
+        // Hand-formatted: this runs for several columns of every row on the commit path, and
+        // `format` re-parses its pattern each time.
+        let t = self.0;
+        let micros = t.timestamp_subsec_micros().min(999_999); // a leap second keeps its :59
+        out.set_value(format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{micros:06}+00:00",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+        ));
         Ok(IsNull::No)
     }
 }
@@ -224,7 +231,8 @@ impl FromSql<SqlJson, Sqlite> for DbJson {
 }
 
 /// A JSON value bound as a parameter without copying it out of the domain value.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, AsExpression)]
+#[diesel(sql_type = SqlJson)]
 pub struct DbJsonRef<'a>(pub &'a Value);
 
 impl ToSql<SqlJson, Pg> for DbJsonRef<'_> {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use diesel::connection::SimpleConnection;
-use diesel::{Connection, SqliteConnection};
+use diesel::{Connection, RunQueryDsl, SqliteConnection};
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
@@ -14,6 +14,16 @@ use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use flowd_actors::store::StoreError;
 use futures_util::FutureExt;
+
+use super::schema::{DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows};
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::result::QueryResult;
+use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
+use diesel::sqlite::Sqlite;
+
+use super::models::{FlowChange, PhaseWrite};
+use super::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
+use super::{Plan, TxError, bulk};
 
 /// The async connection type of the SQLite pool: a blocking connection driven on tokio's
 /// blocking threads.
@@ -26,9 +36,12 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Set on every connection: WAL lets readers run beside the writer; `busy_timeout` makes a
 /// second writer wait instead of failing; `synchronous=NORMAL` is durable in WAL mode except
-/// for the last commits before a power loss; foreign keys are off by default in SQLite.
+/// for the last commits before a power loss; foreign keys are off by default in SQLite. A larger
+/// auto-checkpoint (about 40 MB of WAL) and page cache keep group commits from paying for a
+/// checkpoint nearly every batch.
 const PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-                       PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+                       PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                       PRAGMA wal_autocheckpoint = 10000; PRAGMA cache_size = -32768;";
 
 /// The file path of a `sqlite://path` (or `sqlite:path`) URL.
 pub fn path_of(url: &str) -> PathBuf {
@@ -93,6 +106,179 @@ fn migrate(path: &str) -> Result<(), StoreError> {
 pub fn is_sqlite_url(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
+
+/// Writes a planned batch on a blocking SQLite connection, inside the caller's transaction.
+///
+/// SQLite runs in this process, so a statement costs no round trip, only its preparation: one
+/// cached single-row statement per row, all inside one trip to a blocking thread, beats the
+/// multi-row statements PostgreSQL wants (measured: several times faster at 1000 transitions).
+pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result<(), TxError> {
+    use diesel::prelude::*;
+
+    for r in &plan.flow_types {
+        diesel::insert_into(flow_types::table)
+            .values((
+                flow_types::name.eq(r.name),
+                flow_types::version.eq(r.version),
+                flow_types::definition.eq(DbJsonRef(&r.definition)),
+                flow_types::created_at.eq(plan.now),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+    }
+    for r in &plan.new_flows {
+        let f = r.flow;
+        diesel::insert_into(flows::table)
+            .values((
+                flows::id.eq(DbUuid(f.id.0)),
+                flows::flow_type.eq(f.flow_type.as_str()),
+                flows::flow_type_version.eq(r.flow_type_version),
+                flows::status.eq(f.status.as_str()),
+                flows::current_phase.eq(f.current_phase.as_deref()),
+                flows::next_phase.eq(f.next_phase.as_deref()),
+                flows::progress_percentage.eq(f.progress_percentage),
+                flows::input.eq(DbJsonRef(&f.input)),
+                flows::parent_flow_id.eq(f.parent_flow_id.map(|p| DbUuid(p.0))),
+                flows::master_flow_id.eq(DbUuid(f.master_flow_id.0)),
+                flows::client_account_id.eq(f.client_account_id.as_str()),
+                flows::engagement_id.eq(f.engagement_id.as_str()),
+                flows::created_by.eq(f.created_by.as_deref()),
+                flows::idempotency_key.eq(f.idempotency_key.as_deref()),
+                flows::last_seq.eq(r.last_seq),
+                flows::created_at.eq(DbTime(f.created_at)),
+                flows::updated_at.eq(DbTime(f.updated_at)),
+            ))
+            .execute(conn)?;
+    }
+    let mut missing = 0;
+    for change in &plan.flow_changes {
+        let updated = UpdateFlow(change).execute(conn)?;
+        missing += 1 - updated.min(1);
+    }
+    if missing > 0 {
+        return Err(TxError::MissingFlows(missing));
+    }
+    for phase in &plan.phases {
+        UpsertPhase(phase).execute(conn)?;
+    }
+    for r in &plan.events {
+        let e = r.event;
+        diesel::insert_into(events::table)
+            .values((
+                events::id.eq(e.id),
+                events::flow_id.eq(DbUuid(e.flow_id.0)),
+                events::seq.eq(r.seq),
+                events::master_flow_id.eq(DbUuid(e.master_flow_id.0)),
+                events::client_account_id.eq(e.client_account_id.as_str()),
+                events::engagement_id.eq(e.engagement_id.as_str()),
+                events::flow_type.eq(e.flow_type.as_str()),
+                events::kind.eq(e.kind.as_str()),
+                events::status.eq(e.status.as_str()),
+                events::current_phase.eq(e.current_phase.as_deref()),
+                events::next_phase.eq(e.next_phase.as_deref()),
+                events::progress_percentage.eq(e.progress_percentage),
+                events::error.eq(e.error.as_deref()),
+                events::at.eq(DbTime(e.at)),
+            ))
+            .execute(conn)?;
+    }
+    for r in &plan.failures {
+        let f = r.failure;
+        diesel::insert_into(failures::table)
+            .values((
+                failures::flow_id.eq(DbUuid(f.flow_id.0)),
+                failures::master_flow_id.eq(DbUuid(f.master_flow_id.0)),
+                failures::phase.eq(f.phase.as_deref()),
+                failures::attempt.eq(r.attempt),
+                failures::error_kind.eq(f.error_kind.as_str()),
+                failures::message.eq(f.message.as_str()),
+                failures::diagnostic.eq(DbJsonRef(&f.diagnostic)),
+                failures::at.eq(DbTime(f.at)),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// `UPDATE flows … WHERE id = ?` for one flow. diesel never caches the statements of its own
+/// `update` and upsert builders (their text may vary with the changeset); this one has a fixed
+/// text and a static query id, so SQLite prepares it once per connection.
+struct UpdateFlow<'p, 'a>(&'p FlowChange<'a>);
+
+/// The static query id of [`UpdateFlow`].
+struct UpdateFlowId;
+
+impl QueryId for UpdateFlow<'_, '_> {
+    type QueryId = UpdateFlowId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Sqlite> for UpdateFlow<'_, '_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        let change = self.0;
+        let update = change.update;
+        out.push_sql("UPDATE flows SET status = ");
+        out.push_bind_param::<Text, str>(update.status.as_str())?;
+        out.push_sql(", current_phase = ");
+        out.push_bind_param::<Nullable<Text>, _>(&update.current_phase)?;
+        out.push_sql(", next_phase = ");
+        out.push_bind_param::<Nullable<Text>, _>(&update.next_phase)?;
+        out.push_sql(", progress_percentage = ");
+        out.push_bind_param::<Double, _>(&update.progress_percentage)?;
+        out.push_sql(", last_seq = ");
+        out.push_bind_param::<BigInt, _>(&change.last_seq)?;
+        out.push_sql(", updated_at = ");
+        out.push_bind_param::<SqlTime, _>(&change.updated_at)?;
+        out.push_sql(" WHERE id = ");
+        out.push_bind_param::<SqlUuid, _>(&change.id)?;
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<SqliteConnection> for UpdateFlow<'_, '_> {}
+
+/// Insert-or-overwrite of one phase row, with a fixed, cacheable text (see [`UpdateFlow`]).
+struct UpsertPhase<'p, 'a>(&'p PhaseWrite<'a>);
+
+/// The static query id of [`UpsertPhase`].
+struct UpsertPhaseId;
+
+impl QueryId for UpsertPhase<'_, '_> {
+    type QueryId = UpsertPhaseId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Sqlite> for UpsertPhase<'_, '_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        let row = self.0;
+        out.push_sql(
+            "INSERT INTO phase_runs (flow_id, position, name, status, attempt, started_at, \
+             finished_at, output, error) VALUES (",
+        );
+        out.push_bind_param::<SqlUuid, _>(&row.flow_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Integer, _>(&row.position)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&row.phase.name)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, str>(row.phase.status.as_str())?;
+        out.push_sql(", ");
+        out.push_bind_param::<Integer, _>(&row.attempt)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<SqlTime>, _>(&row.started_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<SqlTime>, _>(&row.finished_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<SqlJson>, _>(&row.output)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&row.phase.error)?;
+        out.push_sql(")");
+        out.push_sql(bulk::PHASE_CONFLICT);
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<SqliteConnection> for UpsertPhase<'_, '_> {}
 
 #[cfg(test)]
 mod tests {

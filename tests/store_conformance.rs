@@ -1,0 +1,859 @@
+//! One conformance suite for every diesel backend: SQLite always (a temp file), PostgreSQL when
+//! `FLOWD_TEST_POSTGRES_URL` is set (each test gets its own throw-away database).
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+use chrono::Duration;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use flowd::store::DbStore;
+use flowd_actors::definition::{FlowType, PhaseDefinition};
+use flowd_actors::events::{EventKind, FlowEvent};
+use flowd_actors::ids::{FlowId, Tenant};
+use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, NewFlow, PhaseStatus, now};
+use flowd_actors::store::{FlowQuery, FlowStore, FlowUpdate, StoreError, TransitionWrite, Write};
+use serde_json::json;
+use tempfile::TempDir;
+
+/// A store on a fresh database, and what it takes to throw the database away.
+struct TestDb {
+    store: DbStore,
+    _dir: Option<TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A nested folder checks that connect creates the parent directory.
+        let url = format!("sqlite://{}/nested/flowd.db", dir.path().display());
+        let store = DbStore::connect(&url, 4).await.expect("connect sqlite");
+        assert_eq!(store.backend_name(), "sqlite");
+        TestDb {
+            store,
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    async fn postgres() -> Option<TestDb> {
+        let admin_url = std::env::var("FLOWD_TEST_POSTGRES_URL").ok()?;
+        let name = format!("flowd_t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = AsyncPgConnection::establish(&admin_url)
+            .await
+            .expect("connect admin");
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .expect("drop database");
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let base = admin_url.split('?').next().unwrap_or(&admin_url);
+        let prefix = base
+            .rsplit_once('/')
+            .map(|(prefix, _)| prefix)
+            .expect("database url with a path");
+        let store = DbStore::connect(&format!("{prefix}/{name}"), 4)
+            .await
+            .expect("connect postgres");
+        assert_eq!(store.backend_name(), "postgres");
+        Some(TestDb {
+            store,
+            _dir: None,
+            postgres: Some((admin_url, name)),
+        })
+    }
+
+    async fn finish(self) {
+        let TestDb {
+            store, postgres, ..
+        } = self;
+        drop(store);
+        if let Some((admin_url, name)) = postgres {
+            let mut admin = AsyncPgConnection::establish(&admin_url)
+                .await
+                .expect("connect admin");
+            diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+                .expect("drop database");
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDb::sqlite().await;
+                    super::$name(&db.store).await;
+                    db.finish().await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(db) = super::TestDb::postgres().await else {
+                        eprintln!("skipped: FLOWD_TEST_POSTGRES_URL is not set");
+                        return;
+                    };
+                    super::$name(&db.store).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    create_round_trips_every_field,
+    update_changes_flow_and_phase_rows,
+    events_come_back_in_order_after_a_cursor,
+    failures_are_journaled_oldest_first,
+    idempotency_key_finds_the_flow_within_its_tenant,
+    listing_filters_and_pages_newest_first,
+    active_flows_exclude_terminal_ones,
+    flow_types_round_trip_and_ignore_duplicates,
+    a_failing_batch_commits_nothing,
+    max_event_id_tracks_the_highest_id,
+    empty_batch_and_ping,
+);
+
+// ---------------------------------------------------------------------------------------------
+
+static NEXT_EVENT_ID: AtomicI64 = AtomicI64::new(1);
+
+fn phase(name: &str) -> PhaseDefinition {
+    PhaseDefinition {
+        name: name.into(),
+        handler: "noop".into(),
+        params: json!({}),
+        timeout_s: None,
+        retries: 0,
+        retry_backoff_ms: None,
+        weight: 1,
+        next_phase: None,
+    }
+}
+
+fn flow_type(name: &str, version: u32) -> FlowType {
+    FlowType {
+        name: name.into(),
+        version,
+        phases: vec![phase("import"), phase("analyze"), phase("report")],
+    }
+}
+
+fn tenant(account: &str) -> Tenant {
+    Tenant {
+        client_account_id: account.into(),
+        engagement_id: "eng-1".into(),
+    }
+}
+
+fn new_flow(
+    definition: &FlowType,
+    tenant: &Tenant,
+    parent: Option<&FlowState>,
+    key: Option<&str>,
+) -> FlowState {
+    FlowState::new_initialized(
+        definition,
+        NewFlow {
+            flow_type: definition.name.clone(),
+            input: json!({"source": "cmdb", "n": 3, "nested": {"list": [1, 2.5, "x", null, true]}}),
+            parent_flow_id: parent.map(|p| p.id),
+            master_flow_id: parent.map(|p| p.master_flow_id),
+            tenant: tenant.clone(),
+            created_by: Some("alice".into()),
+            idempotency_key: key.map(str::to_owned),
+        },
+    )
+}
+
+/// Advances the flow's `seq` and returns the event for it, with a fresh global id.
+fn event(flow: &mut FlowState, kind: EventKind, error: Option<&str>) -> FlowEvent {
+    flow.last_seq += 1;
+    let mut event = FlowEvent::of(flow, kind, error.map(str::to_owned));
+    event.id = NEXT_EVENT_ID.fetch_add(1, Ordering::Relaxed);
+    event
+}
+
+/// The first write of a flow, with its `flow_initialized` event; returns the stored state.
+fn create(flow: &mut FlowState) -> (Write, FlowEvent) {
+    let event = event(flow, EventKind::FlowInitialized, None);
+    let write = Write::Transition(TransitionWrite {
+        flow_id: flow.id,
+        create: Some(Box::new(flow.clone())),
+        flow: FlowUpdate::of(flow),
+        phases: Vec::new(),
+        events: vec![event.clone()],
+        failure: None,
+    });
+    (write, event)
+}
+
+/// A transition of an existing flow that rewrote `positions`.
+fn transition(
+    flow: &FlowState,
+    positions: &[usize],
+    events: Vec<FlowEvent>,
+    failure: Option<FailureRecord>,
+) -> Write {
+    Write::Transition(TransitionWrite {
+        flow_id: flow.id,
+        create: None,
+        flow: FlowUpdate::of(flow),
+        phases: positions
+            .iter()
+            .map(|&i| (i, flow.phases[i].clone()))
+            .collect(),
+        events,
+        failure,
+    })
+}
+
+/// Starts phase `index` of `flow`: flow running, phase running with one more attempt.
+fn start_phase(flow: &mut FlowState, index: usize) -> Write {
+    let at = now();
+    flow.status = FlowStatus::Running;
+    flow.current_phase = Some(flow.phases[index].name.clone());
+    flow.next_phase = flow.phases.get(index + 1).map(|p| p.name.clone());
+    flow.updated_at = at;
+    let phase = &mut flow.phases[index];
+    phase.status = PhaseStatus::Running;
+    phase.attempt += 1;
+    phase.started_at = Some(at);
+    let e = event(flow, EventKind::PhaseStarted, None);
+    transition(flow, &[index], vec![e], None)
+}
+
+async fn commit(store: &DbStore, batch: &[Write]) {
+    store.commit(batch).await.expect("commit");
+}
+
+async fn load(store: &DbStore, id: FlowId) -> FlowState {
+    store
+        .load_flow(id)
+        .await
+        .expect("load_flow")
+        .expect("flow exists")
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn create_round_trips_every_field(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let acme = tenant("acme");
+    let mut parent = new_flow(&definition, &acme, None, Some("key-1"));
+    // Exercise every nullable phase column with a value, and an odd timestamp.
+    parent.phases[2].output = Some(json!({"rows": 10, "ok": true}));
+    parent.phases[2].error = Some("earlier error".into());
+    parent.phases[2].attempt = 7;
+    parent.phases[2].started_at = Some(parent.created_at - Duration::microseconds(999_999));
+    parent.phases[2].finished_at = Some(parent.created_at + Duration::microseconds(1));
+    parent.progress_percentage = 12.345_678_9;
+    let mut child = new_flow(&definition, &acme, Some(&parent), None);
+    child.created_by = None;
+
+    let (w1, _) = create(&mut parent);
+    let (w2, _) = create(&mut child);
+    commit(store, &[w1, w2]).await;
+
+    let loaded = load(store, parent.id).await;
+    assert_eq!(loaded, parent);
+    assert_eq!(loaded.last_seq, 1);
+    assert_eq!(loaded.idempotency_key.as_deref(), Some("key-1"));
+    assert_eq!(loaded.created_at.timestamp_subsec_nanos() % 1000, 0);
+    let loaded_child = load(store, child.id).await;
+    assert_eq!(loaded_child, child);
+    assert_eq!(loaded_child.parent_flow_id, Some(parent.id));
+    assert_eq!(loaded_child.master_flow_id, parent.id);
+    assert_eq!(loaded_child.phases.len(), 3);
+
+    assert!(
+        store
+            .load_flow(FlowId::new())
+            .await
+            .expect("load")
+            .is_none()
+    );
+}
+
+async fn update_changes_flow_and_phase_rows(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let mut flow = new_flow(&definition, &tenant("acme"), None, None);
+    let mut other = new_flow(&definition, &tenant("acme"), None, None);
+    let (c1, _) = create(&mut flow);
+    let (c2, _) = create(&mut other);
+    commit(store, &[c1, c2]).await;
+
+    // Two transitions of the same flow in one batch: the later one wins, as if applied in turn.
+    let w1 = start_phase(&mut flow, 0);
+    flow.phases[0].status = PhaseStatus::Succeeded;
+    flow.phases[0].finished_at = Some(now());
+    flow.phases[0].output = Some(json!({"imported": 42}));
+    flow.progress_percentage = 100.0 / 3.0;
+    let e = event(&mut flow, EventKind::PhaseSucceeded, None);
+    let w2 = transition(&flow, &[0], vec![e], None);
+    let w3 = start_phase(&mut flow, 1);
+    let w4 = start_phase(&mut other, 0);
+    commit(store, &[w1, w2, w3, w4]).await;
+
+    let loaded = load(store, flow.id).await;
+    assert_eq!(loaded, flow);
+    assert_eq!(loaded.status, FlowStatus::Running);
+    assert_eq!(loaded.current_phase.as_deref(), Some("analyze"));
+    assert_eq!(loaded.next_phase.as_deref(), Some("report"));
+    assert_eq!(loaded.last_seq, 4);
+    assert_eq!(loaded.phases[0].output, Some(json!({"imported": 42})));
+    assert_eq!(loaded.phases[1].attempt, 1);
+    assert_eq!(load(store, other.id).await, other);
+
+    // Finishing clears the nullable columns again.
+    flow.status = FlowStatus::Completed;
+    flow.current_phase = None;
+    flow.next_phase = None;
+    flow.phases[1].output = None;
+    flow.phases[1].started_at = None;
+    let e = event(&mut flow, EventKind::FlowCompleted, None);
+    commit(store, &[transition(&flow, &[1], vec![e], None)]).await;
+    assert_eq!(load(store, flow.id).await, flow);
+}
+
+async fn events_come_back_in_order_after_a_cursor(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let mut a = new_flow(&definition, &tenant("acme"), None, None);
+    let mut b = new_flow(&definition, &tenant("acme"), None, None);
+    let mut c = new_flow(&definition, &tenant("globex"), None, None);
+    let (ca, ea1) = create(&mut a);
+    let (cb, eb1) = create(&mut b);
+    let (cc, ec1) = create(&mut c);
+    commit(store, &[ca, cb, cc]).await;
+
+    let wa2 = start_phase(&mut a, 0);
+    let wb2 = start_phase(&mut b, 0);
+    let wc2 = start_phase(&mut c, 0);
+    let ea3 = event(&mut a, EventKind::FlowPaused, Some("operator"));
+    let wa3 = transition(&a, &[], vec![ea3.clone()], None);
+    commit(store, &[wa2.clone(), wb2.clone(), wc2, wa3]).await;
+    let event_of = |w: &Write| match w {
+        Write::Transition(t) => t.events[0].clone(),
+        Write::FlowType(_) => unreachable!(),
+    };
+    let (ea2, eb2) = (event_of(&wa2), event_of(&wb2));
+
+    let all_a = store.flow_events(a.id, 0, 100).await.expect("flow events");
+    assert_eq!(all_a, vec![ea1.clone(), ea2.clone(), ea3.clone()]);
+    assert_eq!(
+        all_a.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(all_a[2].error.as_deref(), Some("operator"));
+    assert_eq!(
+        store.flow_events(a.id, 1, 100).await.expect("after 1"),
+        vec![ea2.clone(), ea3.clone()]
+    );
+    assert_eq!(
+        store.flow_events(a.id, 1, 1).await.expect("limit"),
+        vec![ea2.clone()]
+    );
+    assert!(
+        store
+            .flow_events(a.id, 3, 100)
+            .await
+            .expect("after last")
+            .is_empty()
+    );
+    assert!(
+        store
+            .flow_events(a.id, u64::MAX, 100)
+            .await
+            .expect("huge after")
+            .is_empty()
+    );
+
+    let acme = store
+        .tenant_events(&tenant("acme"), 0, 100)
+        .await
+        .expect("tenant events");
+    assert_eq!(
+        acme,
+        vec![
+            ea1.clone(),
+            eb1.clone(),
+            ea2.clone(),
+            eb2.clone(),
+            ea3.clone()
+        ]
+    );
+    assert!(acme.windows(2).all(|w| w[0].id < w[1].id));
+    let after = store
+        .tenant_events(&tenant("acme"), eb1.id, 2)
+        .await
+        .expect("tenant after");
+    assert_eq!(after, vec![ea2, eb2]);
+    let globex = store
+        .tenant_events(&tenant("globex"), 0, 100)
+        .await
+        .expect("globex");
+    assert_eq!(globex.len(), 2);
+    assert_eq!(globex[0], ec1);
+    assert!(
+        globex
+            .iter()
+            .all(|e| e.client_account_id == "globex" && e.flow_type == "discovery")
+    );
+}
+
+async fn failures_are_journaled_oldest_first(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let mut flow = new_flow(&definition, &tenant("acme"), None, None);
+    let mut other = new_flow(&definition, &tenant("acme"), None, None);
+    let (c1, _) = create(&mut flow);
+    let (c2, _) = create(&mut other);
+    commit(store, &[c1, c2]).await;
+
+    let failure = |flow: &FlowState, attempt: u32, message: &str| FailureRecord {
+        id: 0,
+        flow_id: flow.id,
+        master_flow_id: flow.master_flow_id,
+        phase: Some("import".into()),
+        attempt,
+        error_kind: "handler_error".into(),
+        message: message.into(),
+        diagnostic: json!({"stderr": "boom", "exit": 2}),
+        at: now(),
+    };
+    let f1 = failure(&flow, 1, "first");
+    let f2 = failure(&flow, 2, "second");
+    let mut f3 = failure(&other, 1, "other");
+    f3.phase = None;
+    let e1 = event(&mut flow, EventKind::PhaseFailed, Some("first"));
+    let w1 = transition(&flow, &[], vec![e1], Some(f1.clone()));
+    let e3 = event(&mut other, EventKind::FlowFailed, Some("other"));
+    let w3 = transition(&other, &[], vec![e3], Some(f3.clone()));
+    commit(store, &[w1, w3]).await;
+    let e2 = event(&mut flow, EventKind::PhaseFailed, Some("second"));
+    commit(store, &[transition(&flow, &[], vec![e2], Some(f2.clone()))]).await;
+
+    let journal = store.failures(flow.id).await.expect("failures");
+    assert_eq!(journal.len(), 2);
+    assert!(journal[0].id > 0 && journal[0].id < journal[1].id);
+    for (stored, written) in journal.iter().zip([&f1, &f2]) {
+        assert_eq!(
+            FailureRecord {
+                id: 0,
+                ..stored.clone()
+            },
+            *written
+        );
+    }
+    let journal = store.failures(other.id).await.expect("failures");
+    assert_eq!(journal.len(), 1);
+    assert_eq!(
+        FailureRecord {
+            id: 0,
+            ..journal[0].clone()
+        },
+        f3
+    );
+    assert!(
+        store
+            .failures(FlowId::new())
+            .await
+            .expect("none")
+            .is_empty()
+    );
+}
+
+async fn idempotency_key_finds_the_flow_within_its_tenant(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let mut flow = new_flow(&definition, &tenant("acme"), None, Some("retry-me"));
+    let mut same_key_elsewhere = new_flow(&definition, &tenant("globex"), None, Some("retry-me"));
+    let mut keyless = new_flow(&definition, &tenant("acme"), None, None);
+    let mut keyless2 = new_flow(&definition, &tenant("acme"), None, None);
+    let writes = [
+        create(&mut flow).0,
+        create(&mut same_key_elsewhere).0,
+        create(&mut keyless).0,
+        create(&mut keyless2).0,
+    ];
+    commit(store, &writes).await;
+
+    let found = store
+        .find_by_idempotency_key(&tenant("acme"), "retry-me")
+        .await
+        .expect("find");
+    assert_eq!(found, Some(flow.clone()));
+    let found = store
+        .find_by_idempotency_key(&tenant("globex"), "retry-me")
+        .await
+        .expect("find");
+    assert_eq!(found.map(|f| f.id), Some(same_key_elsewhere.id));
+    assert!(
+        store
+            .find_by_idempotency_key(&tenant("acme"), "other")
+            .await
+            .expect("find")
+            .is_none()
+    );
+    assert!(
+        store
+            .find_by_idempotency_key(&tenant("initech"), "retry-me")
+            .await
+            .expect("find")
+            .is_none()
+    );
+
+    // A racing second create with the same key is refused.
+    let mut duplicate = new_flow(&definition, &tenant("acme"), None, Some("retry-me"));
+    let err = store
+        .commit(&[create(&mut duplicate).0])
+        .await
+        .expect_err("duplicate key");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(store.load_flow(duplicate.id).await.expect("load").is_none());
+}
+
+async fn listing_filters_and_pages_newest_first(store: &DbStore) {
+    let discovery = flow_type("discovery", 1);
+    let collection = flow_type("collection", 2);
+    let acme = tenant("acme");
+    let mut flows = Vec::new();
+    let mut writes = Vec::new();
+    let mut root = new_flow(&discovery, &acme, None, None);
+    writes.push(create(&mut root).0);
+    for i in 0..6 {
+        let definition = if i % 2 == 0 { &discovery } else { &collection };
+        let mut flow = new_flow(definition, &acme, Some(&root), None);
+        if i % 3 == 0 {
+            flow.status = FlowStatus::Completed;
+        }
+        writes.push(create(&mut flow).0);
+        flows.push(flow);
+    }
+    let mut foreign = new_flow(&discovery, &tenant("globex"), None, None);
+    writes.push(create(&mut foreign).0);
+    commit(store, &writes).await;
+
+    let ids = |list: &[FlowState]| list.iter().map(|f| f.id).collect::<Vec<_>>();
+    let mut expected: Vec<FlowState> = flows.iter().cloned().chain([root.clone()]).collect();
+    expected.sort_by_key(|f| std::cmp::Reverse(f.id));
+
+    let query = FlowQuery {
+        tenant: Some(acme.clone()),
+        limit: 100,
+        ..FlowQuery::default()
+    };
+    let all = store.list_flows(&query).await.expect("list");
+    assert_eq!(all, expected);
+    assert!(all.iter().all(|f| f.phases.len() == 3));
+
+    // Keyset pages of 3: newest first, no overlap, nothing missed.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list_flows(&FlowQuery {
+                before,
+                limit: 3,
+                ..query.clone()
+            })
+            .await
+            .expect("page");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        before = page.last().map(|f| f.id);
+        paged.extend(page);
+    }
+    assert_eq!(ids(&paged), ids(&expected));
+
+    let completed = store
+        .list_flows(&FlowQuery {
+            status: Some(FlowStatus::Completed),
+            ..query.clone()
+        })
+        .await
+        .expect("by status");
+    assert_eq!(completed.len(), 2);
+    assert!(completed.iter().all(|f| f.status == FlowStatus::Completed));
+
+    let by_type = store
+        .list_flows(&FlowQuery {
+            flow_type: Some("collection".into()),
+            ..query.clone()
+        })
+        .await
+        .expect("by type");
+    assert_eq!(by_type.len(), 3);
+    assert!(
+        by_type
+            .iter()
+            .all(|f| f.flow_type == "collection" && f.flow_type_version == 2)
+    );
+
+    let children = store
+        .list_flows(&FlowQuery {
+            parent_flow_id: Some(root.id),
+            ..query.clone()
+        })
+        .await
+        .expect("by parent");
+    assert_eq!(children.len(), 6);
+
+    let everyone = store
+        .list_flows(&FlowQuery {
+            limit: 100,
+            ..FlowQuery::default()
+        })
+        .await
+        .expect("all tenants");
+    assert_eq!(everyone.len(), 8);
+    let globex = store
+        .list_flows(&FlowQuery {
+            tenant: Some(tenant("globex")),
+            limit: 100,
+            ..FlowQuery::default()
+        })
+        .await
+        .expect("globex");
+    assert_eq!(globex, vec![foreign]);
+}
+
+async fn active_flows_exclude_terminal_ones(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let statuses = [
+        FlowStatus::Initialized,
+        FlowStatus::Running,
+        FlowStatus::Paused,
+        FlowStatus::Completed,
+        FlowStatus::Failed,
+        FlowStatus::Cancelled,
+    ];
+    let mut flows = Vec::new();
+    let mut writes = Vec::new();
+    for status in statuses {
+        let mut flow = new_flow(&definition, &tenant("acme"), None, None);
+        flow.status = status;
+        flow.phases[0].status = PhaseStatus::Succeeded;
+        writes.push(create(&mut flow).0);
+        flows.push(flow);
+    }
+    commit(store, &writes).await;
+
+    let mut active = store.load_active_flows().await.expect("active");
+    active.sort_by_key(|f| f.id);
+    let expected: Vec<FlowState> = flows
+        .iter()
+        .filter(|f| !f.status.is_terminal())
+        .cloned()
+        .collect();
+    assert_eq!(active, expected);
+    assert!(
+        active
+            .iter()
+            .all(|f| f.phases.len() == 3 && f.phases[0].status == PhaseStatus::Succeeded)
+    );
+}
+
+async fn flow_types_round_trip_and_ignore_duplicates(store: &DbStore) {
+    assert!(store.load_flow_types().await.expect("none yet").is_empty());
+    let v1 = flow_type("discovery", 1);
+    let mut v2 = flow_type("discovery", 2);
+    v2.phases[1].params = json!({"ms": 50});
+    v2.phases[1].timeout_s = Some(30);
+    v2.phases[1].retries = 2;
+    v2.phases[1].retry_backoff_ms = Some(100);
+    v2.phases[1].weight = 3;
+    v2.phases[0].next_phase = Some("report".into());
+    let other = flow_type("collection", 1);
+    commit(
+        store,
+        &[Write::FlowType(v1.clone()), Write::FlowType(v2.clone())],
+    )
+    .await;
+
+    let mut changed_v1 = v1.clone();
+    changed_v1.phases.pop();
+    // The same (name, version) again, even within one batch, changes nothing.
+    commit(
+        store,
+        &[
+            Write::FlowType(changed_v1.clone()),
+            Write::FlowType(other.clone()),
+            Write::FlowType(changed_v1),
+        ],
+    )
+    .await;
+
+    let mut stored = store.load_flow_types().await.expect("flow types");
+    stored.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+    assert_eq!(stored, vec![other, v1, v2]);
+}
+
+async fn a_failing_batch_commits_nothing(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let mut existing = new_flow(&definition, &tenant("acme"), None, None);
+    commit(store, &[create(&mut existing).0]).await;
+    let max_before = store.max_event_id().await.expect("max");
+
+    // Two creates of the same flow id, after good writes of every kind.
+    let mut fresh = new_flow(&definition, &tenant("acme"), None, None);
+    let mut twin = fresh.clone();
+    let good_update = start_phase(&mut existing, 0);
+    let batch = [
+        Write::FlowType(flow_type("never", 1)),
+        good_update,
+        create(&mut fresh).0,
+        create(&mut twin).0,
+    ];
+    let err = store.commit(&batch).await.expect_err("duplicate flow id");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    assert!(store.load_flow(fresh.id).await.expect("load").is_none());
+    assert_eq!(
+        load(store, existing.id).await.status,
+        FlowStatus::Initialized
+    );
+    assert!(store.load_flow_types().await.expect("types").is_empty());
+    assert_eq!(store.max_event_id().await.expect("max"), max_before);
+    assert_eq!(
+        store
+            .flow_events(existing.id, 0, 100)
+            .await
+            .expect("events")
+            .len(),
+        1
+    );
+
+    // An update of a flow that was never created is refused as a whole, too.
+    let mut ghost = new_flow(&definition, &tenant("acme"), None, None);
+    let ghost_update = start_phase(&mut ghost, 0);
+    let mut fresh2 = new_flow(&definition, &tenant("acme"), None, None);
+    let err = store
+        .commit(&[create(&mut fresh2).0, ghost_update])
+        .await
+        .expect_err("unknown flow");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(store.load_flow(fresh2.id).await.expect("load").is_none());
+
+    // The store is still usable afterwards.
+    let mut after = new_flow(&definition, &tenant("acme"), None, None);
+    commit(store, &[create(&mut after).0]).await;
+    assert_eq!(load(store, after.id).await, after);
+}
+
+async fn max_event_id_tracks_the_highest_id(store: &DbStore) {
+    assert_eq!(store.max_event_id().await.expect("empty"), 0);
+    let definition = flow_type("discovery", 1);
+    let mut flow = new_flow(&definition, &tenant("acme"), None, None);
+    let (write, first) = create(&mut flow);
+    commit(store, &[write]).await;
+    assert_eq!(store.max_event_id().await.expect("one"), first.id);
+    let w = start_phase(&mut flow, 0);
+    let Write::Transition(t) = &w else {
+        unreachable!()
+    };
+    let id = t.events[0].id;
+    commit(store, &[w]).await;
+    assert_eq!(store.max_event_id().await.expect("two"), id);
+}
+
+async fn empty_batch_and_ping(store: &DbStore) {
+    store.ping().await.expect("ping");
+    commit(store, &[]).await;
+    assert_eq!(store.max_event_id().await.expect("max"), 0);
+    let clone = store.clone();
+    clone.ping().await.expect("ping clone");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Group-commit throughput: batches of 1000 transitions, each one flow update, one or two phase
+/// updates and one or two events. `cargo test --release --test store_conformance -- --ignored
+/// --nocapture throughput`.
+async fn commit_throughput(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let flows_per_batch = 1000;
+    let rounds = 60;
+    let mut flows: Vec<FlowState> = (0..flows_per_batch)
+        .map(|_| new_flow(&definition, &tenant("acme"), None, None))
+        .collect();
+    let creates: Vec<Write> = flows.iter_mut().map(|f| create(f).0).collect();
+    commit(store, &creates).await;
+
+    let mut events = 0usize;
+    let mut elapsed = std::time::Duration::ZERO;
+    for round in 0..rounds {
+        let index = round % 3;
+        let batch: Vec<Write> = flows
+            .iter_mut()
+            .map(|flow| {
+                let mut write = start_phase(flow, index);
+                if round % 2 == 1 {
+                    // A second event and a second phase row, as when a phase finishes.
+                    flow.phases[index].status = PhaseStatus::Succeeded;
+                    let e = event(flow, EventKind::PhaseSucceeded, None);
+                    let Write::Transition(t) = &mut write else {
+                        unreachable!()
+                    };
+                    t.flow = FlowUpdate::of(flow);
+                    t.phases
+                        .push(((index + 1) % 3, flow.phases[(index + 1) % 3].clone()));
+                    t.events.push(e);
+                }
+                write
+            })
+            .collect();
+        events += batch
+            .iter()
+            .map(|w| match w {
+                Write::Transition(t) => t.events.len(),
+                Write::FlowType(_) => 0,
+            })
+            .sum::<usize>();
+        let started = Instant::now();
+        commit(store, &batch).await;
+        elapsed += started.elapsed();
+    }
+    let rate = events as f64 / elapsed.as_secs_f64();
+    println!(
+        "{}: {events} events in {rounds} batches of {flows_per_batch} transitions: {:.1} ms/batch, {rate:.0} events/s",
+        store.backend_name(),
+        elapsed.as_secs_f64() * 1000.0 / rounds as f64,
+    );
+    let stored = store
+        .flow_events(flows[0].id, 0, 1000)
+        .await
+        .expect("events");
+    assert_eq!(stored.len() as u64, flows[0].last_seq);
+}
+
+#[tokio::test]
+#[ignore = "benchmark"]
+async fn throughput_sqlite() {
+    let db = TestDb::sqlite().await;
+    commit_throughput(&db.store).await;
+    db.finish().await;
+}
+
+#[tokio::test]
+#[ignore = "benchmark"]
+async fn throughput_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        eprintln!("skipped: FLOWD_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    commit_throughput(&db.store).await;
+    db.finish().await;
+}
