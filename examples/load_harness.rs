@@ -1,0 +1,652 @@
+//! Load harness: drives an in-process runtime (or, for `db_limit`, the store alone) and prints
+//! one JSON object per run on stdout, then the medians when `--runs` > 1.
+//!
+//! ```text
+//! cargo run --release --example load_harness -- \
+//!     --db sqlite --scenario throughput --flows 5000 --phases 6 --concurrency 1000 --runs 3
+//! ```
+//!
+//! Scenarios:
+//! - `throughput`: flows of K `noop` phases, C in flight until N completed; flows and committed
+//!   events (transitions) per second, and create-to-completion latency.
+//! - `start_latency`: create-to-running (the `create_flow` call) and create-to-first-phase
+//!   (a registered handler starts running) latencies, with at most C flows in flight.
+//! - `db_limit`: no actors; the writes the runtime would issue for N flows of K phases, committed
+//!   straight through the store in batches of C. The physical ceiling `throughput` is held to.
+//!
+//! Every run gets a fresh database: SQLite in a temp dir, or a throw-away PostgreSQL database
+//! created next to `FLOWD_BENCH_POSTGRES_URL` / `FLOWD_TEST_POSTGRES_URL` and dropped after.
+//! Logs are off unless `RUST_LOG` is set (they go to stderr).
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::rt::System;
+use clap::{Parser, ValueEnum};
+use flowd::store::DbStore;
+use flowd_actors::definition::{FlowType, PhaseDefinition};
+use flowd_actors::events::EventKind;
+use flowd_actors::handler::{HandlerSet, PhaseContext, PhaseOutput};
+use flowd_actors::ids::{FlowId, Tenant};
+use flowd_actors::machine;
+use flowd_actors::model::{FlowState, NewFlow, now};
+use flowd_actors::persistence::PersistenceStats;
+use flowd_actors::store::{FlowStore, FlowUpdate, TransitionWrite, Write};
+use flowd_actors::{Runtime, RuntimeConfig};
+use parking_lot::Mutex;
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The first phase of `start_latency` flows: records when it begins running.
+const MARK_HANDLER: &str = "bench_mark";
+
+#[derive(Parser, Debug)]
+#[command(about = "flowd load harness: one JSON object per run on stdout")]
+struct Args {
+    /// Backend of the fresh database each run gets.
+    #[arg(long, value_enum)]
+    db: Backend,
+    /// Flows per run (N).
+    #[arg(long, default_value_t = 5000)]
+    flows: usize,
+    /// Phases per flow (K).
+    #[arg(long, default_value_t = 6)]
+    phases: usize,
+    /// Flows in flight (C); for `db_limit`, writes per batch.
+    #[arg(long, default_value_t = 1000)]
+    concurrency: usize,
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Repetitions, each on a fresh database; more than one also prints the medians.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Most writes per transaction in the runtime (`RuntimeConfig::max_batch`).
+    #[arg(long, default_value_t = RuntimeConfig::default().max_batch)]
+    max_batch: usize,
+    /// Connections of the store's pool.
+    #[arg(long, default_value_t = 8)]
+    pool_size: usize,
+    /// A run that has not finished after this long fails.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[clap(rename_all = "snake_case")]
+enum Scenario {
+    Throughput,
+    StartLatency,
+    DbLimit,
+    Recovery,
+    SuspendedMemory,
+    WsFanout,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Throughput => "throughput",
+            Self::StartLatency => "start_latency",
+            Self::DbLimit => "db_limit",
+            Self::Recovery => "recovery",
+            Self::SuspendedMemory => "suspended_memory",
+            Self::WsFanout => "ws_fanout",
+        }
+    }
+}
+
+/// The numbers one run reports, by name; medians are taken per name.
+type Figures = BTreeMap<&'static str, f64>;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if matches!(
+        args.scenario,
+        Scenario::Recovery | Scenario::SuspendedMemory | Scenario::WsFanout
+    ) {
+        eprintln!(
+            "scenario `{}` is not implemented yet; available: throughput, start_latency, db_limit",
+            args.scenario.name()
+        );
+        return ExitCode::from(2);
+    }
+    if args.flows == 0 || args.phases == 0 || args.concurrency == 0 || args.runs == 0 {
+        eprintln!("--flows, --phases, --concurrency and --runs must be at least 1");
+        return ExitCode::from(2);
+    }
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+
+    let mut all = Vec::with_capacity(args.runs);
+    for run in 1..=args.runs {
+        let figures = match run_once(&args) {
+            Ok(figures) => figures,
+            Err(error) => {
+                eprintln!("{} run {run} failed: {error}", args.scenario.name());
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut line = header(&args);
+        line.insert("run".into(), json!(run));
+        for (name, value) in &figures {
+            line.insert((*name).into(), round(*value));
+        }
+        println!("{}", Value::Object(line));
+        all.push(figures);
+    }
+    if args.runs > 1 {
+        let mut line = header(&args);
+        line.insert("runs".into(), json!(args.runs));
+        let medians: Map<String, Value> = all[0]
+            .keys()
+            .map(|name| {
+                let values: Vec<f64> = all.iter().map(|f| f[name]).collect();
+                ((*name).to_owned(), round(median(values)))
+            })
+            .collect();
+        line.insert("median".into(), Value::Object(medians));
+        println!("{}", Value::Object(line));
+    }
+    ExitCode::SUCCESS
+}
+
+fn header(args: &Args) -> Map<String, Value> {
+    let mut line = Map::new();
+    line.insert("scenario".into(), json!(args.scenario.name()));
+    line.insert("db".into(), json!(args.db.name()));
+    line.insert("flows".into(), json!(args.flows));
+    line.insert("phases".into(), json!(args.phases));
+    line.insert("concurrency".into(), json!(args.concurrency));
+    line
+}
+
+/// One run in its own actix System, so the runtime's arbiters stop with it and the next run
+/// starts clean; the database outlives the System and is dropped after it.
+fn run_once(args: &Args) -> Result<Figures, String> {
+    let database = BenchDatabase::new(args.db)?;
+    let url = database.url.clone();
+    System::new().block_on(async {
+        let result = tokio::time::timeout(Duration::from_secs(args.timeout_s), async {
+            let store = DbStore::connect(&url, args.pool_size)
+                .await
+                .map_err(|e| format!("cannot open {url}: {e}"))?;
+            match args.scenario {
+                Scenario::Throughput => throughput(args, Arc::new(store)).await,
+                Scenario::StartLatency => start_latency(args, Arc::new(store)).await,
+                Scenario::DbLimit => db_limit(args, store).await,
+                _ => unreachable!("rejected in main"),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("not finished after {} s", args.timeout_s)));
+        // Stop every arbiter the runtime started, and give the System a moment to do it.
+        System::current().stop();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        result
+    })
+}
+
+fn flow_type(name: &str, handlers: &[&str]) -> FlowType {
+    FlowType {
+        name: name.into(),
+        version: 1,
+        phases: handlers
+            .iter()
+            .enumerate()
+            .map(|(i, handler)| PhaseDefinition {
+                name: format!("p{}", i + 1),
+                handler: (*handler).into(),
+                params: json!({}),
+                timeout_s: None,
+                retries: 0,
+                retry_backoff_ms: None,
+                weight: 1,
+                next_phase: None,
+            })
+            .collect(),
+    }
+}
+
+fn new_flow(flow_type: &str) -> NewFlow {
+    NewFlow {
+        flow_type: flow_type.into(),
+        input: json!({}),
+        parent_flow_id: None,
+        master_flow_id: None,
+        tenant: Tenant::default_tenant(),
+        created_by: None,
+        idempotency_key: None,
+    }
+}
+
+fn runtime_config(args: &Args) -> RuntimeConfig {
+    // Every event of the run fits the buffer: the harness must never lag behind the fan-out.
+    let events = args.flows * (2 * args.phases + 3);
+    RuntimeConfig {
+        event_buffer: events.next_power_of_two().max(1 << 16),
+        max_batch: args.max_batch,
+        ..RuntimeConfig::default()
+    }
+}
+
+/// When one flow was asked for, became running, and completed.
+struct FlowTiming {
+    requested: Instant,
+    running: Instant,
+    completed: Instant,
+}
+
+/// What [`drive`] measured.
+struct Driven {
+    flows: HashMap<FlowId, FlowTiming>,
+    elapsed: Duration,
+    before: PersistenceStats,
+    after: PersistenceStats,
+}
+
+/// Creates `args.flows` flows of `flow_type`, keeping `args.concurrency` of them in flight: a
+/// new flow is created whenever one completes, as the committed-event stream reports it.
+async fn drive(args: &Args, runtime: &Runtime, flow_type: &str) -> Result<Driven, String> {
+    let mut events = runtime.subscribe();
+    let (created_tx, mut created_rx) = mpsc::unbounded_channel();
+    let launch = |created_tx: &mpsc::UnboundedSender<_>| {
+        let runtime = runtime.clone();
+        let request = new_flow(flow_type);
+        let created_tx = created_tx.clone();
+        actix_web::rt::spawn(async move {
+            let requested = Instant::now();
+            let result = runtime.create_flow(request).await;
+            let _ = created_tx.send((requested, Instant::now(), result));
+        });
+    };
+
+    let before = runtime
+        .persistence_stats()
+        .await
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut launched = args.concurrency.min(args.flows);
+    for _ in 0..launched {
+        launch(&created_tx);
+    }
+    let mut created: HashMap<FlowId, (Instant, Instant)> = HashMap::with_capacity(args.flows);
+    let mut completed: HashMap<FlowId, Instant> = HashMap::with_capacity(args.flows);
+    while completed.len() < args.flows {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => match event.kind {
+                    EventKind::FlowCompleted => {
+                        completed.insert(event.flow_id, Instant::now());
+                        if launched < args.flows {
+                            launched += 1;
+                            launch(&created_tx);
+                        }
+                    }
+                    EventKind::FlowFailed | EventKind::FlowCancelled => {
+                        return Err(format!(
+                            "flow {} ended {}: {:?}",
+                            event.flow_id,
+                            event.kind.as_str(),
+                            event.error
+                        ));
+                    }
+                    _ => {}
+                },
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    return Err(format!(
+                        "the event subscriber lagged and missed {missed} events; raise event_buffer"
+                    ));
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err("the event stream closed".into());
+                }
+            },
+            Some((requested, running, result)) = created_rx.recv() => {
+                let flow = result.map_err(|e| format!("create_flow failed: {e}"))?.flow;
+                created.insert(flow.id, (requested, running));
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let after = runtime
+        .persistence_stats()
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(created_tx);
+    // A create's reply may still be on its way after its flow's completion event.
+    while created.len() < args.flows {
+        let (requested, running, result) = created_rx
+            .recv()
+            .await
+            .ok_or("a create task vanished without an answer")?;
+        let flow = result.map_err(|e| format!("create_flow failed: {e}"))?.flow;
+        created.insert(flow.id, (requested, running));
+    }
+    let flows = created
+        .into_iter()
+        .map(|(id, (requested, running))| {
+            let completed = *completed
+                .get(&id)
+                .ok_or_else(|| format!("flow {id} was created but never completed"))?;
+            Ok((
+                id,
+                FlowTiming {
+                    requested,
+                    running,
+                    completed,
+                },
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Driven {
+        flows,
+        elapsed,
+        before,
+        after,
+    })
+}
+
+async fn throughput(args: &Args, store: Arc<DbStore>) -> Result<Figures, String> {
+    let definition = flow_type("bench_noop", &vec!["noop"; args.phases]);
+    let runtime = Runtime::start(
+        runtime_config(args),
+        store,
+        HandlerSet::with_builtins(),
+        vec![definition],
+    )
+    .await
+    .map_err(|e| format!("runtime did not start: {e}"))?;
+    let driven = drive(args, &runtime, "bench_noop").await?;
+    let latencies = driven
+        .flows
+        .values()
+        .map(|t| t.completed - t.requested)
+        .collect();
+    let mut figures = persistence_figures(&driven.before, &driven.after, driven.elapsed);
+    let (p50, p99) = percentiles(latencies);
+    figures.insert(
+        "flows_per_sec",
+        args.flows as f64 / driven.elapsed.as_secs_f64(),
+    );
+    figures.insert("flow_latency_p50_ms", p50);
+    figures.insert("flow_latency_p99_ms", p99);
+    Ok(figures)
+}
+
+async fn start_latency(args: &Args, store: Arc<DbStore>) -> Result<Figures, String> {
+    let marks: Arc<Mutex<HashMap<FlowId, Instant>>> = Arc::default();
+    let mut handlers = HandlerSet::with_builtins();
+    {
+        let marks = marks.clone();
+        handlers.register(MARK_HANDLER, move |ctx: PhaseContext| {
+            let marks = marks.clone();
+            async move {
+                marks.lock().entry(ctx.flow_id).or_insert_with(Instant::now);
+                Ok(PhaseOutput::new(json!({})))
+            }
+        });
+    }
+    let mut phases = vec!["noop"; args.phases];
+    phases[0] = MARK_HANDLER;
+    let definition = flow_type("bench_mark", &phases);
+    let runtime = Runtime::start(runtime_config(args), store, handlers, vec![definition])
+        .await
+        .map_err(|e| format!("runtime did not start: {e}"))?;
+    let driven = drive(args, &runtime, "bench_mark").await?;
+    let marks = marks.lock();
+    let mut running = Vec::with_capacity(args.flows);
+    let mut first_phase = Vec::with_capacity(args.flows);
+    for (id, timing) in &driven.flows {
+        running.push(timing.running - timing.requested);
+        let mark = marks
+            .get(id)
+            .ok_or_else(|| format!("the first phase of flow {id} never ran"))?;
+        first_phase.push(*mark - timing.requested);
+    }
+    let mut figures = Figures::new();
+    let (p50, p99) = percentiles(running);
+    figures.insert("p50_ms", p50);
+    figures.insert("p99_ms", p99);
+    let (p50, p99) = percentiles(first_phase);
+    figures.insert("first_phase_p50_ms", p50);
+    figures.insert("first_phase_p99_ms", p99);
+    figures.insert(
+        "flows_per_sec",
+        args.flows as f64 / driven.elapsed.as_secs_f64(),
+    );
+    Ok(figures)
+}
+
+/// The writes the runtime issues for one flow of `definition`, in commit order, from the pure
+/// state machine: the create (3 events), then one per phase (2 events each).
+fn flow_writes(definition: &FlowType) -> Vec<TransitionWrite> {
+    let mut flow = FlowState::new_initialized(definition, new_flow(&definition.name));
+    let step = machine::start(&mut flow, definition, now());
+    let mut writes = vec![TransitionWrite {
+        flow_id: flow.id,
+        create: Some(Box::new(flow.clone())),
+        flow: FlowUpdate::of(&flow),
+        phases: Vec::new(),
+        events: step.events,
+        failure: None,
+    }];
+    for phase in &definition.phases {
+        let step = machine::phase_succeeded(
+            &mut flow,
+            definition,
+            &phase.name,
+            1,
+            PhaseOutput::new(json!({})),
+            now(),
+        )
+        .expect("a running phase accepts its result");
+        writes.push(TransitionWrite {
+            flow_id: flow.id,
+            create: None,
+            flow: FlowUpdate::of(&flow),
+            phases: step
+                .touched
+                .iter()
+                .map(|&i| (i, flow.phases[i].clone()))
+                .collect(),
+            events: step.events,
+            failure: step.failure,
+        });
+    }
+    writes
+}
+
+async fn db_limit(args: &Args, store: DbStore) -> Result<Figures, String> {
+    let definition = flow_type("bench_noop", &vec!["noop"; args.phases]);
+    store
+        .commit(&[Write::FlowType(definition.clone())])
+        .await
+        .map_err(|e| e.to_string())?;
+    // Waves of C flows, as the runtime has them in flight: every wave's creates, then its
+    // first phases, …; each step of a wave is one batch of C writes. Built before the clock
+    // starts: only the database is measured.
+    let mut batches: Vec<Vec<Write>> = Vec::new();
+    let mut next_event_id = 0i64;
+    let mut flows_left = args.flows;
+    while flows_left > 0 {
+        let wave = flows_left.min(args.concurrency);
+        flows_left -= wave;
+        let per_flow: Vec<Vec<TransitionWrite>> =
+            (0..wave).map(|_| flow_writes(&definition)).collect();
+        for step in 0..=args.phases {
+            let batch = per_flow
+                .iter()
+                .map(|writes| {
+                    let mut write = writes[step].clone();
+                    for event in &mut write.events {
+                        next_event_id += 1;
+                        event.id = next_event_id;
+                    }
+                    Write::Transition(write)
+                })
+                .collect();
+            batches.push(batch);
+        }
+    }
+    let started = Instant::now();
+    let mut commit_time = Duration::ZERO;
+    let (mut writes, mut events) = (0u64, 0u64);
+    for batch in &batches {
+        let commit_started = Instant::now();
+        store.commit(batch).await.map_err(|e| e.to_string())?;
+        commit_time += commit_started.elapsed();
+        writes += batch.len() as u64;
+        events += batch
+            .iter()
+            .map(|w| match w {
+                Write::Transition(t) => t.events.len() as u64,
+                Write::FlowType(_) => 0,
+            })
+            .sum::<u64>();
+    }
+    let elapsed = started.elapsed();
+    let before = PersistenceStats::default();
+    let after = PersistenceStats {
+        batches: batches.len() as u64,
+        writes,
+        events,
+        commit_micros: commit_time.as_micros() as u64,
+        ..PersistenceStats::default()
+    };
+    Ok(persistence_figures(&before, &after, elapsed))
+}
+
+/// Rates and batch shape from two snapshots of the persistence counters.
+fn persistence_figures(
+    before: &PersistenceStats,
+    after: &PersistenceStats,
+    elapsed: Duration,
+) -> Figures {
+    let seconds = elapsed.as_secs_f64();
+    let events = (after.events - before.events) as f64;
+    let writes = (after.writes - before.writes) as f64;
+    let batches = (after.batches - before.batches) as f64;
+    let commit_s = (after.commit_micros - before.commit_micros) as f64 / 1e6;
+    let mut figures = Figures::new();
+    figures.insert("elapsed_s", seconds);
+    figures.insert("transitions_per_sec", events / seconds);
+    figures.insert("writes_per_sec", writes / seconds);
+    figures.insert("batches", batches);
+    figures.insert("mean_batch", writes / batches.max(1.0));
+    figures.insert("mean_commit_ms", commit_s * 1e3 / batches.max(1.0));
+    // Share of the wall time the writer spent inside commits: near 1 means database-bound.
+    figures.insert("commit_busy", commit_s / seconds);
+    figures
+}
+
+/// Nearest-rank p50 and p99, in milliseconds.
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort_unstable();
+    let rank = |p: f64| {
+        let index = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
+        samples[index].as_secs_f64() * 1e3
+    };
+    (rank(0.50), rank(0.99))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn round(value: f64) -> Value {
+    json!((value * 1000.0).round() / 1000.0)
+}
+
+/// A fresh database for one run, removed when dropped.
+struct BenchDatabase {
+    url: String,
+    _dir: tempfile::TempDir,
+    postgres: Option<(String, String)>,
+}
+
+impl BenchDatabase {
+    fn new(backend: Backend) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
+        match backend {
+            Backend::Sqlite => Ok(Self {
+                url: format!("sqlite://{}", dir.path().join("bench.db").display()),
+                _dir: dir,
+                postgres: None,
+            }),
+            Backend::Postgres => {
+                let admin = std::env::var("FLOWD_BENCH_POSTGRES_URL")
+                    .or_else(|_| std::env::var("FLOWD_TEST_POSTGRES_URL"))
+                    .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
+                let name = format!("flowd_bench_{}", uuid::Uuid::new_v4().simple());
+                psql(
+                    &admin,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )?;
+                psql(&admin, &format!("CREATE DATABASE {name}"))?;
+                let base = admin
+                    .rsplit_once('/')
+                    .map_or(admin.as_str(), |(base, _)| base);
+                Ok(Self {
+                    url: format!("{base}/{name}"),
+                    _dir: dir,
+                    postgres: Some((admin.clone(), name)),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.postgres
+            && let Err(error) = psql(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+        {
+            eprintln!("{error}");
+        }
+    }
+}
+
+fn psql(url: &str, statement: &str) -> Result<(), String> {
+    let status = Command::new("psql")
+        .env("PGOPTIONS", "--client-min-messages=warning")
+        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", statement])
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("psql failed on {url}: {statement}"))
+    }
+}
