@@ -247,19 +247,21 @@ mod tests {
     }
 
     #[test]
-    fn file_then_environment_override_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
-            "[server]\nbind = \"127.0.0.1:9999\"\n[[flow_types]]\nname = \"x\"\nversion = 1\n[[flow_types.phases]]\nname = \"a\"\nhandler = \"noop\"\n",
-        )
-        .unwrap();
-        let settings = Settings::load(Some(&path)).unwrap();
-        assert_eq!(settings.server.bind, "127.0.0.1:9999");
-        assert_eq!(settings.flow_types[0].phases[0].weight, 1);
-        assert!(settings.database.url.ends_with("/data/flowd.db"));
-        assert!(settings.database.url.starts_with("sqlite:///"));
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
+    fn a_file_overrides_defaults() {
+        // In a Jail, like every test that reads FLOWD_* variables, so none sees another's.
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[server]\nbind = \"127.0.0.1:9999\"\n[[flow_types]]\nname = \"x\"\nversion = 1\n[[flow_types.phases]]\nname = \"a\"\nhandler = \"noop\"\n",
+            )?;
+            let settings = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(settings.server.bind, "127.0.0.1:9999");
+            assert_eq!(settings.flow_types[0].phases[0].weight, 1);
+            assert!(settings.database.url.ends_with("/data/flowd.db"));
+            assert!(settings.database.url.starts_with("sqlite:///"));
+            Ok(())
+        });
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! `FLOWD_TEST_POSTGRES_URL` is set (each test gets its own throw-away database).
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Instant;
 
 use chrono::Duration;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -778,82 +777,3 @@ async fn empty_batch_and_ping(store: &DbStore) {
 }
 
 // ---------------------------------------------------------------------------------------------
-
-/// Group-commit throughput: batches of 1000 transitions, each one flow update, one or two phase
-/// updates and one or two events. `cargo test --release --test store_conformance -- --ignored
-/// --nocapture throughput`.
-async fn commit_throughput(store: &DbStore) {
-    let definition = flow_type("discovery", 1);
-    let flows_per_batch = 1000;
-    let rounds = 60;
-    let mut flows: Vec<FlowState> = (0..flows_per_batch)
-        .map(|_| new_flow(&definition, &tenant("acme"), None, None))
-        .collect();
-    let creates: Vec<Write> = flows.iter_mut().map(|f| create(f).0).collect();
-    commit(store, &creates).await;
-
-    let mut events = 0usize;
-    let mut elapsed = std::time::Duration::ZERO;
-    for round in 0..rounds {
-        let index = round % 3;
-        let batch: Vec<Write> = flows
-            .iter_mut()
-            .map(|flow| {
-                let mut write = start_phase(flow, index);
-                if round % 2 == 1 {
-                    // A second event and a second phase row, as when a phase finishes.
-                    flow.phases[index].status = PhaseStatus::Succeeded;
-                    let e = event(flow, EventKind::PhaseSucceeded, None);
-                    let Write::Transition(t) = &mut write else {
-                        unreachable!()
-                    };
-                    t.flow = FlowUpdate::of(flow);
-                    t.phases
-                        .push(((index + 1) % 3, flow.phases[(index + 1) % 3].clone()));
-                    t.events.push(e);
-                }
-                write
-            })
-            .collect();
-        events += batch
-            .iter()
-            .map(|w| match w {
-                Write::Transition(t) => t.events.len(),
-                Write::FlowType(_) => 0,
-            })
-            .sum::<usize>();
-        let started = Instant::now();
-        commit(store, &batch).await;
-        elapsed += started.elapsed();
-    }
-    let rate = events as f64 / elapsed.as_secs_f64();
-    println!(
-        "{}: {events} events in {rounds} batches of {flows_per_batch} transitions: {:.1} ms/batch, {rate:.0} events/s",
-        store.backend_name(),
-        elapsed.as_secs_f64() * 1000.0 / rounds as f64,
-    );
-    let stored = store
-        .flow_events(flows[0].id, 0, 1000)
-        .await
-        .expect("events");
-    assert_eq!(stored.len() as u64, flows[0].last_seq);
-}
-
-#[tokio::test]
-#[ignore = "benchmark"]
-async fn throughput_sqlite() {
-    let db = TestDb::sqlite().await;
-    commit_throughput(&db.store).await;
-    db.finish().await;
-}
-
-#[tokio::test]
-#[ignore = "benchmark"]
-async fn throughput_postgres() {
-    let Some(db) = TestDb::postgres().await else {
-        eprintln!("skipped: FLOWD_TEST_POSTGRES_URL is not set");
-        return;
-    };
-    commit_throughput(&db.store).await;
-    db.finish().await;
-}
