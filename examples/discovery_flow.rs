@@ -57,27 +57,45 @@ async fn field_mapping(ctx: PhaseContext) -> PhaseResult {
 
 async fn data_cleansing(ctx: PhaseContext) -> PhaseResult {
     let rows = records(&ctx)?;
-    let clean = rows.iter().filter(|r| r["hostname"].as_str().is_some_and(|h| !h.is_empty())).count();
-    Ok(PhaseOutput::new(json!({ "clean": clean, "dropped": rows.len() - clean })))
+    let clean = rows
+        .iter()
+        .filter(|r| r["hostname"].as_str().is_some_and(|h| !h.is_empty()))
+        .count();
+    Ok(PhaseOutput::new(
+        json!({ "clean": clean, "dropped": rows.len() - clean }),
+    ))
 }
 
 async fn asset_inventory(ctx: PhaseContext) -> PhaseResult {
     let mut by_os: BTreeMap<String, u32> = BTreeMap::new();
     for row in records(&ctx)? {
-        *by_os.entry(row["os"].as_str().unwrap_or("unknown").to_owned()).or_default() += 1;
+        *by_os
+            .entry(row["os"].as_str().unwrap_or("unknown").to_owned())
+            .or_default() += 1;
     }
     Ok(PhaseOutput::new(json!({ "assets_by_os": by_os })))
 }
 
 async fn dependency_analysis(ctx: PhaseContext) -> PhaseResult {
-    let edges: usize = records(&ctx)?.iter().map(|r| r["depends_on"].as_array().map_or(0, Vec::len)).sum();
+    let edges: usize = records(&ctx)?
+        .iter()
+        .map(|r| r["depends_on"].as_array().map_or(0, Vec::len))
+        .sum();
     Ok(PhaseOutput::new(json!({ "dependencies": edges })))
 }
 
 async fn tech_debt_assessment(ctx: PhaseContext) -> PhaseResult {
-    let legacy = records(&ctx)?.iter().filter(|r| r["os"] == "windows-2008").count();
-    let assets = ctx.outputs.get("data_cleansing").map_or(json!(null), |o| o["clean"].clone());
-    Ok(PhaseOutput::new(json!({ "legacy_hosts": legacy, "assessed": assets })))
+    let legacy = records(&ctx)?
+        .iter()
+        .filter(|r| r["os"] == "windows-2008")
+        .count();
+    let assets = ctx
+        .outputs
+        .get("data_cleansing")
+        .map_or(json!(null), |o| o["clean"].clone());
+    Ok(PhaseOutput::new(
+        json!({ "legacy_hosts": legacy, "assessed": assets }),
+    ))
 }
 
 fn handlers() -> HandlerSet {
@@ -119,7 +137,13 @@ async fn main() -> anyhow::Result<()> {
         .database_url
         .unwrap_or_else(|| format!("sqlite://{}", scratch.path().join("discovery.db").display()));
     let store = DbStore::connect(&url, 4).await?;
-    let runtime = Runtime::start(RuntimeConfig::default(), Arc::new(store), handlers(), vec![discovery()]).await?;
+    let runtime = Runtime::start(
+        RuntimeConfig::default(),
+        Arc::new(store),
+        handlers(),
+        vec![discovery()],
+    )
+    .await?;
     let mut events = runtime.subscribe();
     let input = json!({ "records": [
         { "hostname": "app-01", "os": "rhel-8", "depends_on": ["db-01"] },
@@ -153,13 +177,21 @@ async fn main() -> anyhow::Result<()> {
             event.next_phase.as_deref().unwrap_or("-"),
             event.progress_percentage,
         );
-        if matches!(event.kind, EventKind::FlowCompleted | EventKind::FlowFailed | EventKind::FlowCancelled) {
+        if matches!(
+            event.kind,
+            EventKind::FlowCompleted | EventKind::FlowFailed | EventKind::FlowCancelled
+        ) {
             break;
         }
     }
     let flow = runtime.flow(&Tenant::default_tenant(), id).await?;
     for phase in &flow.phases {
-        println!("{:<22} {:<10} {}", phase.name, phase.status.as_str(), phase.output.clone().unwrap_or_default());
+        println!(
+            "{:<22} {:<10} {}",
+            phase.name,
+            phase.status.as_str(),
+            phase.output.clone().unwrap_or_default()
+        );
     }
     Ok(())
 }

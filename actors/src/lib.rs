@@ -4,7 +4,8 @@
 //! - [`definition`]: flow types, their phases and validation.
 //! - [`model`]: flow and phase state, as stored and served.
 //! - [`machine`]: the pure state machine of a flow's lifecycle.
-//! - [`handler`]: the phase handler trait; [`builtin`]: `noop`, `sleep`, `fail`.
+//! - [`handler`]: the phase handler trait; [`builtin`]: `noop`, `sleep`, `fail`;
+//!   [`handler_pool`]: the threads handlers run on.
 //! - [`events`]: flow events and their fan-out to subscribers.
 //! - [`store`]: the storage contract; [`memory_store`]: an in-memory store for tests.
 //! - [`error`]: the runtime's errors.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod flow;
 pub mod handler;
+pub mod handler_pool;
 pub mod health;
 pub mod ids;
 pub mod machine;

@@ -12,6 +12,7 @@ use crate::error::RuntimeError;
 use crate::events::{EventFanout, FlowEvent};
 use crate::flow::ControlCommand;
 use crate::handler::HandlerSet;
+use crate::handler_pool::HandlerPool;
 use crate::health::{GetHealthStats, HealthActor, HealthStats};
 use crate::ids::{FlowId, Tenant};
 use crate::model::{FailureRecord, FlowState, NewFlow};
@@ -30,6 +31,8 @@ pub struct RuntimeConfig {
     pub default_phase_timeout: Duration,
     /// Arbiters (threads) that flow actors are spread over; one per core by default.
     pub flow_arbiters: usize,
+    /// Threads that run phase handlers, apart from the arbiters; one per core by default.
+    pub handler_threads: usize,
     /// Most writes in one transaction.
     pub max_batch: usize,
     /// Events a subscriber may fall behind before it must catch up from the database.
@@ -44,6 +47,7 @@ impl Default for RuntimeConfig {
         Self {
             default_phase_timeout: Duration::from_secs(300),
             flow_arbiters: std::thread::available_parallelism().map_or(2, usize::from),
+            handler_threads: std::thread::available_parallelism().map_or(2, usize::from),
             max_batch: 4096,
             event_buffer: 16_384,
             ping_interval: Duration::from_secs(1),
@@ -96,6 +100,8 @@ impl Runtime {
         let arbiters = (0..config.flow_arbiters.max(1))
             .map(|_| Arbiter::new().handle())
             .collect();
+        let handler_pool = HandlerPool::new(config.handler_threads)
+            .map_err(|e| RuntimeError::Unavailable(format!("handler threads: {e}")))?;
         let supervisor = Supervisor::new(SupervisorParts {
             arbiters,
             handlers: handlers.clone(),
@@ -104,6 +110,7 @@ impl Runtime {
             store: store.clone(),
             default_timeout: config.default_phase_timeout,
             intensity: config.restart_intensity,
+            handler_pool: handler_pool.clone(),
         })
         .start();
         supervisor.send(RecoverFlows).await??;

@@ -36,6 +36,10 @@ fn flow_type(name: &str, phases: Vec<PhaseDefinition>) -> FlowType {
     }
 }
 
+/// Set when the thread-blocking handler finally returns.
+static BLOCKING_HANDLER_WOKE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 fn handlers() -> HandlerSet {
     let mut set = HandlerSet::with_builtins();
     set.register("panics", |_ctx: PhaseContext| async move {
@@ -45,6 +49,12 @@ fn handlers() -> HandlerSet {
         Ok(PhaseOutput::new(json!({})))
     });
     set.register("hangs", |_ctx: PhaseContext| std::future::pending());
+    set.register("blocks_thread", |_ctx: PhaseContext| async move {
+        // Deliberately blocking: a sync call that never yields, as badly written handlers do.
+        std::thread::sleep(Duration::from_secs(8));
+        BLOCKING_HANDLER_WOKE.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(PhaseOutput::new(json!({})))
+    });
     set.register("echo_key", |ctx: PhaseContext| async move {
         Ok(PhaseOutput::new(
             json!({ "key": ctx.idempotency_key, "seen": ctx.outputs.len() }),
@@ -444,4 +454,57 @@ async fn a_create_that_did_not_commit_is_not_acknowledged() {
     };
     let listed = store.list_flows(&everything).await.unwrap();
     assert!(listed.is_empty());
+}
+
+#[actix::test]
+async fn a_handler_blocking_its_thread_stalls_nothing_else_and_times_out() {
+    let store = Arc::new(MemoryStore::new());
+    let mut blocking = phase("b", "blocks_thread", json!({}), 0);
+    blocking.timeout_s = Some(2);
+    let types = vec![
+        flow_type("blocking", vec![blocking]),
+        flow_type(
+            "quick",
+            vec![
+                phase("a", "sleep", json!({"ms": 20}), 0),
+                phase("b", "noop", json!({}), 0),
+            ],
+        ),
+    ];
+    let runtime = start(store.clone(), types).await;
+    let blocked = runtime
+        .create_flow(request("blocking"))
+        .await
+        .unwrap()
+        .flow
+        .id;
+    let quick: Vec<FlowId> =
+        futures_util::future::join_all((0..10).map(|_| runtime.create_flow(request("quick"))))
+            .await
+            .into_iter()
+            .map(|created| created.unwrap().flow.id)
+            .collect();
+    for id in quick {
+        assert_eq!(
+            wait_for(&store, id, terminal).await.status,
+            FlowStatus::Completed
+        );
+    }
+    let still = store.load_flow(blocked).await.unwrap().unwrap();
+    assert_eq!(
+        still.status,
+        FlowStatus::Running,
+        "other flows finished while the handler blocked"
+    );
+    let flow = wait_for(&store, blocked, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Failed);
+    assert_eq!(
+        store.failures(blocked).await.unwrap()[0].error_kind,
+        "timeout"
+    );
+    let woke = BLOCKING_HANDLER_WOKE.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !woke,
+        "failed at its deadline, not when the blocked thread woke"
+    );
 }

@@ -18,6 +18,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
 use crate::handler::{HandlerError, HandlerSet, Heartbeat, PhaseContext};
+use crate::handler_pool::HandlerPool;
 use crate::machine::{self, Effect, Rejected, Step};
 use crate::model::{FlowState, PhaseStatus, now};
 use crate::persistence::{Persist, PersistenceActor};
@@ -33,6 +34,8 @@ pub struct FlowEnv {
     pub stopped: Recipient<FlowStopped>,
     /// Deadline of an attempt whose phase names no `timeout_s`.
     pub default_timeout: Duration,
+    /// Where handler tasks run: never on a flow actor's arbiter.
+    pub handler_pool: Arc<HandlerPool>,
 }
 
 /// How a new actor begins.
@@ -253,7 +256,11 @@ impl FlowActor {
         let timeout = definition
             .timeout_s
             .map_or(self.env.default_timeout, Duration::from_secs);
-        let task = tokio::spawn(handler.run(context).instrument(span.clone()));
+        let task = self
+            .env
+            .handler_pool
+            .handle()
+            .spawn(handler.run(context).instrument(span.clone()));
         let abort = task.abort_handle();
         let on_timeout = (cancellation.clone(), task.abort_handle());
         let flow = ctx.address();

@@ -17,6 +17,7 @@ use crate::definition::FlowType;
 use crate::error::RuntimeError;
 use crate::flow::{Control, ControlCommand, FlowActor, FlowEnv, StartMode, StopFlow};
 use crate::handler::HandlerSet;
+use crate::handler_pool::HandlerPool;
 use crate::ids::{FlowId, Tenant};
 use crate::machine;
 use crate::model::{FlowState, now};
@@ -53,6 +54,7 @@ pub struct Supervisor {
     store: Arc<dyn FlowStore>,
     default_timeout: Duration,
     intensity: RestartIntensity,
+    handler_pool: Arc<HandlerPool>,
     restarts: HashMap<FlowId, VecDeque<Instant>>,
     /// Creates in flight per (tenant, idempotency key): later identical requests wait for the first.
     creating: HashMap<(Tenant, String), Vec<Waiter>>,
@@ -67,6 +69,7 @@ pub struct SupervisorParts {
     pub store: Arc<dyn FlowStore>,
     pub default_timeout: Duration,
     pub intensity: RestartIntensity,
+    pub handler_pool: Arc<HandlerPool>,
 }
 
 impl Supervisor {
@@ -83,6 +86,7 @@ impl Supervisor {
             store: parts.store,
             default_timeout: parts.default_timeout,
             intensity: parts.intensity,
+            handler_pool: parts.handler_pool,
             restarts: HashMap::new(),
             creating: HashMap::new(),
         }
@@ -100,6 +104,7 @@ impl Supervisor {
             persistence: self.persistence.clone(),
             stopped: ctx.address().recipient(),
             default_timeout: self.default_timeout,
+            handler_pool: self.handler_pool.clone(),
         };
         self.generation += 1;
         let generation = self.generation;
