@@ -31,3 +31,4 @@ pub mod store;
 pub mod supervisor;
 
 pub use runtime::{Runtime, RuntimeConfig};
+pub mod metrics;

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use crate::definition::FlowType;
 use crate::events::FlowEvent;
 use crate::ids::{FlowId, Tenant};
-use crate::model::{FailureRecord, FlowState};
+use crate::model::{FailureRecord, FlowState, FlowStatus};
 use crate::store::{FlowQuery, FlowStore, StoreError, Write};
 
 #[derive(Default, Clone)]
@@ -236,6 +236,18 @@ impl FlowStore for MemoryStore {
             .copied()
             .unwrap_or(0);
         async move { Ok(max) }.boxed()
+    }
+
+    fn count_by_status(&self) -> BoxFuture<'_, Result<Vec<(FlowStatus, u64)>, StoreError>> {
+        let mut counts: BTreeMap<&'static str, (FlowStatus, u64)> = BTreeMap::new();
+        for flow in self.tables.lock().flows.values() {
+            counts
+                .entry(flow.status.as_str())
+                .or_insert((flow.status, 0))
+                .1 += 1;
+        }
+        let counts = counts.into_values().collect();
+        async move { Ok(counts) }.boxed()
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

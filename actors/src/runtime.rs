@@ -15,6 +15,7 @@ use crate::handler::HandlerSet;
 use crate::handler_pool::HandlerPool;
 use crate::health::{GetHealthStats, HealthActor, HealthStats};
 use crate::ids::{FlowId, Tenant};
+use crate::metrics::{Gauges, RuntimeMetrics};
 use crate::model::{FailureRecord, FlowState, NewFlow};
 use crate::persistence::{GetStats, PersistenceActor, PersistenceStats};
 use crate::registry::{GetFlowType, ListFlowTypes, RegisterFlowType, Registry};
@@ -70,6 +71,7 @@ pub struct Runtime {
     store: Arc<dyn FlowStore>,
     fanout: EventFanout,
     handlers: Arc<HandlerSet>,
+    metrics: Arc<RuntimeMetrics>,
 }
 
 impl Runtime {
@@ -82,14 +84,16 @@ impl Runtime {
         flow_types: Vec<FlowType>,
     ) -> Result<Self, RuntimeError> {
         let handlers = Arc::new(handlers);
+        let metrics = Arc::new(RuntimeMetrics::default());
         let fanout = EventFanout::new(config.event_buffer);
         let last_event_id = store.max_event_id().await?;
         let persistence = {
             let store = store.clone();
             let fanout = fanout.clone();
             let max_batch = config.max_batch;
+            let metrics = metrics.clone();
             PersistenceActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                PersistenceActor::new(store, fanout, last_event_id, max_batch)
+                PersistenceActor::new(store, fanout, last_event_id, max_batch, metrics)
             })
         };
         let stored = store.load_flow_types().await?;
@@ -111,6 +115,7 @@ impl Runtime {
             default_timeout: config.default_phase_timeout,
             intensity: config.restart_intensity,
             handler_pool: handler_pool.clone(),
+            metrics: metrics.clone(),
         })
         .start();
         supervisor.send(RecoverFlows).await??;
@@ -118,6 +123,7 @@ impl Runtime {
             supervisor.clone(),
             config.ping_interval,
             config.ping_timeout,
+            metrics.clone(),
         )
         .start();
         Ok(Self {
@@ -128,6 +134,7 @@ impl Runtime {
             store,
             fanout,
             handlers,
+            metrics,
         })
     }
 
@@ -244,6 +251,28 @@ impl Runtime {
     /// How many flow actors are live.
     pub async fn live_flows(&self) -> Result<usize, RuntimeError> {
         Ok(self.supervisor.send(LiveFlows).await?.len())
+    }
+
+    /// The Prometheus text exposition of the runtime's metrics, with current gauges.
+    pub async fn render_metrics(&self) -> Result<String, RuntimeError> {
+        let flows_by_status = self
+            .store
+            .count_by_status()
+            .await?
+            .into_iter()
+            .map(|(status, count)| (status.as_str().to_owned(), count))
+            .collect();
+        let gauges = Gauges {
+            flows_by_status,
+            live_flow_actors: self.live_flows().await?,
+            event_subscribers: self.subscriber_count(),
+        };
+        Ok(self.metrics.render(&gauges))
+    }
+
+    /// The runtime's counters, for tests and embedding programs.
+    pub fn metrics(&self) -> &RuntimeMetrics {
+        &self.metrics
     }
 
     /// Live event subscribers.

@@ -136,6 +136,9 @@ pub trait FlowStore: Send + Sync + 'static {
     /// The highest event id stored (0 if none): where the persistence actor continues numbering.
     fn max_event_id(&self) -> BoxFuture<'_, Result<i64, StoreError>>;
 
+    /// How many flows there are in each status, for metrics.
+    fn count_by_status(&self) -> BoxFuture<'_, Result<Vec<(FlowStatus, u64)>, StoreError>>;
+
     /// A cheap round trip, for readiness.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }

@@ -17,6 +17,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/openapi.json", web::get().to(ops::openapi))
+        .route("/metrics", web::get().to(ops::metrics))
         .service(
             web::scope("/v1")
                 .route("/flows", web::post().to(flows::create))

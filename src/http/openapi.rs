@@ -19,7 +19,7 @@ use crate::ws;
     paths(
         flows::create, flows::list, flows::get, flows::pause, flows::resume, flows::cancel, flows::retry,
         flows::events, flows::failures, ws::flow_stream, ws::tenant_stream,
-        flow_types::list, flow_types::get, flow_types::put, ops::healthz, ops::readyz, ops::openapi,
+        flow_types::list, flow_types::get, flow_types::put, ops::healthz, ops::readyz, ops::openapi, ops::metrics,
     ),
     components(schemas(
         FlowState, PhaseState, FlowStatus, PhaseStatus, FlowId, FlowEvent, EventKind, FailureRecord,

@@ -26,3 +26,15 @@ pub async fn openapi() -> HttpResponse {
     use utoipa::OpenApi;
     HttpResponse::Ok().json(crate::http::openapi::ApiDoc::openapi())
 }
+
+/// Prometheus text exposition: flows by status, phase durations, retries, failures by kind,
+/// restarts, missed pings, batch sizes and commit latencies, live actors, subscribers.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format 0.0.4")))]
+pub async fn metrics(
+    runtime: web::Data<Runtime>,
+) -> Result<HttpResponse, crate::http::errors::ApiError> {
+    let text = runtime.render_metrics().await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("content-type", "text/plain; version=0.0.4"))
+        .body(text))
+}

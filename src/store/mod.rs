@@ -322,6 +322,25 @@ impl DbStore {
         Ok(max.unwrap_or(0))
     }
 
+    async fn status_counts(&self) -> Result<Vec<(FlowStatus, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = with_conn!(self, |conn: Db| {
+            flows::table
+                .group_by(flows::status)
+                .select((flows::status, diesel::dsl::count_star()))
+                .load(conn)
+                .await
+                .map_err(db_error)?
+        });
+        rows.into_iter()
+            .map(|(status, count)| {
+                let status = status
+                    .parse::<FlowStatus>()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((status, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     async fn round_trip(&self) -> Result<(), StoreError> {
         with_conn!(self, |conn: Db| {
             diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
@@ -389,6 +408,10 @@ impl FlowStore for DbStore {
 
     fn max_event_id(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
         Box::pin(self.max_id())
+    }
+
+    fn count_by_status(&self) -> BoxFuture<'_, Result<Vec<(FlowStatus, u64)>, StoreError>> {
+        Box::pin(self.status_counts())
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

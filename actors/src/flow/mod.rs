@@ -20,6 +20,7 @@ use crate::error::RuntimeError;
 use crate::handler::{HandlerError, HandlerSet, Heartbeat, PhaseContext};
 use crate::handler_pool::HandlerPool;
 use crate::machine::{self, Effect, Rejected, Step};
+use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, PhaseStatus, now};
 use crate::persistence::{Persist, PersistenceActor};
 use crate::store::{FlowUpdate, TransitionWrite, Write};
@@ -36,6 +37,7 @@ pub struct FlowEnv {
     pub default_timeout: Duration,
     /// Where handler tasks run: never on a flow actor's arbiter.
     pub handler_pool: Arc<HandlerPool>,
+    pub metrics: Arc<RuntimeMetrics>,
 }
 
 /// How a new actor begins.
@@ -51,6 +53,7 @@ pub enum StartMode {
 struct RunningAttempt {
     phase: String,
     attempt: u32,
+    started: std::time::Instant,
     cancellation: CancellationToken,
     abort: tokio::task::AbortHandle,
     heartbeat: Heartbeat,
@@ -152,12 +155,19 @@ impl FlowActor {
             effect,
             reply,
         } = outgoing;
+        let failure_kind = write.failure.as_ref().map(|f| f.error_kind.clone());
         let commit = self.env.persistence.send(Persist(Write::Transition(write)));
         ctx.spawn(commit.into_actor(self).map(move |result, act, ctx| {
             act.writing = false;
             let result = result.map_err(RuntimeError::from).and_then(|r| r.map_err(RuntimeError::from));
             match result {
                 Ok(()) => {
+                    if let Some(kind) = failure_kind {
+                        act.env.metrics.failure(&kind);
+                    }
+                    if matches!(effect, Effect::RetryAfter { .. }) {
+                        act.env.metrics.retry();
+                    }
                     if let Some((reply, flow)) = reply {
                         let _ = reply.send(Ok(flow));
                     }
@@ -295,6 +305,7 @@ impl FlowActor {
         self.in_flight = Some(RunningAttempt {
             phase,
             attempt,
+            started: std::time::Instant::now(),
             cancellation,
             abort,
             heartbeat,
@@ -361,8 +372,12 @@ impl Handler<PhaseFinished> for FlowActor {
             .in_flight
             .as_ref()
             .is_some_and(|r| r.phase == phase && r.attempt == attempt)
+            && let Some(finished) = self.in_flight.take()
         {
-            self.in_flight = None;
+            let seconds = finished.started.elapsed().as_secs_f64();
+            self.env
+                .metrics
+                .phase_finished(&self.flow.flow_type, &phase, seconds);
         }
         let now = now();
         let step = match result {

@@ -4,6 +4,7 @@
 
 pub mod messages;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -11,6 +12,7 @@ use futures_util::future::join_all;
 use tracing::warn;
 
 use crate::flow::Ping;
+use crate::metrics::RuntimeMetrics;
 use crate::supervisor::{LiveFlows, RestartFlow, Supervisor};
 pub use messages::{GetHealthStats, HealthStats};
 
@@ -21,17 +23,24 @@ pub struct HealthActor {
     timeout: Duration,
     sweeping: bool,
     stats: HealthStats,
+    metrics: Arc<RuntimeMetrics>,
 }
 
 impl HealthActor {
     /// A health actor that pings every `interval` and waits `timeout` for each answer.
-    pub fn new(supervisor: Addr<Supervisor>, interval: Duration, timeout: Duration) -> Self {
+    pub fn new(
+        supervisor: Addr<Supervisor>,
+        interval: Duration,
+        timeout: Duration,
+        metrics: Arc<RuntimeMetrics>,
+    ) -> Self {
         Self {
             supervisor,
             interval,
             timeout,
             sweeping: false,
             stats: HealthStats::default(),
+            metrics,
         }
     }
 
@@ -63,6 +72,7 @@ impl HealthActor {
             act.stats.pings_missed += silent.len() as u64;
             for (flow_id, error) in silent {
                 warn!(flow_id = %flow_id, %error, "flow actor did not answer its ping");
+                act.metrics.ping_missed();
                 act.stats.restarts_requested += 1;
                 act.supervisor.do_send(RestartFlow {
                     flow_id,

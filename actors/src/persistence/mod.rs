@@ -13,6 +13,7 @@ use tracing::{error, warn};
 
 use crate::error::PersistError;
 use crate::events::EventFanout;
+use crate::metrics::RuntimeMetrics;
 use crate::store::{FlowStore, StoreError, Write};
 pub use messages::{GetStats, Persist, PersistenceStats};
 
@@ -33,6 +34,7 @@ pub struct PersistenceActor {
     last_event_id: i64,
     max_batch: usize,
     stats: PersistenceStats,
+    metrics: Arc<RuntimeMetrics>,
 }
 
 impl PersistenceActor {
@@ -42,6 +44,7 @@ impl PersistenceActor {
         fanout: EventFanout,
         last_event_id: i64,
         max_batch: usize,
+        metrics: Arc<RuntimeMetrics>,
     ) -> Self {
         Self {
             store,
@@ -51,6 +54,7 @@ impl PersistenceActor {
             last_event_id,
             max_batch: max_batch.max(1),
             stats: PersistenceStats::default(),
+            metrics,
         }
     }
 
@@ -98,6 +102,11 @@ impl PersistenceActor {
                             });
                             let events: Vec<_> = events.map(Arc::new).collect();
                             act.stats.events += events.len() as u64;
+                            act.metrics.batch_committed(
+                                acks.len(),
+                                events.len(),
+                                took.as_secs_f64(),
+                            );
                             // Acked only after commit; published only after commit.
                             for ack in acks {
                                 let _ = ack.send(Ok(()));

@@ -20,6 +20,7 @@ use crate::handler::HandlerSet;
 use crate::handler_pool::HandlerPool;
 use crate::ids::{FlowId, Tenant};
 use crate::machine;
+use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, now};
 use crate::persistence::{Persist, PersistenceActor};
 use crate::registry::{GetFlowType, Registry};
@@ -55,6 +56,7 @@ pub struct Supervisor {
     default_timeout: Duration,
     intensity: RestartIntensity,
     handler_pool: Arc<HandlerPool>,
+    metrics: Arc<RuntimeMetrics>,
     restarts: HashMap<FlowId, VecDeque<Instant>>,
     /// Creates in flight per (tenant, idempotency key): later identical requests wait for the first.
     creating: HashMap<(Tenant, String), Vec<Waiter>>,
@@ -70,6 +72,7 @@ pub struct SupervisorParts {
     pub default_timeout: Duration,
     pub intensity: RestartIntensity,
     pub handler_pool: Arc<HandlerPool>,
+    pub metrics: Arc<RuntimeMetrics>,
 }
 
 impl Supervisor {
@@ -87,6 +90,7 @@ impl Supervisor {
             default_timeout: parts.default_timeout,
             intensity: parts.intensity,
             handler_pool: parts.handler_pool,
+            metrics: parts.metrics,
             restarts: HashMap::new(),
             creating: HashMap::new(),
         }
@@ -105,6 +109,7 @@ impl Supervisor {
             stopped: ctx.address().recipient(),
             default_timeout: self.default_timeout,
             handler_pool: self.handler_pool.clone(),
+            metrics: self.metrics.clone(),
         };
         self.generation += 1;
         let generation = self.generation;
@@ -151,6 +156,7 @@ impl Supervisor {
         let store = self.store.clone();
         let registry = self.registry.clone();
         let persistence = self.persistence.clone();
+        let metrics = self.metrics.clone();
         ctx.run_later(delay, move |act, ctx| {
             let load = async move {
                 let Some(mut flow) = store.load_flow(flow_id).await? else {
@@ -165,6 +171,7 @@ impl Supervisor {
                         machine::abort(&mut flow, "restart_intensity_exceeded", &message, now())
                     {
                         persist_step(&persistence, &flow, step).await?;
+                        metrics.failure("restart_intensity_exceeded");
                     }
                     error!(flow_id = %flow_id, %message, "flow failed: restart intensity exceeded");
                     return Ok(None);
@@ -177,6 +184,7 @@ impl Supervisor {
                     .map(move |result, act, ctx| match result {
                         Ok(Some((flow, definition))) if !act.flows.contains_key(&flow_id) => {
                             info!(flow_id = %flow_id, "flow actor restarted from stored state");
+                            act.metrics.actor_restart();
                             act.spawn_flow(flow, definition, StartMode::Recover, ctx);
                         }
                         Ok(_) => {}
