@@ -512,11 +512,14 @@ async fn db_limit(args: &Args, store: DbStore) -> Result<Figures, String> {
     }
     let started = Instant::now();
     let mut commit_time = Duration::ZERO;
+    let mut commit_latencies = Vec::with_capacity(batches.len());
     let (mut writes, mut events) = (0u64, 0u64);
     for batch in &batches {
         let commit_started = Instant::now();
         store.commit(batch).await.map_err(|e| e.to_string())?;
-        commit_time += commit_started.elapsed();
+        let took = commit_started.elapsed();
+        commit_time += took;
+        commit_latencies.push(took);
         writes += batch.len() as u64;
         events += batch
             .iter()
@@ -535,7 +538,11 @@ async fn db_limit(args: &Args, store: DbStore) -> Result<Figures, String> {
         commit_micros: commit_time.as_micros() as u64,
         ..PersistenceStats::default()
     };
-    Ok(persistence_figures(&before, &after, elapsed))
+    let mut figures = persistence_figures(&before, &after, elapsed);
+    let (p50, p99) = percentiles(commit_latencies);
+    figures.insert("commit_p50_ms", p50);
+    figures.insert("commit_p99_ms", p99);
+    Ok(figures)
 }
 
 /// Rates and batch shape from two snapshots of the persistence counters.
