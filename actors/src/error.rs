@@ -29,6 +29,9 @@ pub enum RuntimeError {
     /// That (name, version) exists with different content; versions are immutable.
     #[error("flow type {name} version {version} exists with a different definition")]
     VersionConflict { name: String, version: u32 },
+    /// The caller is a replaced life of a flow actor; it must stop.
+    #[error("this flow actor was replaced by a newer one")]
+    Fenced,
     /// The database or an actor is unavailable; the request may be retried.
     #[error("runtime unavailable: {0}")]
     Unavailable(String),
@@ -55,10 +58,16 @@ pub enum PersistError {
     /// The persistence actor stopped before answering.
     #[error("persistence actor stopped")]
     Stopped,
+    /// The writer is a replaced life of the flow's actor; nothing was written.
+    #[error("stale writer: this flow actor was replaced")]
+    Fenced,
 }
 
 impl From<PersistError> for RuntimeError {
     fn from(error: PersistError) -> Self {
-        Self::Unavailable(error.to_string())
+        match error {
+            PersistError::Fenced => Self::Fenced,
+            other => Self::Unavailable(other.to_string()),
+        }
     }
 }

@@ -8,7 +8,7 @@
 //!   [`handler_pool`]: the threads handlers run on.
 //! - [`events`]: flow events and their fan-out to subscribers.
 //! - [`store`]: the storage contract; [`memory_store`]: an in-memory store for tests.
-//! - [`error`]: the runtime's errors.
+//! - [`error`]: the runtime's errors; [`faults`]: test-only fault injection.
 //! - Actors, one folder each with its messages: [`supervisor`], [`flow`], [`registry`],
 //!   [`persistence`], [`health`].
 //! - [`runtime`]: the handle that starts the actors and that callers hold.
@@ -16,6 +16,7 @@ pub mod builtin;
 pub mod definition;
 pub mod error;
 pub mod events;
+pub mod faults;
 pub mod flow;
 pub mod handler;
 pub mod handler_pool;

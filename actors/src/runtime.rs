@@ -10,6 +10,7 @@ use tokio::sync::broadcast;
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
 use crate::events::{EventFanout, FlowEvent};
+use crate::faults::FaultPlan;
 use crate::flow::ControlCommand;
 use crate::handler::HandlerSet;
 use crate::handler_pool::HandlerPool;
@@ -72,6 +73,7 @@ pub struct Runtime {
     fanout: EventFanout,
     handlers: Arc<HandlerSet>,
     metrics: Arc<RuntimeMetrics>,
+    faults: Arc<FaultPlan>,
 }
 
 impl Runtime {
@@ -85,6 +87,7 @@ impl Runtime {
     ) -> Result<Self, RuntimeError> {
         let handlers = Arc::new(handlers);
         let metrics = Arc::new(RuntimeMetrics::default());
+        let faults = Arc::new(FaultPlan::default());
         let fanout = EventFanout::new(config.event_buffer);
         let last_event_id = store.max_event_id().await?;
         let persistence = {
@@ -116,6 +119,7 @@ impl Runtime {
             intensity: config.restart_intensity,
             handler_pool: handler_pool.clone(),
             metrics: metrics.clone(),
+            faults: faults.clone(),
         })
         .start();
         supervisor.send(RecoverFlows).await??;
@@ -135,6 +139,7 @@ impl Runtime {
             fanout,
             handlers,
             metrics,
+            faults,
         })
     }
 
@@ -273,6 +278,11 @@ impl Runtime {
     /// The runtime's counters, for tests and embedding programs.
     pub fn metrics(&self) -> &RuntimeMetrics {
         &self.metrics
+    }
+
+    /// Test-only fault injection (the API exposes it only with `[faults] enabled = true`).
+    pub fn faults(&self) -> &FaultPlan {
+        &self.faults
     }
 
     /// Live event subscribers.

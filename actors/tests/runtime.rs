@@ -399,8 +399,21 @@ async fn an_outage_longer_than_commit_retries_restarts_the_actor_and_loses_nothi
     );
 }
 
+fn strict_config(max_restarts: usize) -> RuntimeConfig {
+    RuntimeConfig {
+        flow_arbiters: 1,
+        ping_interval: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(300),
+        restart_intensity: flowd_actors::supervisor::RestartIntensity {
+            max_restarts,
+            window: Duration::from_secs(60),
+        },
+        ..RuntimeConfig::default()
+    }
+}
+
 #[actix::test]
-async fn restarts_past_the_intensity_limit_fail_the_flow_loudly() {
+async fn a_database_outage_never_counts_toward_the_restart_intensity() {
     let store = Arc::new(MemoryStore::new());
     let types = vec![flow_type(
         "two",
@@ -409,22 +422,70 @@ async fn restarts_past_the_intensity_limit_fail_the_flow_loudly() {
             phase("b", "noop", json!({}), 0),
         ],
     )];
-    let config = RuntimeConfig {
-        flow_arbiters: 1,
-        restart_intensity: flowd_actors::supervisor::RestartIntensity {
-            max_restarts: 1,
-            window: Duration::from_secs(60),
-        },
-        ..RuntimeConfig::default()
-    };
-    let runtime = Runtime::start(config, store.clone(), handlers(), types)
+    let runtime = Runtime::start(strict_config(1), store.clone(), handlers(), types)
         .await
         .unwrap();
     let id = runtime.create_flow(request("two")).await.unwrap().flow.id;
-    // Every commit fails long enough for the flow actor to die twice: one restart is allowed.
+    // Long enough for several failed commits and restarts of the flow's actor.
     store.set_fail_commits(true);
     tokio::time::sleep(Duration::from_millis(3000)).await;
     store.set_fail_commits(false);
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(
+        flow.status,
+        FlowStatus::Completed,
+        "an outage is waited out, not held against the flow"
+    );
+    assert!(store.failures(id).await.unwrap().is_empty());
+}
+
+#[actix::test]
+async fn an_actor_that_stops_answering_pings_is_restarted_and_the_flow_completes() {
+    let store = Arc::new(MemoryStore::new());
+    let types = vec![flow_type(
+        "slow",
+        vec![
+            phase("a", "sleep", json!({"ms": 300}), 0),
+            phase("b", "noop", json!({}), 0),
+        ],
+    )];
+    let runtime = Runtime::start(strict_config(3), store.clone(), handlers(), types)
+        .await
+        .unwrap();
+    let id = runtime.create_flow(request("slow")).await.unwrap().flow.id;
+    // Frozen past its ping timeout, and thawed only after its successor finished the flow.
+    runtime.faults().freeze(id, 1, Duration::from_millis(2000));
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Completed);
+    assert_eq!(
+        runtime
+            .metrics()
+            .failures_by_kind()
+            .get("restart_intensity_exceeded"),
+        None
+    );
+    assert!(runtime.health_stats().await.unwrap().pings_missed >= 1);
+    let events = store.flow_events(id, 0, 100).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = store.flow_events(id, 0, 100).await.unwrap();
+    assert_eq!(later, events, "the thawed, replaced actor wrote nothing");
+    let seqs: Vec<u64> = later.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=later.len() as u64).collect::<Vec<_>>());
+}
+
+#[actix::test]
+async fn a_restart_loop_hits_the_intensity_limit_and_fails_the_flow_loudly() {
+    let store = Arc::new(MemoryStore::new());
+    let types = vec![flow_type(
+        "slow",
+        vec![phase("a", "sleep", json!({"ms": 300}), 0)],
+    )];
+    let runtime = Runtime::start(strict_config(2), store.clone(), handlers(), types)
+        .await
+        .unwrap();
+    let id = runtime.create_flow(request("slow")).await.unwrap().flow.id;
+    // Every life of this flow's actor freezes: a restart loop.
+    runtime.faults().freeze(id, 100, Duration::from_secs(30));
     let flow = wait_for(&store, id, terminal).await;
     assert_eq!(flow.status, FlowStatus::Failed);
     let failures = store.failures(id).await.unwrap();
@@ -432,6 +493,8 @@ async fn restarts_past_the_intensity_limit_fail_the_flow_loudly() {
         failures.last().unwrap().error_kind,
         "restart_intensity_exceeded"
     );
+    let events = store.flow_events(id, 0, 100).await.unwrap();
+    assert_eq!(events.last().unwrap().kind, EventKind::FlowFailed);
 }
 
 #[actix::test]

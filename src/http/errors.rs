@@ -129,7 +129,7 @@ impl From<RuntimeError> for ApiError {
                 "Conflict",
                 detail,
             ),
-            RuntimeError::Unavailable(_) => {
+            RuntimeError::Unavailable(_) | RuntimeError::Fenced => {
                 tracing::error!(%detail, "request failed: runtime unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -17,6 +17,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
+use crate::faults::FaultPlan;
 use crate::handler::{HandlerError, HandlerSet, Heartbeat, PhaseContext};
 use crate::handler_pool::HandlerPool;
 use crate::machine::{self, Effect, Rejected, Step};
@@ -24,7 +25,7 @@ use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, PhaseStatus, now};
 use crate::persistence::{Persist, PersistenceActor};
 use crate::store::{FlowUpdate, TransitionWrite, Write};
-use crate::supervisor::messages::FlowStopped;
+use crate::supervisor::messages::{FlowStopped, StopCause};
 pub use messages::{Control, ControlCommand, PhaseFinished, Ping, Pong, StopFlow};
 
 /// What every flow actor shares: handlers, the writer, and whom to tell when it stops.
@@ -38,6 +39,8 @@ pub struct FlowEnv {
     /// Where handler tasks run: never on a flow actor's arbiter.
     pub handler_pool: Arc<HandlerPool>,
     pub metrics: Arc<RuntimeMetrics>,
+    /// Test-only fault injection; empty in production.
+    pub faults: Arc<FaultPlan>,
 }
 
 /// How a new actor begins.
@@ -87,7 +90,8 @@ pub struct FlowActor {
     /// history a prefix of the in-memory one, whatever fails.
     outbox: VecDeque<Outgoing>,
     writing: bool,
-    finished: bool,
+    /// Told to the supervisor on stop; a stop nobody explained is a fault.
+    stop_cause: StopCause,
 }
 
 impl FlowActor {
@@ -108,7 +112,7 @@ impl FlowActor {
             in_flight: None,
             outbox: VecDeque::new(),
             writing: false,
-            finished: false,
+            stop_cause: StopCause::Fault("stopped unexpectedly".into()),
         }
     }
 
@@ -143,7 +147,7 @@ impl FlowActor {
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.finished {
+        if self.writing || self.stop_cause == StopCause::Finished {
             return;
         }
         let Some(outgoing) = self.outbox.pop_front() else {
@@ -156,7 +160,10 @@ impl FlowActor {
             reply,
         } = outgoing;
         let failure_kind = write.failure.as_ref().map(|f| f.error_kind.clone());
-        let commit = self.env.persistence.send(Persist(Write::Transition(write)));
+        let commit = self.env.persistence.send(Persist {
+            write: Write::Transition(write),
+            writer: Some(self.generation),
+        });
         ctx.spawn(commit.into_actor(self).map(move |result, act, ctx| {
             act.writing = false;
             let result = result.map_err(RuntimeError::from).and_then(|r| r.map_err(RuntimeError::from));
@@ -175,6 +182,7 @@ impl FlowActor {
                     act.pump(ctx);
                 }
                 Err(error) => {
+                    act.stop_cause = StopCause::StoreUnavailable(error.to_string());
                     // The stored state is the truth: stop and let the supervisor rebuild from it.
                     error!(flow_id = %act.flow.id, %error, "transition not committed; restarting from stored state");
                     if let Some((reply, _)) = reply {
@@ -207,7 +215,7 @@ impl FlowActor {
             }
             Effect::Stop => {
                 info!(flow_id = %self.flow.id, status = %self.flow.status, "flow finished");
-                self.finished = true;
+                self.stop_cause = StopCause::Finished;
                 ctx.stop();
             }
         }
@@ -312,6 +320,14 @@ impl FlowActor {
         });
     }
 
+    /// Test-only: stops handling the mailbox for a while, as a stuck actor would.
+    fn freeze_if_planned(&mut self, ctx: &mut Context<Self>) {
+        if let Some(duration) = self.env.faults.take_freeze(self.flow.id) {
+            warn!(flow_id = %self.flow.id, ?duration, "fault injection: mailbox frozen");
+            ctx.wait(actix::clock::sleep(duration).into_actor(self));
+        }
+    }
+
     fn outputs(&self) -> Map<String, serde_json::Value> {
         self.flow
             .phases
@@ -336,6 +352,7 @@ impl Actor for FlowActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.freeze_if_planned(ctx);
         match self.start.take() {
             Some(StartMode::Run(effect)) => self.carry_out(effect, ctx),
             Some(StartMode::Recover) => {
@@ -354,7 +371,7 @@ impl Actor for FlowActor {
         self.env.stopped.do_send(FlowStopped {
             flow_id: self.flow.id,
             generation: self.generation,
-            finished: self.finished,
+            cause: self.stop_cause.clone(),
         });
     }
 }
@@ -451,7 +468,8 @@ impl Handler<Control> for FlowActor {
 impl Handler<Ping> for FlowActor {
     type Result = MessageResult<Ping>;
 
-    fn handle(&mut self, _: Ping, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Ping, ctx: &mut Self::Context) -> Self::Result {
+        self.freeze_if_planned(ctx);
         MessageResult(Pong {
             flow_id: self.flow.id,
             status: self.flow.status,

@@ -3,12 +3,43 @@
 use actix::Message;
 
 use crate::error::PersistError;
+use crate::ids::FlowId;
 use crate::store::Write;
 
 /// Commits one write. Answered only after the transaction holding it committed (or failed).
 #[derive(Message)]
 #[rtype(result = "Result<(), PersistError>")]
-pub struct Persist(pub Write);
+pub struct Persist {
+    pub write: Write,
+    /// The writing flow actor's generation, checked against the flow's fence; `None` for the
+    /// supervisor and the registry, which are never stale.
+    pub writer: Option<u64>,
+}
+
+impl Persist {
+    /// A write from the supervisor or the registry.
+    pub fn unfenced(write: Write) -> Self {
+        Self {
+            write,
+            writer: None,
+        }
+    }
+}
+
+/// Sets which life of a flow's actor may write: `Some(generation)` for a fresh actor, `None`
+/// while it has none. Writes from any other life are refused, so an actor that was replaced
+/// (e.g. it froze and woke up later) can never write over its successor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fence {
+    pub flow_id: FlowId,
+    pub writer: Option<u64>,
+}
+
+/// The flow is terminal: forget its fence.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release(pub FlowId);
 
 /// Counters for metrics and benchmarks.
 #[derive(Message)]

@@ -4,6 +4,7 @@
 
 pub mod messages;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,9 +14,10 @@ use tracing::{error, warn};
 
 use crate::error::PersistError;
 use crate::events::EventFanout;
+use crate::ids::FlowId;
 use crate::metrics::RuntimeMetrics;
 use crate::store::{FlowStore, StoreError, Write};
-pub use messages::{GetStats, Persist, PersistenceStats};
+pub use messages::{Fence, GetStats, Persist, PersistenceStats, Release};
 
 /// Attempts of one batch while the database is unavailable, before its writers are told it failed.
 const COMMIT_ATTEMPTS: u32 = 5;
@@ -35,6 +37,8 @@ pub struct PersistenceActor {
     max_batch: usize,
     stats: PersistenceStats,
     metrics: Arc<RuntimeMetrics>,
+    /// Per live flow, which actor generation may write (see [`Fence`]).
+    fences: HashMap<FlowId, Option<u64>>,
 }
 
 impl PersistenceActor {
@@ -55,6 +59,7 @@ impl PersistenceActor {
             max_batch: max_batch.max(1),
             stats: PersistenceStats::default(),
             metrics,
+            fences: HashMap::new(),
         }
     }
 
@@ -159,13 +164,35 @@ impl Handler<Persist> for PersistenceActor {
     type Result = ResponseFuture<Result<(), PersistError>>;
 
     fn handle(&mut self, message: Persist, ctx: &mut Self::Context) -> Self::Result {
+        if let (Some(writer), Write::Transition(transition)) = (message.writer, &message.write)
+            && self.fences.get(&transition.flow_id).copied().flatten() != Some(writer)
+        {
+            warn!(flow_id = %transition.flow_id, writer, "write from a replaced flow actor refused");
+            return Box::pin(async { Err(PersistError::Fenced) });
+        }
         let (ack, committed) = oneshot::channel();
         self.queue.push(Pending {
-            write: message.0,
+            write: message.write,
             ack,
         });
         self.flush(ctx);
         Box::pin(async move { committed.await.unwrap_or(Err(PersistError::Stopped)) })
+    }
+}
+
+impl Handler<Fence> for PersistenceActor {
+    type Result = ();
+
+    fn handle(&mut self, fence: Fence, _: &mut Self::Context) {
+        self.fences.insert(fence.flow_id, fence.writer);
+    }
+}
+
+impl Handler<Release> for PersistenceActor {
+    type Result = ();
+
+    fn handle(&mut self, Release(flow_id): Release, _: &mut Self::Context) {
+        self.fences.remove(&flow_id);
     }
 }
 

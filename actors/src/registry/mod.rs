@@ -78,7 +78,7 @@ impl Handler<RegisterFlowType> for Registry {
         versions.insert(definition.version, definition.clone());
         let write = self
             .persistence
-            .send(Persist(Write::FlowType((*definition).clone())));
+            .send(Persist::unfenced(Write::FlowType((*definition).clone())));
         Box::pin(write.into_actor(self).map(move |result, act, _| {
             match result.map_err(RuntimeError::from).and_then(|r| r.map_err(RuntimeError::from)) {
                 Ok(()) => {

@@ -25,13 +25,25 @@ pub struct CreatedFlow {
 #[rtype(result = "Result<usize, RuntimeError>")]
 pub struct RecoverFlows;
 
-/// A flow actor stopped. `finished` is false for an abnormal stop, which triggers a restart.
+/// A flow actor stopped; anything but [`StopCause::Finished`] triggers a restart.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FlowStopped {
     pub flow_id: FlowId,
     pub generation: u64,
-    pub finished: bool,
+    pub cause: StopCause,
+}
+
+/// Why a flow actor stopped. Only faults of the flow itself count toward its restart intensity:
+/// a database outage must never fail a healthy flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopCause {
+    /// The flow reached a terminal status.
+    Finished,
+    /// A transition could not be committed: the database is unavailable.
+    StoreUnavailable(String),
+    /// Anything else: a crash, a stop without a reason.
+    Fault(String),
 }
 
 /// A lifecycle request for one flow of one tenant.

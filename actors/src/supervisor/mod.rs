@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
+use crate::faults::FaultPlan;
 use crate::flow::{Control, ControlCommand, FlowActor, FlowEnv, StartMode, StopFlow};
 use crate::handler::HandlerSet;
 use crate::handler_pool::HandlerPool;
@@ -22,11 +23,12 @@ use crate::ids::{FlowId, Tenant};
 use crate::machine;
 use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, now};
-use crate::persistence::{Persist, PersistenceActor};
+use crate::persistence::{Fence, Persist, PersistenceActor, Release};
 use crate::registry::{GetFlowType, Registry};
 use crate::store::{FlowStore, FlowUpdate, TransitionWrite, Write};
 pub use messages::{
     ControlFlow, CreateFlow, CreatedFlow, FlowStopped, LiveFlows, RecoverFlows, RestartFlow,
+    StopCause,
 };
 
 /// How often a flow may be restarted before it is failed instead.
@@ -57,7 +59,10 @@ pub struct Supervisor {
     intensity: RestartIntensity,
     handler_pool: Arc<HandlerPool>,
     metrics: Arc<RuntimeMetrics>,
+    faults: Arc<FaultPlan>,
     restarts: HashMap<FlowId, VecDeque<Instant>>,
+    /// Consecutive restarts waiting for the database, per flow: they back off, uncounted.
+    store_retries: HashMap<FlowId, u32>,
     /// Creates in flight per (tenant, idempotency key): later identical requests wait for the first.
     creating: HashMap<(Tenant, String), Vec<Waiter>>,
 }
@@ -73,6 +78,7 @@ pub struct SupervisorParts {
     pub intensity: RestartIntensity,
     pub handler_pool: Arc<HandlerPool>,
     pub metrics: Arc<RuntimeMetrics>,
+    pub faults: Arc<FaultPlan>,
 }
 
 impl Supervisor {
@@ -91,7 +97,9 @@ impl Supervisor {
             intensity: parts.intensity,
             handler_pool: parts.handler_pool,
             metrics: parts.metrics,
+            faults: parts.faults,
             restarts: HashMap::new(),
+            store_retries: HashMap::new(),
             creating: HashMap::new(),
         }
     }
@@ -103,6 +111,11 @@ impl Supervisor {
         mode: StartMode,
         ctx: &mut Context<Self>,
     ) -> Addr<FlowActor> {
+        // One actor per flow, whoever asks (a create, the database sweep, a restart).
+        if let Some(live) = self.flows.get(&flow.id) {
+            return live.addr.clone();
+        }
+        self.store_retries.remove(&flow.id);
         let env = FlowEnv {
             handlers: self.handlers.clone(),
             persistence: self.persistence.clone(),
@@ -110,10 +123,16 @@ impl Supervisor {
             default_timeout: self.default_timeout,
             handler_pool: self.handler_pool.clone(),
             metrics: self.metrics.clone(),
+            faults: self.faults.clone(),
         };
         self.generation += 1;
         let generation = self.generation;
         let flow_id = flow.id;
+        // Sent before the actor exists, so it precedes every write the actor can make.
+        self.persistence.do_send(Fence {
+            flow_id,
+            writer: Some(generation),
+        });
         let addr = if self.arbiters.is_empty() {
             FlowActor::new(flow, definition, env, mode, generation).start()
         } else {
@@ -148,11 +167,26 @@ impl Supervisor {
         history.len() <= self.intensity.max_restarts
     }
 
-    /// Loads the flow and starts a fresh actor for it (or fails it past the restart intensity).
-    fn restart(&mut self, flow_id: FlowId, reason: String, ctx: &mut Context<Self>) {
-        let exceeded = !self.allow_restart(flow_id);
-        let attempts = self.restarts.get(&flow_id).map_or(0, VecDeque::len) as u32;
-        let delay = crate::machine::backoff(50, attempts.max(1));
+    /// Loads the flow and starts a fresh actor for it. Faults count toward the restart
+    /// intensity, past which the flow fails; database outages are only waited out.
+    fn restart(&mut self, flow_id: FlowId, cause: StopCause, ctx: &mut Context<Self>) {
+        let (exceeded, delay, reason) = match cause {
+            StopCause::Fault(reason) => {
+                let exceeded = !self.allow_restart(flow_id);
+                let attempts = self.restarts.get(&flow_id).map_or(0, VecDeque::len) as u32;
+                (
+                    exceeded,
+                    crate::machine::backoff(50, attempts.max(1)),
+                    reason,
+                )
+            }
+            StopCause::StoreUnavailable(reason) => {
+                let waits = self.store_retries.entry(flow_id).or_default();
+                *waits += 1;
+                (false, crate::machine::backoff(100, *waits), reason)
+            }
+            StopCause::Finished => return,
+        };
         let store = self.store.clone();
         let registry = self.registry.clone();
         let persistence = self.persistence.clone();
@@ -190,7 +224,11 @@ impl Supervisor {
                         Ok(_) => {}
                         Err(error) => {
                             warn!(flow_id = %flow_id, %error, "restart failed; trying again");
-                            act.restart(flow_id, error.to_string(), ctx);
+                            act.restart(
+                                flow_id,
+                                StopCause::StoreUnavailable(error.to_string()),
+                                ctx,
+                            );
                         }
                     }),
             );
@@ -231,7 +269,7 @@ async fn persist_step(
         failure: step.failure,
     };
     persistence
-        .send(Persist(Write::Transition(write)))
+        .send(Persist::unfenced(Write::Transition(write)))
         .await??;
     Ok(())
 }
@@ -287,7 +325,7 @@ async fn create(
         failure: None,
     };
     persistence
-        .send(Persist(Write::Transition(write)))
+        .send(Persist::unfenced(Write::Transition(write)))
         .await??;
     info!(flow_id = %flow.id, flow_type = %flow.flow_type, "flow created");
     Ok((
@@ -419,11 +457,13 @@ impl Handler<FlowStopped> for Supervisor {
             return;
         }
         self.flows.remove(&message.flow_id);
-        if message.finished {
+        if message.cause == StopCause::Finished {
             self.restarts.remove(&message.flow_id);
+            self.store_retries.remove(&message.flow_id);
+            self.persistence.do_send(Release(message.flow_id));
         } else {
-            warn!(flow_id = %message.flow_id, "flow actor stopped abnormally");
-            self.restart(message.flow_id, "flow actor stopped abnormally".into(), ctx);
+            warn!(flow_id = %message.flow_id, cause = ?message.cause, "flow actor stopped abnormally");
+            self.restart(message.flow_id, message.cause, ctx);
         }
     }
 }
@@ -433,11 +473,16 @@ impl Handler<RestartFlow> for Supervisor {
 
     fn handle(&mut self, message: RestartFlow, ctx: &mut Self::Context) {
         if let Some(live) = self.flows.remove(&message.flow_id) {
-            // Stops the old life; its late stop notice no longer matches a live generation.
+            // The silent life may wake up later: from now on none of its writes are taken.
+            self.persistence.do_send(Fence {
+                flow_id: message.flow_id,
+                writer: None,
+            });
+            // Stops it once it reads its mailbox; its late stop notice matches no live generation.
             live.addr.do_send(StopFlow);
         }
         warn!(flow_id = %message.flow_id, reason = %message.reason, "restarting flow actor");
-        self.restart(message.flow_id, message.reason, ctx);
+        self.restart(message.flow_id, StopCause::Fault(message.reason), ctx);
     }
 }
 
