@@ -120,6 +120,7 @@ fn discovery() -> FlowType {
                 handler: (*name).into(),
                 params: json!({}),
                 timeout_s: Some(30),
+                heartbeat_timeout_s: None,
                 retries: 2,
                 retry_backoff_ms: None,
                 weight: 1,

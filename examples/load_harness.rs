@@ -220,6 +220,7 @@ fn flow_type(name: &str, handlers: &[&str]) -> FlowType {
                 handler: (*handler).into(),
                 params: json!({}),
                 timeout_s: None,
+                heartbeat_timeout_s: None,
                 retries: 0,
                 retry_backoff_ms: None,
                 weight: 1,

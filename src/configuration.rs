@@ -24,7 +24,7 @@ pub enum ConfigError {
 
 /// Sections that `FLOWD_<SECTION>__<KEY>` variables may override; other `FLOWD_*` variables
 /// (e.g. `FLOWD_CONFIG`, `FLOWD_TEST_POSTGRES_URL`) are not configuration keys.
-const SECTIONS: [&str; 5] = ["server", "database", "health", "auth", "log"];
+const SECTIONS: [&str; 6] = ["server", "database", "health", "auth", "log", "faults"];
 
 /// Everything flowd reads from its configuration.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -39,6 +39,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub faults: FaultSettings,
     /// Flow types registered at start; a flow pins the version it started with.
     #[serde(default)]
     pub flow_types: Vec<FlowType>,
@@ -99,6 +101,8 @@ pub struct HealthSettings {
     pub restart_window_s: u64,
     /// Deadline of a phase attempt whose phase names no `timeout_s`.
     pub phase_timeout_s: u64,
+    /// How often the database is swept for non-terminal flows that have no live actor.
+    pub stored_sweep_s: u64,
 }
 
 impl Default for HealthSettings {
@@ -109,6 +113,7 @@ impl Default for HealthSettings {
             max_restarts: 3,
             restart_window_s: 60,
             phase_timeout_s: 300,
+            stored_sweep_s: 30,
         }
     }
 }
@@ -129,6 +134,14 @@ pub struct ApiKey {
     pub key: String,
     pub client_account_id: String,
     pub engagement_id: String,
+}
+
+/// Fault injection, for chaos runs and fault tests; never on in production.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultSettings {
+    /// Adds the `panic` and `block` handlers and `POST /v1/flows/{id}/faults/freeze`.
+    pub enabled: bool,
 }
 
 /// Log output.
@@ -196,6 +209,7 @@ impl Settings {
             max_batch: self.database.max_batch.max(1),
             ping_interval: Duration::from_millis(self.health.ping_interval_ms.max(10)),
             ping_timeout: Duration::from_millis(self.health.ping_timeout_ms.max(10)),
+            stored_sweep_interval: Duration::from_secs(self.health.stored_sweep_s.max(1)),
             restart_intensity: RestartIntensity {
                 max_restarts: self.health.max_restarts,
                 window: Duration::from_secs(self.health.restart_window_s),

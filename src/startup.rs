@@ -38,9 +38,14 @@ pub struct Application {
 }
 
 impl Application {
-    /// Starts flowd with the built-in handlers.
+    /// Starts flowd with the built-in handlers (and the fault-injection ones when enabled).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        Self::build_with_handlers(settings, HandlerSet::with_builtins()).await
+        let mut handlers = HandlerSet::with_builtins();
+        if settings.faults.enabled {
+            tracing::warn!("fault injection is enabled: never do this in production");
+            flowd_actors::builtin::register_faults(&mut handlers);
+        }
+        Self::build_with_handlers(settings, handlers).await
     }
 
     /// Starts flowd with extra Rust handlers registered by the embedding program.
@@ -69,6 +74,7 @@ impl Application {
         let runtime_data = web::Data::new(runtime.clone());
         let keys = web::Data::new(KeyRing::new(&settings.auth));
         let max_body = settings.server.max_body_bytes;
+        let faults_enabled = settings.faults.enabled;
         let mut server = HttpServer::new(move || {
             App::new()
                 .wrap(TracingLogger::default())
@@ -83,7 +89,7 @@ impl Application {
                     web::QueryConfig::default().error_handler(|e, _| errors::query_error(e).into()),
                 )
                 .app_data(web::PayloadConfig::default().limit(max_body))
-                .configure(http::routes)
+                .configure(|config| http::routes(config, faults_enabled))
                 .default_service(web::to(http::not_found))
         });
         if let Some(workers) = settings.server.workers {

@@ -135,6 +135,7 @@ fn phase(name: &str) -> PhaseDefinition {
         handler: "noop".into(),
         params: json!({}),
         timeout_s: None,
+        heartbeat_timeout_s: None,
         retries: 0,
         retry_backoff_ms: None,
         weight: 1,

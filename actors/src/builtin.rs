@@ -35,6 +35,30 @@ async fn sleep(ctx: PhaseContext) -> PhaseResult {
     }
 }
 
+/// Adds the fault-injection handlers: `panic` (panics with `message` for the first `times`
+/// attempts, default all) and `block` (blocks its
+/// thread for `ms`, as a handler calling a synchronous library would). For chaos runs and fault
+/// tests only: a runtime registers them only when told to.
+pub fn register_faults(set: &mut HandlerSet) {
+    set.register("panic", |ctx: PhaseContext| async move {
+        let times = match ctx.params.get("times") {
+            None => u64::MAX,
+            Some(_) => u64_param(&ctx, "times")?,
+        };
+        if u64::from(ctx.attempt) <= times {
+            let message = ctx.params["message"].as_str().unwrap_or("injected panic");
+            panic!("{message} (attempt {})", ctx.attempt);
+        }
+        Ok(PhaseOutput::new(json!({ "panicked_before": times })))
+    });
+    set.register("block", |ctx: PhaseContext| async move {
+        let ms = u64_param(&ctx, "ms")?;
+        // Deliberately blocking: this handler exists to show that blocking stalls nothing else.
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(PhaseOutput::new(json!({ "blocked_ms": ms })))
+    });
+}
+
 /// Fails the first `times` attempts, then succeeds: retry policies made visible.
 async fn fail(ctx: PhaseContext) -> PhaseResult {
     let times = u64_param(&ctx, "times")?;

@@ -29,6 +29,10 @@ pub struct PhaseDefinition {
     /// Deadline of one attempt; the runtime's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
+    /// A handler that calls `heartbeat.beat()` and then stays silent this long counts as stuck:
+    /// its attempt is cancelled and retried or failed by policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_s: Option<u64>,
     /// Attempts after the first, with exponential backoff.
     #[serde(default)]
     pub retries: u32,
@@ -177,6 +181,7 @@ mod tests {
             handler: handler.into(),
             params: empty_object(),
             timeout_s: None,
+            heartbeat_timeout_s: None,
             retries: 0,
             retry_backoff_ms: None,
             weight: 1,

@@ -41,6 +41,8 @@ pub struct RuntimeConfig {
     pub event_buffer: usize,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
+    /// How often the database is swept for non-terminal flows with no live actor.
+    pub stored_sweep_interval: Duration,
     pub restart_intensity: RestartIntensity,
 }
 
@@ -54,6 +56,7 @@ impl Default for RuntimeConfig {
             event_buffer: 16_384,
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(5),
+            stored_sweep_interval: Duration::from_secs(30),
             restart_intensity: RestartIntensity {
                 max_restarts: 3,
                 window: Duration::from_secs(60),
@@ -127,6 +130,7 @@ impl Runtime {
             supervisor.clone(),
             config.ping_interval,
             config.ping_timeout,
+            config.stored_sweep_interval,
             metrics.clone(),
         )
         .start();
@@ -246,6 +250,12 @@ impl Runtime {
     /// Counters of the persistence actor.
     pub async fn persistence_stats(&self) -> Result<PersistenceStats, RuntimeError> {
         Ok(self.persistence.send(GetStats).await?)
+    }
+
+    /// Whether the runtime can write now: the database answers and the last batch committed.
+    pub async fn is_writable(&self) -> Result<bool, RuntimeError> {
+        self.store.ping().await?;
+        Ok(self.persistence_stats().await?.consecutive_failures == 0)
     }
 
     /// Counters of the health actor.

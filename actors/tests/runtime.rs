@@ -21,6 +21,7 @@ fn phase(name: &str, handler: &str, params: Value, retries: u32) -> PhaseDefinit
         handler: handler.into(),
         params,
         timeout_s: None,
+        heartbeat_timeout_s: None,
         retries,
         retry_backoff_ms: Some(5),
         weight: 1,

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod errors;
+pub mod faults;
 pub mod flow_types;
 pub mod flows;
 pub mod openapi;
@@ -11,16 +12,19 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::http::errors::ApiError;
 
-/// Mounts every route of the API.
-pub fn routes(config: &mut web::ServiceConfig) {
+/// Mounts every route of the API; `faults` adds the test-only fault-injection routes.
+pub fn routes(config: &mut web::ServiceConfig, faults: bool) {
+    let mut v1 = web::scope("/v1");
+    if faults {
+        v1 = v1.configure(faults::routes);
+    }
     config
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/openapi.json", web::get().to(ops::openapi))
         .route("/metrics", web::get().to(ops::metrics))
         .service(
-            web::scope("/v1")
-                .route("/flows", web::post().to(flows::create))
+            v1.route("/flows", web::post().to(flows::create))
                 .route("/flows", web::get().to(flows::list))
                 .route("/flows/{id}", web::get().to(flows::get))
                 .route("/flows/{id}/pause", web::post().to(flows::pause))

@@ -10,11 +10,14 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// The database answers: only then can flows make progress.
+/// The runtime can write: the database answers and the last batch committed. Only then do flows progress.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "the database does not answer")))]
 pub async fn readyz(runtime: web::Data<Runtime>) -> HttpResponse {
-    match runtime.store().ping().await {
-        Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready", "database": "ok" })),
+    match runtime.is_writable().await {
+        Ok(true) => HttpResponse::Ok().json(json!({ "status": "ready", "database": "ok" })),
+        Ok(false) => HttpResponse::ServiceUnavailable().json(
+            json!({ "status": "unready", "database": "reachable, but the last commit failed" }),
+        ),
         Err(error) => HttpResponse::ServiceUnavailable()
             .json(json!({ "status": "unready", "database": error.to_string() })),
     }

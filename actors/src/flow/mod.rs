@@ -320,6 +320,41 @@ impl FlowActor {
         });
     }
 
+    /// A running attempt whose handler stopped heartbeating past its phase's
+    /// `heartbeat_timeout_s` is stuck: cancel it and fail the attempt (retryable).
+    fn check_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let Some(attempt) = &self.in_flight else {
+            return;
+        };
+        let Some(limit_s) = self
+            .definition
+            .phase(&attempt.phase)
+            .and_then(|p| p.heartbeat_timeout_s)
+        else {
+            return;
+        };
+        let silent_ms = chrono::Utc::now().timestamp_millis() - attempt.heartbeat.last_beat_ms();
+        if silent_ms <= (limit_s as i64).saturating_mul(1000) {
+            return;
+        }
+        let Some(stuck) = self.in_flight.take() else {
+            return;
+        };
+        stuck.stop();
+        warn!(flow_id = %self.flow.id, phase = %stuck.phase, attempt = stuck.attempt, silent_ms, "attempt stopped heartbeating");
+        ctx.notify(PhaseFinished {
+            phase: stuck.phase,
+            attempt: stuck.attempt,
+            result: Err(HandlerError::retryable(
+                "heartbeat_timeout",
+                format!(
+                    "no heartbeat for {:.1}s (limit {limit_s}s)",
+                    silent_ms as f64 / 1000.0
+                ),
+            )),
+        });
+    }
+
     /// Test-only: stops handling the mailbox for a while, as a stuck actor would.
     fn freeze_if_planned(&mut self, ctx: &mut Context<Self>) {
         if let Some(duration) = self.env.faults.take_freeze(self.flow.id) {
@@ -470,6 +505,7 @@ impl Handler<Ping> for FlowActor {
 
     fn handle(&mut self, _: Ping, ctx: &mut Self::Context) -> Self::Result {
         self.freeze_if_planned(ctx);
+        self.check_heartbeat(ctx);
         MessageResult(Pong {
             flow_id: self.flow.id,
             status: self.flow.status,

@@ -13,7 +13,7 @@ use tracing::warn;
 
 use crate::flow::Ping;
 use crate::metrics::RuntimeMetrics;
-use crate::supervisor::{LiveFlows, RestartFlow, Supervisor};
+use crate::supervisor::{LiveFlows, RecoverFlows, RestartFlow, Supervisor};
 pub use messages::{GetHealthStats, HealthStats};
 
 /// Pings flow actors and reports the silent ones.
@@ -24,14 +24,17 @@ pub struct HealthActor {
     sweeping: bool,
     stats: HealthStats,
     metrics: Arc<RuntimeMetrics>,
+    stored_sweep: Duration,
 }
 
 impl HealthActor {
     /// A health actor that pings every `interval` and waits `timeout` for each answer.
+    /// Every `stored_sweep`, stored non-terminal flows without a live actor are re-adopted.
     pub fn new(
         supervisor: Addr<Supervisor>,
         interval: Duration,
         timeout: Duration,
+        stored_sweep: Duration,
         metrics: Arc<RuntimeMetrics>,
     ) -> Self {
         Self {
@@ -41,6 +44,7 @@ impl HealthActor {
             sweeping: false,
             stats: HealthStats::default(),
             metrics,
+            stored_sweep,
         }
     }
 
@@ -88,6 +92,21 @@ impl Actor for HealthActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.interval, |act, ctx| act.sweep(ctx));
+        // The database is the truth: a flow `running` there with no live actor (lost by a
+        // bug, or its restart given up while the database was away) is found and resumed.
+        ctx.run_interval(self.stored_sweep, |act, _| {
+            let supervisor = act.supervisor.clone();
+            actix::spawn(async move {
+                match supervisor.send(RecoverFlows).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(adopted)) => {
+                        warn!(adopted, "stored flows without a live actor re-adopted")
+                    }
+                    Ok(Err(error)) => warn!(%error, "stored-flow sweep failed"),
+                    Err(error) => warn!(%error, "stored-flow sweep: supervisor unreachable"),
+                }
+            });
+        });
     }
 }
 

@@ -11,6 +11,7 @@ fn phase(name: &str, retries: u32, weight: u32) -> PhaseDefinition {
         handler: "noop".into(),
         params: json!({}),
         timeout_s: None,
+        heartbeat_timeout_s: None,
         retries,
         retry_backoff_ms: Some(10),
         weight,

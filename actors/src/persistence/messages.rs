@@ -53,6 +53,8 @@ pub struct PersistenceStats {
     pub writes: u64,
     pub events: u64,
     pub failed_batches: u64,
+    /// Batches failed since the last one that committed: non-zero means it cannot write now.
+    pub consecutive_failures: u64,
     pub largest_batch: u64,
     /// Sum of commit durations, for the mean commit latency.
     pub commit_micros: u64,

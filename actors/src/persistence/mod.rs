@@ -121,6 +121,7 @@ impl PersistenceActor {
                         Err(error) => {
                             error!(%error, writes = writes.len(), "batch commit failed");
                             act.stats.failed_batches += 1;
+                            act.stats.consecutive_failures += 1;
                             act.last_event_id = first_event_id;
                             let error = PersistError::CommitFailed(error.to_string());
                             for ack in acks {

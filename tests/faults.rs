@@ -1,0 +1,190 @@
+//! Fault injection against the real server: every flow ends `completed`, or `failed` with a
+//! journal entry — never stuck `running`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Backend, TestDatabase, TestServer, config_for, flow_type_toml, get, is_terminal, post,
+    wait_for_flow,
+};
+use serde_json::{Value, json};
+
+const FAULTS: &str = "[faults]\nenabled = true\n";
+
+fn with_timeout(toml: String, phase: &str, timeout_s: u32) -> String {
+    toml.replace(
+        &format!("name = \"{phase}\"\n"),
+        &format!("name = \"{phase}\"\ntimeout_s = {timeout_s}\n"),
+    )
+}
+
+fn types() -> String {
+    [
+        with_timeout(
+            flow_type_toml("hangs", &[("wait", "sleep", "{ ms = 600000 }", 1)]),
+            "wait",
+            1,
+        ),
+        with_timeout(
+            flow_type_toml("blocks", &[("stuck", "block", "{ ms = 4000 }", 0)]),
+            "stuck",
+            1,
+        ),
+        flow_type_toml(
+            "panics",
+            &[("boom", "panic", "{ times = 1, message = \"kaboom\" }", 1)],
+        ),
+        flow_type_toml(
+            "quick",
+            &[("a", "noop", "{}", 0), ("b", "sleep", "{ ms = 50 }", 0)],
+        ),
+        flow_type_toml(
+            "slow",
+            &[("a", "sleep", "{ ms = 500 }", 0), ("b", "noop", "{}", 0)],
+        ),
+        FAULTS.to_owned(),
+    ]
+    .concat()
+}
+
+async fn create(server: &TestServer, flow_type: &str) -> String {
+    let reply = post(server, "/v1/flows", &json!({ "flow_type": flow_type })).await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body["id"].as_str().unwrap().to_owned()
+}
+
+async fn failures(server: &TestServer, id: &str) -> Vec<Value> {
+    get(server, &format!("/v1/flows/{id}/failures")).await.body["failures"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let mut response = common::client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+async fn hanging_blocking_and_panicking_handlers_end_loudly(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let server = TestServer::start(config_for(&db, &types()));
+    let hangs = create(&server, "hangs").await;
+    let blocks = create(&server, "blocks").await;
+    let panics = create(&server, "panics").await;
+    let quick: Vec<String> =
+        futures_util::future::join_all((0..10).map(|_| create(&server, "quick"))).await;
+    for id in &quick {
+        let flow = wait_for_flow(&server, id, Duration::from_secs(20), is_terminal).await;
+        assert_eq!(
+            flow["status"], "completed",
+            "a blocked handler stalls no other flow"
+        );
+    }
+    let blocked = get(&server, &format!("/v1/flows/{blocks}")).await.body;
+    assert_eq!(
+        blocked["status"], "running",
+        "the quick flows finished while a handler blocked its thread"
+    );
+
+    let flow = wait_for_flow(&server, &hangs, Duration::from_secs(30), is_terminal).await;
+    assert_eq!(flow["status"], "failed");
+    let journal = failures(&server, &hangs).await;
+    assert_eq!(
+        journal
+            .iter()
+            .filter(|f| f["error_kind"] == "timeout")
+            .count(),
+        2,
+        "both attempts timed out"
+    );
+
+    let flow = wait_for_flow(&server, &blocks, Duration::from_secs(30), is_terminal).await;
+    assert_eq!(flow["status"], "failed");
+    assert_eq!(failures(&server, &blocks).await[0]["error_kind"], "timeout");
+
+    let flow = wait_for_flow(&server, &panics, Duration::from_secs(30), is_terminal).await;
+    assert_eq!(flow["status"], "completed", "retried after the panic");
+    let journal = failures(&server, &panics).await;
+    assert_eq!(journal[0]["error_kind"], "panic");
+    assert!(journal[0]["message"].as_str().unwrap().contains("kaboom"));
+    assert_eq!(
+        get(&server, "/healthz").await.status,
+        200,
+        "the server survived"
+    );
+    assert_eq!(
+        metric(&server, "flowd_failures_total{kind=\"panic\"}").await,
+        1.0
+    );
+}
+
+async fn an_unresponsive_actor_is_restarted_and_a_restart_loop_fails_loudly(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let server = TestServer::start_with_env(
+        config_for(&db, &types()),
+        &[
+            ("FLOWD_HEALTH__PING_TIMEOUT_MS", "400"),
+            ("FLOWD_HEALTH__MAX_RESTARTS", "2"),
+        ],
+    );
+    let once = create(&server, "slow").await;
+    let reply = post(
+        &server,
+        &format!("/v1/flows/{once}/faults/freeze"),
+        &json!({ "ms": 3000, "times": 1 }),
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+    let looping = create(&server, "slow").await;
+    let reply = post(
+        &server,
+        &format!("/v1/flows/{looping}/faults/freeze"),
+        &json!({ "ms": 60000, "times": 100 }),
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+
+    let flow = wait_for_flow(&server, &once, Duration::from_secs(30), is_terminal).await;
+    assert_eq!(
+        flow["status"], "completed",
+        "restarted from stored state, then finished"
+    );
+    let flow = wait_for_flow(&server, &looping, Duration::from_secs(30), is_terminal).await;
+    assert_eq!(flow["status"], "failed");
+    let journal = failures(&server, &looping).await;
+    assert_eq!(
+        journal.last().unwrap()["error_kind"],
+        "restart_intensity_exceeded"
+    );
+    for id in [&once, &looping] {
+        let events = get(&server, &format!("/v1/flows/{id}/events")).await.body["events"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "no transition lost or doubled"
+        );
+    }
+    assert!(metric(&server, "flowd_actor_restarts_total").await >= 3.0);
+    assert!(metric(&server, "flowd_health_pings_missed_total").await >= 3.0);
+}
+
+on_both_backends!(
+    hanging_blocking_and_panicking_handlers_end_loudly,
+    an_unresponsive_actor_is_restarted_and_a_restart_loop_fails_loudly,
+);
