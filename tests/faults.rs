@@ -184,7 +184,125 @@ async fn an_unresponsive_actor_is_restarted_and_a_restart_loop_fails_loudly(back
     assert!(metric(&server, "flowd_health_pings_missed_total").await >= 3.0);
 }
 
+/// Waits until every flow is terminal, tolerating 503s while the database is being disturbed.
+async fn wait_all_terminal(server: &TestServer, ids: &[String], timeout: Duration) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut flows = Vec::new();
+    for id in ids {
+        loop {
+            let reply = get(server, &format!("/v1/flows/{id}")).await;
+            if reply.status == 200 && is_terminal(&reply.body) {
+                flows.push(reply.body);
+                break;
+            }
+            assert!(reply.status == 200 || reply.status == 503, "{}", reply.body);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flow {id} stuck: {}",
+                reply.body
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    flows
+}
+
+/// Every flow completed, with a gap-free history in which no phase succeeded twice.
+async fn assert_intact(server: &TestServer, flows: &[Value]) {
+    for flow in flows {
+        assert_eq!(flow["status"], "completed", "{flow}");
+        let id = flow["id"].as_str().unwrap();
+        let events = get(server, &format!("/v1/flows/{id}/events")).await.body["events"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "flow {id}: no transition lost or doubled"
+        );
+        let mut succeeded = std::collections::HashSet::new();
+        for event in events.iter().filter(|e| e["kind"] == "phase_succeeded") {
+            assert!(
+                succeeded.insert(event["current_phase"].as_str().unwrap().to_owned()),
+                "flow {id}: a phase succeeded twice"
+            );
+        }
+    }
+}
+
+fn six_steps() -> String {
+    let phases: Vec<(String, &str, &str, u32)> = (1..=6)
+        .map(|i| (format!("s{i}"), "sleep", "{ ms = 150 }", 0))
+        .collect();
+    let phases: Vec<(&str, &str, &str, u32)> = phases
+        .iter()
+        .map(|(n, h, p, r)| (n.as_str(), *h, *p, *r))
+        .collect();
+    flow_type_toml("six", &phases)
+}
+
+async fn killed_database_connections_lose_no_transition(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let Some(name) = db.postgres_name().map(str::to_owned) else {
+        return; // Connections to kill exist on PostgreSQL only.
+    };
+    let server = TestServer::start(config_for(&db, &six_steps()));
+    let ids: Vec<String> =
+        futures_util::future::join_all((0..100).map(|_| create(&server, "six"))).await;
+    for _ in 0..8 {
+        db.admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ));
+        actix_web::rt::time::sleep(Duration::from_millis(150)).await;
+    }
+    let flows = wait_all_terminal(&server, &ids, Duration::from_secs(60)).await;
+    assert_intact(&server, &flows).await;
+    assert_eq!(
+        get(&server, "/readyz").await.status,
+        200,
+        "ready again once the database is back"
+    );
+}
+
+async fn sigkill_during_batch_commits_loses_nothing(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let types = flow_type_toml(
+        "noop6",
+        &[
+            ("p1", "noop", "{}", 0),
+            ("p2", "noop", "{}", 0),
+            ("p3", "noop", "{}", 0),
+            ("p4", "noop", "{}", 0),
+            ("p5", "noop", "{}", 0),
+            ("p6", "noop", "{}", 0),
+        ],
+    );
+    let server = TestServer::start(config_for(&db, &types));
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.extend(futures_util::future::join_all((0..50).map(|_| create(&server, "noop6"))).await);
+    }
+    // Commits are flowing for the last wave: kill the process in the middle of them.
+    let config = server.kill();
+    let server = TestServer::start(config);
+    let listed = get(&server, "/v1/flows?limit=500").await.body["flows"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        listed,
+        ids.len(),
+        "every acknowledged create survived the crash"
+    );
+    let flows = wait_all_terminal(&server, &ids, Duration::from_secs(60)).await;
+    assert_intact(&server, &flows).await;
+}
+
 on_both_backends!(
     hanging_blocking_and_panicking_handlers_end_loudly,
     an_unresponsive_actor_is_restarted_and_a_restart_loop_fails_loudly,
+    killed_database_connections_lose_no_transition,
+    sigkill_during_batch_commits_loses_nothing,
 );

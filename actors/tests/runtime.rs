@@ -50,6 +50,18 @@ fn handlers() -> HandlerSet {
         Ok(PhaseOutput::new(json!({})))
     });
     set.register("hangs", |_ctx: PhaseContext| std::future::pending());
+    set.register("beats_then_hangs", |ctx: PhaseContext| async move {
+        ctx.heartbeat.beat();
+        std::future::pending::<()>().await;
+        Ok(PhaseOutput::new(json!({})))
+    });
+    set.register("beats_while_working", |ctx: PhaseContext| async move {
+        for _ in 0..15 {
+            ctx.heartbeat.beat();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(PhaseOutput::new(json!({})))
+    });
     set.register("blocks_thread", |_ctx: PhaseContext| async move {
         // Deliberately blocking: a sync call that never yields, as badly written handlers do.
         std::thread::sleep(Duration::from_secs(8));
@@ -570,5 +582,38 @@ async fn a_handler_blocking_its_thread_stalls_nothing_else_and_times_out() {
     assert!(
         !woke,
         "failed at its deadline, not when the blocked thread woke"
+    );
+}
+
+#[actix::test]
+async fn a_handler_that_stops_heartbeating_is_stuck_but_a_beating_one_is_not() {
+    let store = Arc::new(MemoryStore::new());
+    let mut silent = phase("s", "beats_then_hangs", json!({}), 0);
+    silent.heartbeat_timeout_s = Some(1);
+    let mut busy = phase("w", "beats_while_working", json!({}), 0);
+    busy.heartbeat_timeout_s = Some(1);
+    let types = vec![
+        flow_type("silent", vec![silent]),
+        flow_type("busy", vec![busy]),
+    ];
+    let runtime = start(store.clone(), types).await;
+    let silent = runtime
+        .create_flow(request("silent"))
+        .await
+        .unwrap()
+        .flow
+        .id;
+    let busy = runtime.create_flow(request("busy")).await.unwrap().flow.id;
+    let flow = wait_for(&store, silent, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Failed);
+    assert_eq!(
+        store.failures(silent).await.unwrap()[0].error_kind,
+        "heartbeat_timeout"
+    );
+    let flow = wait_for(&store, busy, terminal).await;
+    assert_eq!(
+        flow.status,
+        FlowStatus::Completed,
+        "1.5 s of work with beats every 100 ms is not stuck"
     );
 }

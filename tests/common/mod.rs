@@ -85,6 +85,17 @@ impl TestDatabase {
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
+
+    /// Runs `statement` on the admin connection (PostgreSQL only), e.g. to kill connections.
+    pub fn admin(&self, statement: &str) {
+        let (admin, _) = self.postgres.as_ref().expect("a PostgreSQL test database");
+        psql(admin, statement);
+    }
+
+    /// The throw-away PostgreSQL database's name.
+    pub fn postgres_name(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|(_, name)| name.as_str())
+    }
 }
 
 impl Drop for TestDatabase {
