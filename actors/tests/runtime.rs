@@ -442,6 +442,10 @@ async fn a_database_outage_never_counts_toward_the_restart_intensity() {
     // Long enough for several failed commits and restarts of the flow's actor.
     store.set_fail_commits(true);
     tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(
+        !runtime.is_writable().await.unwrap(),
+        "unready while commits fail"
+    );
     store.set_fail_commits(false);
     let flow = wait_for(&store, id, terminal).await;
     assert_eq!(
@@ -450,6 +454,10 @@ async fn a_database_outage_never_counts_toward_the_restart_intensity() {
         "an outage is waited out, not held against the flow"
     );
     assert!(store.failures(id).await.unwrap().is_empty());
+    assert!(
+        runtime.is_writable().await.unwrap(),
+        "ready again after a commit succeeded"
+    );
 }
 
 #[actix::test]

@@ -181,6 +181,12 @@ impl FlowActor {
                     act.carry_out(effect, ctx);
                     act.pump(ctx);
                 }
+                Err(RuntimeError::Fenced) => {
+                    // A newer life of this flow owns it now: leave without writing or restarting.
+                    warn!(flow_id = %act.flow.id, "replaced by a newer actor; stopping");
+                    act.stop_cause = StopCause::Finished;
+                    ctx.stop();
+                }
                 Err(error) => {
                     act.stop_cause = StopCause::StoreUnavailable(error.to_string());
                     // The stored state is the truth: stop and let the supervisor rebuild from it.

@@ -98,6 +98,7 @@ impl PersistenceActor {
                     act.stats.commit_micros += took.as_micros() as u64;
                     match result {
                         Ok(()) => {
+                            act.stats.consecutive_failures = 0;
                             act.stats.writes += writes.len() as u64;
                             act.stats.largest_batch =
                                 act.stats.largest_batch.max(writes.len() as u64);
