@@ -1,7 +1,7 @@
 //! Builds the whole application — store, runtime, HTTP server — so the binary, tests and
 //! examples start exactly the same thing.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
@@ -62,15 +62,6 @@ impl Application {
             settings.flow_types.clone(),
         )
         .await?;
-        let listener =
-            TcpListener::bind(&settings.server.bind).map_err(|source| StartupError::Bind {
-                bind: settings.server.bind.clone(),
-                source,
-            })?;
-        let address = listener.local_addr().map_err(|source| StartupError::Bind {
-            bind: settings.server.bind.clone(),
-            source,
-        })?;
         let runtime_data = web::Data::new(runtime.clone());
         let keys = web::Data::new(KeyRing::new(&settings.auth));
         let max_body = settings.server.max_body_bytes;
@@ -95,13 +86,24 @@ impl Application {
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers.max(1));
         }
+        let bind_error = |source| StartupError::Bind {
+            bind: settings.server.bind.clone(),
+            source,
+        };
+        // Small frames (websocket events) must not wait for delayed ACKs; bursts of
+        // subscribers connecting at once must not find the accept queue full.
         let server = server
-            .listen(listener)
-            .map_err(|source| StartupError::Bind {
-                bind: settings.server.bind.clone(),
-                source,
-            })?
-            .run();
+            .tcp_nodelay(true)
+            .backlog(4096)
+            .bind(&settings.server.bind)
+            .map_err(bind_error)?;
+        let address = server.addrs().first().copied().ok_or_else(|| {
+            bind_error(std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                "no address bound",
+            ))
+        })?;
+        let server = server.run();
         Ok(Self {
             address,
             server,

@@ -114,11 +114,43 @@ impl FlowEvent {
     }
 }
 
+/// A committed event as the fan-out carries it: serialized to its JSON once, on first use,
+/// however many subscribers send it on.
+#[derive(Debug)]
+pub struct CommittedEvent {
+    event: FlowEvent,
+    json: std::sync::OnceLock<String>,
+}
+
+impl CommittedEvent {
+    /// Wraps a committed event.
+    pub fn new(event: FlowEvent) -> Self {
+        Self {
+            event,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The event's contract JSON, computed by the first subscriber that asks.
+    pub fn json(&self) -> &str {
+        self.json
+            .get_or_init(|| serde_json::to_string(&self.event).unwrap_or_default())
+    }
+}
+
+impl std::ops::Deref for CommittedEvent {
+    type Target = FlowEvent;
+
+    fn deref(&self) -> &FlowEvent {
+        &self.event
+    }
+}
+
 /// Fan-out of committed events. Publishing never waits for subscribers: one that falls behind
 /// the bounded buffer learns how many it missed and catches up from the database.
 #[derive(Clone)]
 pub struct EventFanout {
-    sender: broadcast::Sender<Arc<FlowEvent>>,
+    sender: broadcast::Sender<Arc<CommittedEvent>>,
 }
 
 impl EventFanout {
@@ -129,18 +161,18 @@ impl EventFanout {
     }
 
     /// Sends committed events to every live subscriber, in commit order.
-    pub fn publish(&self, events: impl IntoIterator<Item = Arc<FlowEvent>>) {
+    pub fn publish(&self, events: impl IntoIterator<Item = FlowEvent>) {
         if self.sender.receiver_count() == 0 {
             return;
         }
         for event in events {
             // An error only means every subscriber left meanwhile.
-            let _ = self.sender.send(event);
+            let _ = self.sender.send(Arc::new(CommittedEvent::new(event)));
         }
     }
 
     /// A receiver of every event committed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FlowEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommittedEvent>> {
         self.sender.subscribe()
     }
 

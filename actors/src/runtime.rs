@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
-use crate::events::{EventFanout, FlowEvent};
+use crate::events::{CommittedEvent, EventFanout, FlowEvent};
 use crate::faults::FaultPlan;
 use crate::flow::ControlCommand;
 use crate::handler::HandlerSet;
@@ -233,7 +233,7 @@ impl Runtime {
     }
 
     /// Every event committed from now on (filter by tenant yourself).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FlowEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommittedEvent>> {
         self.fanout.subscribe()
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use flowd_actors::Runtime;
-use flowd_actors::events::FlowEvent;
+use flowd_actors::events::{CommittedEvent, FlowEvent};
 use flowd_actors::ids::{FlowId, Tenant};
 use flowd_actors::store::StoreError;
 use serde::Deserialize;
@@ -177,6 +177,12 @@ async fn send(session: &mut Session, cursor: &mut Cursor, event: &FlowEvent) -> 
     session.text(text).await.is_ok()
 }
 
+/// A live event: serialized once for all subscribers, copied per session.
+async fn send_live(session: &mut Session, cursor: &mut Cursor, event: &CommittedEvent) -> bool {
+    cursor.advance(event);
+    session.text(event.json().to_owned()).await.is_ok()
+}
+
 /// Sends stored events after the cursor until the database has no more.
 async fn catch_up(
     runtime: &Runtime,
@@ -201,7 +207,7 @@ async fn stream(
     runtime: Arc<Runtime>,
     mut session: Session,
     mut messages: MessageStream,
-    mut live: Receiver<Arc<FlowEvent>>,
+    mut live: Receiver<Arc<CommittedEvent>>,
     mut cursor: Cursor,
 ) {
     let reason = 'stream: {
@@ -218,7 +224,7 @@ async fn stream(
             tokio::select! {
                 event = live.recv() => match event {
                     Ok(event) => {
-                        if cursor.wants(&event) && !send(&mut session, &mut cursor, &event).await {
+                        if cursor.wants(&event) && !send_live(&mut session, &mut cursor, &event).await {
                             return;
                         }
                     }

@@ -106,7 +106,7 @@ impl PersistenceActor {
                                 Write::Transition(t) => t.events,
                                 Write::FlowType(_) => Vec::new(),
                             });
-                            let events: Vec<_> = events.map(Arc::new).collect();
+                            let events: Vec<_> = events.collect();
                             act.stats.events += events.len() as u64;
                             act.metrics.batch_committed(
                                 acks.len(),
