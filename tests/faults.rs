@@ -300,7 +300,85 @@ async fn sigkill_during_batch_commits_loses_nothing(backend: Backend) {
     assert_intact(&server, &flows).await;
 }
 
+/// A small tmpfs for the SQLite file, unmounted when dropped.
+struct Volume {
+    path: std::path::PathBuf,
+}
+
+impl Volume {
+    fn mount(path: std::path::PathBuf) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root, as on the CI machine"
+        );
+        Self { path }
+    }
+
+    /// Fills the volume until the kernel refuses more; returns the filler to delete later.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.flush();
+        filler
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+async fn a_database_that_refuses_writes_for_a_while_loses_nothing(backend: Backend) {
+    if backend != Backend::Sqlite {
+        return; // The SQLite file's own volume; PostgreSQL outages are the connection-kill test.
+    }
+    let db = TestDatabase::new(backend);
+    let volume = Volume::mount(db.dir().join("volume"));
+    let config = db.dir().join("full.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}\"\n[health]\nping_interval_ms = 200\n{}",
+            volume.path.join("flowd.db").display(),
+            six_steps()
+        ),
+    )
+    .unwrap();
+    let server = TestServer::start(config);
+    let ids: Vec<String> =
+        futures_util::future::join_all((0..50).map(|_| create(&server, "six"))).await;
+    // The volume is full for two seconds: every commit fails meanwhile.
+    let filler = volume.fill();
+    let mut saw_unready = false;
+    for _ in 0..20 {
+        saw_unready |= get(&server, "/readyz").await.status == 503;
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::remove_file(filler).unwrap();
+    assert!(
+        saw_unready,
+        "/readyz turned unready while the database could not write"
+    );
+    let flows = wait_all_terminal(&server, &ids, Duration::from_secs(60)).await;
+    assert_intact(&server, &flows).await;
+    assert_eq!(get(&server, "/readyz").await.status, 200);
+}
+
 on_both_backends!(
+    a_database_that_refuses_writes_for_a_while_loses_nothing,
     hanging_blocking_and_panicking_handlers_end_loudly,
     an_unresponsive_actor_is_restarted_and_a_restart_loop_fails_loudly,
     killed_database_connections_lose_no_transition,
