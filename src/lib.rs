@@ -3,12 +3,14 @@
 //! - [`cli`]: the command-line client of a running server.
 //! - [`configuration`]: typed settings from `config.toml` and `FLOWD_*` variables.
 //! - [`telemetry`]: the tracing subscriber.
+//! - [`handlers`]: the `command` and `http` phase handlers, for phases outside the process.
 //! - [`startup`]: builds store, runtime and HTTP server as one [`startup::Application`].
 //! - [`store`]: the diesel stores for SQLite and PostgreSQL.
 //! - [`http`]: the v1 API, problem+json errors and tenancy.
 //! - [`ws`]: websocket progress streams.
 pub mod cli;
 pub mod configuration;
+pub mod handlers;
 pub mod http;
 pub mod startup;
 pub mod store;

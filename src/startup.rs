@@ -41,6 +41,7 @@ impl Application {
     /// Starts flowd with the built-in handlers (and the fault-injection ones when enabled).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let mut handlers = HandlerSet::with_builtins();
+        crate::handlers::register(&mut handlers);
         if settings.faults.enabled {
             tracing::warn!("fault injection is enabled: never do this in production");
             flowd_actors::builtin::register_faults(&mut handlers);
