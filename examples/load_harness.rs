@@ -463,18 +463,7 @@ fn flow_writes(definition: &FlowType) -> Vec<TransitionWrite> {
             now(),
         )
         .expect("a running phase accepts its result");
-        writes.push(TransitionWrite {
-            flow_id: flow.id,
-            create: None,
-            flow: FlowUpdate::of(&flow),
-            phases: step
-                .touched
-                .iter()
-                .map(|&i| (i, flow.phases[i].clone()))
-                .collect(),
-            events: step.events,
-            failure: step.failure,
-        });
+        writes.push(step.into_write(&flow).0);
     }
     writes
 }

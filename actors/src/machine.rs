@@ -14,6 +14,7 @@ use crate::definition::FlowType;
 use crate::events::{EventKind, FlowEvent};
 use crate::handler::{HandlerError, NextPhase, PhaseOutput};
 use crate::model::{FailureRecord, FlowState, FlowStatus, PhaseStatus};
+use crate::store::{FlowUpdate, TransitionWrite};
 
 /// Longest pause between two attempts of a phase.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -51,6 +52,24 @@ impl Step {
             failure: None,
             effect: Effect::None,
         }
+    }
+
+    /// The write that commits this step for `flow` (the state it left), and the effect that
+    /// follows the commit.
+    pub fn into_write(self, flow: &FlowState) -> (TransitionWrite, Effect) {
+        let write = TransitionWrite {
+            flow_id: flow.id,
+            create: None,
+            flow: FlowUpdate::of(flow),
+            phases: self
+                .touched
+                .iter()
+                .map(|&i| (i, flow.phases[i].clone()))
+                .collect(),
+            events: self.events,
+            failure: self.failure,
+        };
+        (write, self.effect)
     }
 
     /// Whether anything must be written (idempotent no-ops write nothing).

@@ -24,7 +24,7 @@ use crate::machine::{self, Effect, Rejected, Step};
 use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, PhaseStatus, now};
 use crate::persistence::{Persist, PersistenceActor};
-use crate::store::{FlowUpdate, TransitionWrite, Write};
+use crate::store::{TransitionWrite, Write};
 use crate::supervisor::messages::{FlowStopped, StopCause};
 pub use messages::{Control, ControlCommand, PhaseFinished, Ping, Pong, StopFlow};
 
@@ -125,22 +125,11 @@ impl FlowActor {
             self.carry_out(step.effect, ctx);
             return;
         }
-        let write = TransitionWrite {
-            flow_id: self.flow.id,
-            create: None,
-            flow: FlowUpdate::of(&self.flow),
-            phases: step
-                .touched
-                .iter()
-                .map(|&i| (i, self.flow.phases[i].clone()))
-                .collect(),
-            events: step.events,
-            failure: step.failure,
-        };
+        let (write, effect) = step.into_write(&self.flow);
         let reply = reply.map(|reply| (reply, self.flow.clone()));
         self.outbox.push_back(Outgoing {
             write,
-            effect: step.effect,
+            effect,
             reply,
         });
         self.pump(ctx);

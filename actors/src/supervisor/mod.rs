@@ -256,18 +256,7 @@ async fn persist_step(
     flow: &FlowState,
     step: machine::Step,
 ) -> Result<(), RuntimeError> {
-    let write = TransitionWrite {
-        flow_id: flow.id,
-        create: None,
-        flow: FlowUpdate::of(flow),
-        phases: step
-            .touched
-            .iter()
-            .map(|&i| (i, flow.phases[i].clone()))
-            .collect(),
-        events: step.events,
-        failure: step.failure,
-    };
+    let (write, _) = step.into_write(flow);
     persistence
         .send(Persist::unfenced(Write::Transition(write)))
         .await??;
