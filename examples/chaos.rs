@@ -106,15 +106,11 @@ fn phase(
     retries: u32,
 ) -> PhaseDefinition {
     PhaseDefinition {
-        name: name.into(),
-        handler: handler.into(),
         params,
         timeout_s,
-        heartbeat_timeout_s: None,
         retries,
         retry_backoff_ms: Some(50),
-        weight: 1,
-        next_phase: None,
+        ..PhaseDefinition::new(name, handler)
     }
 }
 

@@ -116,15 +116,9 @@ fn discovery() -> FlowType {
         phases: PHASES
             .iter()
             .map(|name| PhaseDefinition {
-                name: (*name).into(),
-                handler: (*name).into(),
-                params: json!({}),
                 timeout_s: Some(30),
-                heartbeat_timeout_s: None,
                 retries: 2,
-                retry_backoff_ms: None,
-                weight: 1,
-                next_phase: None,
+                ..PhaseDefinition::new(*name, *name)
             })
             .collect(),
     }

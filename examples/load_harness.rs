@@ -215,17 +215,7 @@ fn flow_type(name: &str, handlers: &[&str]) -> FlowType {
         phases: handlers
             .iter()
             .enumerate()
-            .map(|(i, handler)| PhaseDefinition {
-                name: format!("p{}", i + 1),
-                handler: (*handler).into(),
-                params: json!({}),
-                timeout_s: None,
-                heartbeat_timeout_s: None,
-                retries: 0,
-                retry_backoff_ms: None,
-                weight: 1,
-                next_phase: None,
-            })
+            .map(|(i, handler)| PhaseDefinition::new(format!("p{}", i + 1), *handler))
             .collect(),
     }
 }

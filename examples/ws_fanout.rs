@@ -59,15 +59,8 @@ async fn main() -> anyhow::Result<()> {
         version: 1,
         phases: (1..=6)
             .map(|i| PhaseDefinition {
-                name: format!("p{i}"),
-                handler: "sleep".into(),
                 params: json!({ "ms": 20 }),
-                timeout_s: None,
-                heartbeat_timeout_s: None,
-                retries: 0,
-                retry_backoff_ms: None,
-                weight: 1,
-                next_phase: None,
+                ..PhaseDefinition::new(format!("p{i}"), "sleep")
             })
             .collect(),
     }];

@@ -130,17 +130,7 @@ conformance!(
 static NEXT_EVENT_ID: AtomicI64 = AtomicI64::new(1);
 
 fn phase(name: &str) -> PhaseDefinition {
-    PhaseDefinition {
-        name: name.into(),
-        handler: "noop".into(),
-        params: json!({}),
-        timeout_s: None,
-        heartbeat_timeout_s: None,
-        retries: 0,
-        retry_backoff_ms: None,
-        weight: 1,
-        next_phase: None,
-    }
+    PhaseDefinition::new(name, "noop")
 }
 
 fn flow_type(name: &str, version: u32) -> FlowType {

@@ -47,6 +47,24 @@ pub struct PhaseDefinition {
     pub next_phase: Option<String>,
 }
 
+impl PhaseDefinition {
+    /// A phase run by `handler` with every option at its default: no params, the runtime's
+    /// timeout, no retries, weight 1, the next phase in order.
+    pub fn new(name: impl Into<String>, handler: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            handler: handler.into(),
+            params: empty_object(),
+            timeout_s: None,
+            heartbeat_timeout_s: None,
+            retries: 0,
+            retry_backoff_ms: None,
+            weight: 1,
+            next_phase: None,
+        }
+    }
+}
+
 fn empty_object() -> Value {
     Value::Object(Default::default())
 }
@@ -176,17 +194,7 @@ mod tests {
     use super::*;
 
     fn phase(name: &str, handler: &str) -> PhaseDefinition {
-        PhaseDefinition {
-            name: name.into(),
-            handler: handler.into(),
-            params: empty_object(),
-            timeout_s: None,
-            heartbeat_timeout_s: None,
-            retries: 0,
-            retry_backoff_ms: None,
-            weight: 1,
-            next_phase: None,
-        }
+        PhaseDefinition::new(name, handler)
     }
 
     fn flow_type(phases: Vec<PhaseDefinition>) -> FlowType {

@@ -17,15 +17,10 @@ use serde_json::{Value, json};
 
 fn phase(name: &str, handler: &str, params: Value, retries: u32) -> PhaseDefinition {
     PhaseDefinition {
-        name: name.into(),
-        handler: handler.into(),
         params,
-        timeout_s: None,
-        heartbeat_timeout_s: None,
         retries,
         retry_backoff_ms: Some(5),
-        weight: 1,
-        next_phase: None,
+        ..PhaseDefinition::new(name, handler)
     }
 }
 

@@ -7,15 +7,10 @@ use crate::model::{NewFlow, now};
 
 fn phase(name: &str, retries: u32, weight: u32) -> PhaseDefinition {
     PhaseDefinition {
-        name: name.into(),
-        handler: "noop".into(),
-        params: json!({}),
-        timeout_s: None,
-        heartbeat_timeout_s: None,
         retries,
         retry_backoff_ms: Some(10),
         weight,
-        next_phase: None,
+        ..PhaseDefinition::new(name, "noop")
     }
 }
 
