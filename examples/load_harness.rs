@@ -35,6 +35,7 @@ use flowd_actors::model::{FlowState, NewFlow, now};
 use flowd_actors::persistence::PersistenceStats;
 use flowd_actors::store::{FlowStore, FlowUpdate, TransitionWrite, Write};
 use flowd_actors::{Runtime, RuntimeConfig};
+use futures_util::StreamExt as _;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
@@ -120,10 +121,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if matches!(
         args.scenario,
-        Scenario::Recovery | Scenario::SuspendedMemory | Scenario::WsFanout
+        Scenario::SuspendedMemory | Scenario::WsFanout
     ) {
         eprintln!(
-            "scenario `{}` is not implemented yet; available: throughput, start_latency, db_limit",
+            "scenario `{}` is not here: ws_fanout is `examples/ws_fanout.rs`; suspended_memory needs \
+             external phases; available: throughput, start_latency, db_limit, recovery",
             args.scenario.name()
         );
         return ExitCode::from(2);
@@ -196,6 +198,7 @@ fn run_once(args: &Args) -> Result<Figures, String> {
                 Scenario::Throughput => throughput(args, Arc::new(store)).await,
                 Scenario::StartLatency => start_latency(args, Arc::new(store)).await,
                 Scenario::DbLimit => db_limit(args, store).await,
+                Scenario::Recovery => recovery(args, &url).await,
                 _ => unreachable!("rejected in main"),
             }
         })
@@ -573,6 +576,173 @@ fn round(value: f64) -> Value {
 }
 
 /// A fresh database for one run, removed when dropped.
+/// The real server, for `recovery`: it must be SIGKILLed, so it runs as a child process.
+struct Server {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Server {
+    /// Starts `flowd` (built beside this example) and waits for its listening line.
+    fn start(config: &std::path::Path) -> Result<Self, String> {
+        use std::io::BufRead;
+        let binary = std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .and_then(|examples| examples.parent())
+            .map(|dir| dir.join("flowd"))
+            .filter(|path| path.exists())
+            .ok_or(
+                "build the server first: `cargo build --release` (recovery runs the real binary)",
+            )?;
+        let mut child = Command::new(binary)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start flowd: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let base = line
+            .trim()
+            .strip_prefix("flowd listening on ")
+            .ok_or_else(|| format!("flowd did not start: {line:?}"))?
+            .to_owned();
+        Ok(Self { child, base })
+    }
+
+    /// SIGKILL: a crash, no shutdown hooks.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One sample of the server's `/metrics`, by series.
+async fn scrape(client: &awc::Client, base: &str) -> Result<HashMap<String, f64>, String> {
+    let mut response = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = response.body().await.map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Polls `/metrics` until `series` reaches `target`; the seconds it took from `since`.
+async fn until_metric(
+    client: &awc::Client,
+    base: &str,
+    series: &str,
+    target: f64,
+    since: Instant,
+) -> Result<f64, String> {
+    loop {
+        if let Ok(sample) = scrape(client, base).await
+            && sample.get(series).copied().unwrap_or(0.0) >= target
+        {
+            return Ok(since.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `recovery`: N flows in flight in a 10 s phase (longer than creating them takes), the server SIGKILLed and restarted on the
+/// same database. Reports seconds from the restart to the listening line, to every flow having
+/// a live actor again (the interrupted attempt re-runs), and to every flow completed.
+async fn recovery(args: &Args, url: &str) -> Result<Figures, String> {
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = scratch.path().join("recovery.toml");
+    let toml = format!(
+        "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n\
+         [[flow_types]]\nname = \"resume\"\nversion = 1\n\
+         [[flow_types.phases]]\nname = \"before\"\nhandler = \"noop\"\n\
+         [[flow_types.phases]]\nname = \"interrupted\"\nhandler = \"sleep\"\nparams = {{ ms = 10000 }}\n\
+         [[flow_types.phases]]\nname = \"after\"\nhandler = \"noop\"\n"
+    );
+    std::fs::write(&config, toml).map_err(|e| e.to_string())?;
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(0))
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let n = args.flows as f64;
+    let server = Server::start(&config)?;
+    let base = server.base.clone();
+    let creates = futures_util::stream::iter(0..args.flows)
+        .map(|_| {
+            let request = client.post(format!("{base}/v1/flows"));
+            async move {
+                match request.send_json(&json!({ "flow_type": "resume" })).await {
+                    Ok(response) if response.status().as_u16() == 201 => Ok(()),
+                    Ok(response) => Err(format!("create answered {}", response.status())),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+        })
+        .buffer_unordered(args.concurrency.max(1));
+    let results: Vec<Result<(), String>> = futures_util::StreamExt::collect(creates).await;
+    results.into_iter().collect::<Result<Vec<()>, String>>()?;
+    // Every flow is running, its first phase done, its second under way: now crash.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = scrape(&client, &base).await?;
+    let running = before
+        .get("flowd_flows{status=\"running\"}")
+        .copied()
+        .unwrap_or(0.0);
+    if running < n {
+        return Err(format!(
+            "only {running} of {n} flows running before the crash"
+        ));
+    }
+    server.kill();
+
+    let restarted = Instant::now();
+    let server = Server::start(&config)?;
+    let to_listening = restarted.elapsed().as_secs_f64();
+    let to_resumed = until_metric(
+        &client,
+        &server.base,
+        "flowd_live_flow_actors",
+        n,
+        restarted,
+    )
+    .await?;
+    let to_completed = until_metric(
+        &client,
+        &server.base,
+        "flowd_flows{status=\"completed\"}",
+        n,
+        restarted,
+    )
+    .await?;
+    drop(server);
+    Ok(BTreeMap::from([
+        ("seconds_to_listening", to_listening),
+        ("seconds_to_all_resumed", to_resumed),
+        ("seconds_to_all_completed", to_completed),
+        ("interrupted_phase_s", 10.0),
+    ]))
+}
+
 struct BenchDatabase {
     url: String,
     _dir: tempfile::TempDir,
