@@ -136,7 +136,7 @@ impl FlowActor {
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.stop_cause == StopCause::Finished {
+        if self.writing || matches!(self.stop_cause, StopCause::Finished | StopCause::Replaced) {
             return;
         }
         let Some(outgoing) = self.outbox.pop_front() else {
@@ -173,7 +173,7 @@ impl FlowActor {
                 Err(RuntimeError::Fenced) => {
                     // A newer life of this flow owns it now: leave without writing or restarting.
                     warn!(flow_id = %act.flow.id, "replaced by a newer actor; stopping");
-                    act.stop_cause = StopCause::Finished;
+                    act.stop_cause = StopCause::Replaced;
                     ctx.stop();
                 }
                 Err(error) => {

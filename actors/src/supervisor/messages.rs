@@ -25,7 +25,7 @@ pub struct CreatedFlow {
 #[rtype(result = "Result<usize, RuntimeError>")]
 pub struct RecoverFlows;
 
-/// A flow actor stopped; anything but [`StopCause::Finished`] triggers a restart.
+/// A flow actor stopped; a fault or an outage triggers a restart.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FlowStopped {
@@ -40,6 +40,8 @@ pub struct FlowStopped {
 pub enum StopCause {
     /// The flow reached a terminal status.
     Finished,
+    /// A newer life of the flow's actor owns it; this one was fenced off and has nothing to do.
+    Replaced,
     /// A transition could not be committed: the database is unavailable.
     StoreUnavailable(String),
     /// Anything else: a crash, a stop without a reason.

@@ -185,7 +185,7 @@ impl Supervisor {
                 *waits += 1;
                 (false, crate::machine::backoff(100, *waits), reason)
             }
-            StopCause::Finished => return,
+            StopCause::Finished | StopCause::Replaced => return,
         };
         let store = self.store.clone();
         let registry = self.registry.clone();
@@ -446,13 +446,18 @@ impl Handler<FlowStopped> for Supervisor {
             return;
         }
         self.flows.remove(&message.flow_id);
-        if message.cause == StopCause::Finished {
-            self.restarts.remove(&message.flow_id);
-            self.store_retries.remove(&message.flow_id);
-            self.persistence.do_send(Release(message.flow_id));
-        } else {
-            warn!(flow_id = %message.flow_id, cause = ?message.cause, "flow actor stopped abnormally");
-            self.restart(message.flow_id, message.cause, ctx);
+        match message.cause {
+            StopCause::Finished => {
+                self.restarts.remove(&message.flow_id);
+                self.store_retries.remove(&message.flow_id);
+                self.persistence.do_send(Release(message.flow_id));
+            }
+            // Its successor is live (or being restarted) under the fence already set for it.
+            StopCause::Replaced => {}
+            cause => {
+                warn!(flow_id = %message.flow_id, ?cause, "flow actor stopped abnormally");
+                self.restart(message.flow_id, cause, ctx);
+            }
         }
     }
 }
