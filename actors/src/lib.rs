@@ -8,6 +8,7 @@
 //!   [`handler_pool`]: the threads handlers run on.
 //! - [`events`]: flow events and their fan-out to subscribers.
 //! - [`store`]: the storage contract; [`memory_store`]: an in-memory store for tests.
+//! - [`task`]: external tasks that remote workers lease from queues.
 //! - [`error`]: the runtime's errors; [`faults`]: test-only fault injection.
 //! - Actors, one folder each with its messages: [`supervisor`], [`flow`], [`registry`],
 //!   [`persistence`], [`health`].
@@ -30,6 +31,7 @@ pub mod registry;
 pub mod runtime;
 pub mod store;
 pub mod supervisor;
+pub mod task;
 
 pub use runtime::{Runtime, RuntimeConfig};
 pub mod metrics;

@@ -9,6 +9,7 @@ use crate::definition::FlowType;
 use crate::events::FlowEvent;
 use crate::ids::{FlowId, Tenant};
 use crate::model::{FailureRecord, FlowState, FlowStatus, PhaseState};
+use crate::task::{TaskId, TaskRecord};
 
 /// Storage failures, split by what the caller can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,8 @@ pub enum Write {
     Transition(TransitionWrite),
     /// Stores a flow type version; an existing (name, version) is left as it is.
     FlowType(FlowType),
+    /// Inserts an external task, or updates its status, lease and result (by id).
+    Task(Box<TaskRecord>),
 }
 
 /// Filter and page of a flow listing; newest first.
@@ -121,6 +124,26 @@ pub trait FlowStore: Send + Sync + 'static {
         after: u64,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>>;
+
+    /// Events of every flow in the tree rooted at `master_flow_id` (the master included) with
+    /// `id > after`, in `id` order: the master's stream shows its children's progress.
+    fn tree_events(
+        &self,
+        master_flow_id: FlowId,
+        after: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>>;
+
+    /// One external task.
+    fn load_task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>, StoreError>>;
+
+    /// The task of one attempt of one phase, if it was ever queued.
+    fn find_task<'a>(
+        &'a self,
+        flow_id: FlowId,
+        phase: &'a str,
+        attempt: u32,
+    ) -> BoxFuture<'a, Result<Option<TaskRecord>, StoreError>>;
 
     /// A tenant's events with `id > after`, in `id` order.
     fn tenant_events<'a>(

@@ -104,7 +104,7 @@ impl PersistenceActor {
                                 act.stats.largest_batch.max(writes.len() as u64);
                             let events = writes.into_iter().flat_map(|write| match write {
                                 Write::Transition(t) => t.events,
-                                Write::FlowType(_) => Vec::new(),
+                                Write::FlowType(_) | Write::Task(_) => Vec::new(),
                             });
                             let events: Vec<_> = events.collect();
                             act.stats.events += events.len() as u64;
