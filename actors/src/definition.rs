@@ -45,6 +45,18 @@ pub struct PhaseDefinition {
     /// The phase that follows, when not the next in order; handlers may still override it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_phase: Option<String>,
+    /// A handler (any kind) that runs the attempt instead when the primary is unavailable: no
+    /// worker on its queue, its program missing, its target refusing connections. The flow
+    /// degrades instead of stalling; the switch is journaled and sent as a `phase_fallback` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// The fallback's params; the phase's own `params` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub fallback_params: Option<Value>,
+    /// An `external` phase whose queue no worker polled for this long counts as unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_after_s: Option<u64>,
 }
 
 impl PhaseDefinition {
@@ -61,6 +73,9 @@ impl PhaseDefinition {
             retry_backoff_ms: None,
             weight: 1,
             next_phase: None,
+            fallback: None,
+            fallback_params: None,
+            fallback_after_s: None,
         }
     }
 }
@@ -141,6 +156,40 @@ impl FlowType {
                     "must be at least 1",
                 ));
             }
+            validate_kind(i, &phase.handler, &phase.params, "params")?;
+            if let Some(fallback) = &phase.fallback {
+                if !is_known_handler(fallback) {
+                    return Err(DefinitionError::new(
+                        format!("phases[{i}].fallback"),
+                        format!("unknown handler `{fallback}`"),
+                    ));
+                }
+                let params = phase.fallback_params.as_ref().unwrap_or(&phase.params);
+                if !params.is_object() {
+                    return Err(DefinitionError::new(
+                        format!("phases[{i}].fallback_params"),
+                        "must be an object",
+                    ));
+                }
+                let field = if phase.fallback_params.is_some() {
+                    "fallback_params"
+                } else {
+                    "params"
+                };
+                validate_kind(i, fallback, params, field)?;
+            }
+            if phase.fallback_after_s == Some(0) {
+                return Err(DefinitionError::new(
+                    format!("phases[{i}].fallback_after_s"),
+                    "must be at least 1",
+                ));
+            }
+            if phase.fallback_after_s.is_some() && phase.fallback.is_none() {
+                return Err(DefinitionError::new(
+                    format!("phases[{i}].fallback_after_s"),
+                    "only means something with a `fallback` handler",
+                ));
+            }
         }
         for (i, phase) in self.phases.iter().enumerate() {
             if let Some(next) = &phase.next_phase
@@ -178,6 +227,68 @@ impl FlowType {
     /// Sum of the phase weights; the denominator of `progress_percentage`.
     pub fn total_weight(&self) -> u64 {
         self.phases.iter().map(|p| u64::from(p.weight)).sum()
+    }
+}
+
+/// The params the runtime's own kinds cannot run without, checked up front so that a flow
+/// never fails for a typo in its definition.
+fn validate_kind(
+    index: usize,
+    handler: &str,
+    params: &Value,
+    field: &str,
+) -> Result<(), DefinitionError> {
+    let at = |key: &str| format!("phases[{index}].{field}.{key}");
+    match handler {
+        "external" => match params.get("queue").and_then(Value::as_str) {
+            Some(queue) if is_valid_name(queue) => Ok(()),
+            _ => Err(DefinitionError::new(
+                at("queue"),
+                "an `external` phase needs a queue name (letters, digits, `_`, `-`, `.`)",
+            )),
+        },
+        "child_flows" => {
+            if !params
+                .get("flow_type")
+                .and_then(Value::as_str)
+                .is_some_and(is_valid_name)
+            {
+                return Err(DefinitionError::new(
+                    at("flow_type"),
+                    "a `child_flows` phase names the flow type of its children",
+                ));
+            }
+            let sources = ["inputs", "inputs_from", "count"]
+                .iter()
+                .filter(|key| params.get(**key).is_some())
+                .count();
+            if sources != 1 {
+                return Err(DefinitionError::new(
+                    at("inputs"),
+                    "give exactly one of `inputs` (an array), `inputs_from` (a phase name) or `count`",
+                ));
+            }
+            if params.get("inputs").is_some_and(|v| !v.is_array()) {
+                return Err(DefinitionError::new(at("inputs"), "must be an array"));
+            }
+            if params.get("inputs_from").is_some_and(|v| !v.is_string()) {
+                return Err(DefinitionError::new(
+                    at("inputs_from"),
+                    "must name an earlier phase",
+                ));
+            }
+            if params.get("count").is_some_and(|v| v.as_u64().is_none()) {
+                return Err(DefinitionError::new(
+                    at("count"),
+                    "must be a non-negative integer",
+                ));
+            }
+            match params.get("policy").map(Value::as_str) {
+                None | Some(Some("all" | "any")) => Ok(()),
+                Some(_) => Err(DefinitionError::new(at("policy"), "must be `all` or `any`")),
+            }
+        }
+        _ => Ok(()),
     }
 }
 
@@ -245,6 +356,61 @@ mod tests {
                 .unwrap_err()
                 .field,
             "phases"
+        );
+    }
+
+    #[test]
+    fn the_runtime_kinds_and_fallbacks_are_checked_up_front() {
+        let known = |h: &str| matches!(h, "noop" | "external" | "child_flows");
+        let with = |handler: &str, params: Value| {
+            flow_type(vec![PhaseDefinition {
+                params,
+                ..phase("p", handler)
+            }])
+        };
+        let field = |t: FlowType| t.validate(known).unwrap_err().field;
+        assert_eq!(
+            field(with("external", serde_json::json!({}))),
+            "phases[0].params.queue"
+        );
+        assert!(
+            with("external", serde_json::json!({ "queue": "q" }))
+                .validate(known)
+                .is_ok()
+        );
+        assert_eq!(
+            field(with("child_flows", serde_json::json!({ "count": 2 }))),
+            "phases[0].params.flow_type"
+        );
+        assert_eq!(
+            field(with("child_flows", serde_json::json!({ "flow_type": "c" }))),
+            "phases[0].params.inputs"
+        );
+        assert_eq!(
+            field(with(
+                "child_flows",
+                serde_json::json!({ "flow_type": "c", "count": 2, "policy": "most" })
+            )),
+            "phases[0].params.policy"
+        );
+        let mut fallback = phase("p", "noop");
+        fallback.fallback = Some("nope".into());
+        assert_eq!(
+            field(flow_type(vec![fallback.clone()])),
+            "phases[0].fallback"
+        );
+        fallback.fallback = Some("external".into());
+        assert_eq!(
+            field(flow_type(vec![fallback.clone()])),
+            "phases[0].params.queue"
+        );
+        fallback.fallback_params = Some(serde_json::json!({ "queue": "q" }));
+        assert!(flow_type(vec![fallback]).validate(known).is_ok());
+        let mut orphan_delay = phase("p", "noop");
+        orphan_delay.fallback_after_s = Some(5);
+        assert_eq!(
+            field(flow_type(vec![orphan_delay])),
+            "phases[0].fallback_after_s"
         );
     }
 

@@ -25,6 +25,10 @@ pub enum EventKind {
     FlowFailed,
     FlowCancelled,
     FlowRetried,
+    /// A running phase reports partial progress (a fan-out phase, as its children advance).
+    PhaseProgress,
+    /// A phase's primary handler was unavailable; its fallback runs the attempt.
+    PhaseFallback,
 }
 
 impl EventKind {
@@ -42,6 +46,8 @@ impl EventKind {
             Self::FlowFailed => "flow_failed",
             Self::FlowCancelled => "flow_cancelled",
             Self::FlowRetried => "flow_retried",
+            Self::PhaseProgress => "phase_progress",
+            Self::PhaseFallback => "phase_fallback",
         }
     }
 
@@ -51,7 +57,7 @@ impl EventKind {
     }
 }
 
-const ALL_KINDS: [EventKind; 11] = [
+const ALL_KINDS: [EventKind; 13] = [
     EventKind::FlowInitialized,
     EventKind::FlowStarted,
     EventKind::PhaseStarted,
@@ -63,6 +69,8 @@ const ALL_KINDS: [EventKind; 11] = [
     EventKind::FlowFailed,
     EventKind::FlowCancelled,
     EventKind::FlowRetried,
+    EventKind::PhaseProgress,
+    EventKind::PhaseFallback,
 ];
 
 /// One committed transition of one flow. `seq` is gap-free per flow; `id` rises across all flows.

@@ -36,6 +36,59 @@ pub struct PhaseContext {
     pub cancellation: CancellationToken,
     /// Long-running handlers call `beat()` so the runtime can tell slow from stuck.
     pub heartbeat: Heartbeat,
+    /// Lets a long phase (a fan-out) move the flow's progress within the phase's weight.
+    pub progress: ProgressReporter,
+    /// Set when the phase has a fallback: how long a primary may wait for a taker (a worker on
+    /// its queue) before it gives up as `handler_unavailable` and the fallback runs instead.
+    pub unavailable_after: Option<std::time::Duration>,
+}
+
+impl PhaseContext {
+    /// The context as code outside the process sees it (`command` stdin, `http` body, an
+    /// `external` task). The field names are part of the handler contract.
+    pub fn to_wire(&self) -> Value {
+        serde_json::json!({
+            "flow_id": self.flow_id,
+            "master_flow_id": self.master_flow_id,
+            "parent_flow_id": self.parent_flow_id,
+            "client_account_id": self.tenant.client_account_id,
+            "engagement_id": self.tenant.engagement_id,
+            "flow_type": self.flow_type,
+            "phase": self.phase,
+            "params": self.params,
+            "input": *self.input,
+            "outputs": self.outputs,
+            "attempt": self.attempt,
+            "idempotency_key": self.idempotency_key,
+        })
+    }
+}
+
+/// Reports a running phase's completed fraction (0.0–1.0) to its flow. Reports are advisory:
+/// the flow keeps the highest one and ignores those of attempts that are no longer current.
+#[derive(Clone, Default)]
+pub struct ProgressReporter(Option<Arc<dyn Fn(f64) + Send + Sync>>);
+
+impl ProgressReporter {
+    /// A reporter that calls `sink` with every fraction.
+    pub fn new(sink: impl Fn(f64) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(sink)))
+    }
+
+    /// Tells the flow that `fraction` of the phase is done.
+    pub fn report(&self, fraction: f64) {
+        if let Some(sink) = &self.0
+            && fraction.is_finite()
+        {
+            sink(fraction.clamp(0.0, 1.0));
+        }
+    }
+}
+
+impl std::fmt::Debug for ProgressReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressReporter")
+    }
 }
 
 /// The last sign of life of a running attempt, in unix milliseconds.

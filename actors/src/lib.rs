@@ -5,18 +5,21 @@
 //! - [`model`]: flow and phase state, as stored and served.
 //! - [`machine`]: the pure state machine of a flow's lifecycle.
 //! - [`handler`]: the phase handler trait; [`builtin`]: `noop`, `sleep`, `fail`;
+//!   [`external`] and [`child_flows`]: the kinds that need the runtime itself;
 //!   [`handler_pool`]: the threads handlers run on.
 //! - [`events`]: flow events and their fan-out to subscribers.
 //! - [`store`]: the storage contract; [`memory_store`]: an in-memory store for tests.
 //! - [`task`]: external tasks that remote workers lease from queues.
 //! - [`error`]: the runtime's errors; [`faults`]: test-only fault injection.
 //! - Actors, one folder each with its messages: [`supervisor`], [`flow`], [`registry`],
-//!   [`persistence`], [`health`].
+//!   [`persistence`], [`health`], [`queue`] (external tasks).
 //! - [`runtime`]: the handle that starts the actors and that callers hold.
 pub mod builtin;
+pub mod child_flows;
 pub mod definition;
 pub mod error;
 pub mod events;
+pub mod external;
 pub mod faults;
 pub mod flow;
 pub mod handler;
@@ -27,6 +30,7 @@ pub mod machine;
 pub mod memory_store;
 pub mod model;
 pub mod persistence;
+pub mod queue;
 pub mod registry;
 pub mod runtime;
 pub mod store;

@@ -28,6 +28,8 @@ pub enum Effect {
     None,
     /// Run `attempt` of `phase`.
     RunPhase { phase: String, attempt: u32 },
+    /// Run `attempt` of `phase` with its fallback handler: the primary was unavailable.
+    RunFallback { phase: String, attempt: u32 },
     /// Start the next attempt of `phase` after `delay`.
     RetryAfter { phase: String, delay: Duration },
     /// The flow is terminal; its actor stops.
@@ -265,6 +267,78 @@ pub fn phase_failed(
         flow.status = FlowStatus::Failed;
         step.emit(flow, EventKind::FlowFailed, Some(message), now);
         step.effect = Effect::Stop;
+    }
+    Ok(step)
+}
+
+/// A running attempt reports that `fraction` of its phase is done: progress moves within the
+/// phase's weight, never backwards. Reports that change nothing write nothing.
+pub fn phase_progress(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    phase: &str,
+    attempt: u32,
+    fraction: f64,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
+    check_current_attempt(flow, phase, attempt)?;
+    let mut step = Step::new();
+    let total = definition.total_weight();
+    let weight = definition.phase(phase).map_or(0, |p| u64::from(p.weight));
+    if total == 0 || weight == 0 {
+        return Ok(step);
+    }
+    let done = done_weight(flow, definition) as f64 + weight as f64 * fraction.clamp(0.0, 1.0);
+    // Only a finished flow shows 100.
+    let percentage = (((done / total as f64) * 10_000.0).round() / 100.0).min(99.99);
+    if percentage > flow.progress_percentage {
+        flow.progress_percentage = percentage;
+        step.emit(flow, EventKind::PhaseProgress, None, now);
+    }
+    Ok(step)
+}
+
+/// The primary handler of `phase` is unavailable and the phase names a `fallback`: the same
+/// attempt runs again with the fallback. The switch is journaled (with the primary's error) and
+/// sent as a `phase_fallback` event; without a fallback, this is an ordinary failure.
+pub fn phase_fallback(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    phase: &str,
+    attempt: u32,
+    error: HandlerError,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
+    let Some(fallback) = definition.phase(phase).and_then(|p| p.fallback.clone()) else {
+        return phase_failed(flow, definition, phase, attempt, error, now);
+    };
+    check_current_attempt(flow, phase, attempt)?;
+    let mut step = Step::new();
+    let primary = definition.phase(phase).map_or("", |p| p.handler.as_str());
+    let message = format!("{primary} unavailable, falling back to {fallback}: {error}");
+    step.failure = Some(FailureRecord {
+        id: 0,
+        flow_id: flow.id,
+        master_flow_id: flow.master_flow_id,
+        phase: Some(phase.to_owned()),
+        attempt,
+        error_kind: error.kind.clone(),
+        message: error.message.clone(),
+        diagnostic: json!({
+            "retryable": error.retryable,
+            "will_retry": false,
+            "fallback": fallback,
+            "primary": primary,
+            "detail": error.diagnostic,
+        }),
+        at: now,
+    });
+    step.emit(flow, EventKind::PhaseFallback, Some(message), now);
+    if flow.status == FlowStatus::Running {
+        step.effect = Effect::RunFallback {
+            phase: phase.to_owned(),
+            attempt,
+        };
     }
     Ok(step)
 }
@@ -525,18 +599,21 @@ fn begin_attempt(
     };
 }
 
+fn done_weight(flow: &FlowState, definition: &FlowType) -> u64 {
+    flow.phases
+        .iter()
+        .filter(|p| p.status.is_done())
+        .filter_map(|p| definition.phase(&p.name))
+        .map(|p| u64::from(p.weight))
+        .sum()
+}
+
 fn update_progress(flow: &mut FlowState, definition: &FlowType) {
     let total = definition.total_weight();
     if total == 0 {
         return;
     }
-    let done: u64 = flow
-        .phases
-        .iter()
-        .filter(|p| p.status.is_done())
-        .filter_map(|p| definition.phase(&p.name))
-        .map(|p| u64::from(p.weight))
-        .sum();
+    let done = done_weight(flow, definition);
     let percentage = ((done as f64 / total as f64) * 10_000.0).round() / 100.0;
     flow.progress_percentage = flow.progress_percentage.max(percentage);
 }

@@ -11,6 +11,7 @@ use crate::events::FlowEvent;
 use crate::ids::{FlowId, Tenant};
 use crate::model::{FailureRecord, FlowState, FlowStatus};
 use crate::store::{FlowQuery, FlowStore, StoreError, Write};
+use crate::task::{TaskId, TaskRecord};
 
 #[derive(Default, Clone)]
 struct Tables {
@@ -19,6 +20,7 @@ struct Tables {
     events: BTreeMap<i64, FlowEvent>,
     failures: Vec<FailureRecord>,
     idempotency: HashMap<(Tenant, String), FlowId>,
+    tasks: BTreeMap<TaskId, TaskRecord>,
 }
 
 /// Keeps everything in a mutex-guarded map; commits by copy-on-write so a failed batch leaves no trace.
@@ -48,6 +50,21 @@ impl MemoryStore {
                         .flow_types
                         .entry((definition.name.clone(), definition.version))
                         .or_insert_with(|| definition.clone());
+                }
+                Write::Task(task) => {
+                    let taken = tables.tasks.values().any(|other| {
+                        other.id != task.id
+                            && other.flow_id == task.flow_id
+                            && other.phase == task.phase
+                            && other.attempt == task.attempt
+                    });
+                    if taken {
+                        return Err(StoreError::Conflict(format!(
+                            "a task for {} {} attempt {} exists",
+                            task.flow_id, task.phase, task.attempt
+                        )));
+                    }
+                    tables.tasks.insert(task.id, (**task).clone());
                 }
                 Write::Transition(t) => {
                     if let Some(created) = &t.create {
@@ -190,6 +207,46 @@ impl FlowStore for MemoryStore {
         events.sort_by_key(|e| e.seq);
         events.truncate(limit as usize);
         async move { Ok(events) }.boxed()
+    }
+
+    fn tree_events(
+        &self,
+        master_flow_id: FlowId,
+        after: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
+        let events = self
+            .tables
+            .lock()
+            .events
+            .range(after + 1..)
+            .map(|(_, event)| event)
+            .filter(|event| event.master_flow_id == master_flow_id)
+            .take(limit as usize)
+            .cloned()
+            .collect();
+        async move { Ok(events) }.boxed()
+    }
+
+    fn load_task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>, StoreError>> {
+        let task = self.tables.lock().tasks.get(&id).cloned();
+        async move { Ok(task) }.boxed()
+    }
+
+    fn find_task<'a>(
+        &'a self,
+        flow_id: FlowId,
+        phase: &'a str,
+        attempt: u32,
+    ) -> BoxFuture<'a, Result<Option<TaskRecord>, StoreError>> {
+        let task = self
+            .tables
+            .lock()
+            .tasks
+            .values()
+            .find(|t| t.flow_id == flow_id && t.phase == phase && t.attempt == attempt)
+            .cloned();
+        async move { Ok(task) }.boxed()
     }
 
     fn tenant_events<'a>(

@@ -7,9 +7,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::broadcast;
 
+use crate::child_flows::ChildFlowsHandler;
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
 use crate::events::{CommittedEvent, EventFanout, FlowEvent};
+use crate::external::ExternalHandler;
 use crate::faults::FaultPlan;
 use crate::flow::ControlCommand;
 use crate::handler::HandlerSet;
@@ -19,12 +21,14 @@ use crate::ids::{FlowId, Tenant};
 use crate::metrics::{Gauges, RuntimeMetrics};
 use crate::model::{FailureRecord, FlowState, NewFlow};
 use crate::persistence::{GetStats, PersistenceActor, PersistenceStats};
+use crate::queue::{Lease, Poll, QueueActor, QueueError, Report, ReportTask};
 use crate::registry::{GetFlowType, ListFlowTypes, RegisterFlowType, Registry};
 use crate::store::{FlowQuery, FlowStore};
 use crate::supervisor::{
     ControlFlow, CreateFlow, CreatedFlow, LiveFlows, RecoverFlows, RestartIntensity, Supervisor,
     SupervisorParts,
 };
+use crate::task::{TaskId, TaskRecord};
 
 /// Tuning of the runtime; the application fills it from its configuration.
 #[derive(Clone, Debug)]
@@ -72,6 +76,7 @@ pub struct Runtime {
     registry: Addr<Registry>,
     persistence: Addr<PersistenceActor>,
     health: Addr<HealthActor>,
+    queue: Addr<QueueActor>,
     store: Arc<dyn FlowStore>,
     fanout: EventFanout,
     handlers: Arc<HandlerSet>,
@@ -88,7 +93,6 @@ impl Runtime {
         handlers: HandlerSet,
         flow_types: Vec<FlowType>,
     ) -> Result<Self, RuntimeError> {
-        let handlers = Arc::new(handlers);
         let metrics = Arc::new(RuntimeMetrics::default());
         let faults = Arc::new(FaultPlan::default());
         let fanout = EventFanout::new(config.event_buffer);
@@ -102,29 +106,48 @@ impl Runtime {
                 PersistenceActor::new(store, fanout, last_event_id, max_batch, metrics)
             })
         };
+        let queue = QueueActor::new(store.clone(), persistence.clone()).start();
         let stored = store.load_flow_types().await?;
-        let registry = Registry::new(stored, handlers.clone(), persistence.clone()).start();
-        for definition in flow_types {
-            registry.send(RegisterFlowType(definition)).await??;
-        }
         let arbiters = (0..config.flow_arbiters.max(1))
             .map(|_| Arbiter::new().handle())
             .collect();
         let handler_pool = HandlerPool::new(config.handler_threads)
             .map_err(|e| RuntimeError::Unavailable(format!("handler threads: {e}")))?;
-        let supervisor = Supervisor::new(SupervisorParts {
-            arbiters,
-            handlers: handlers.clone(),
-            persistence: persistence.clone(),
-            registry: registry.clone(),
-            store: store.clone(),
-            default_timeout: config.default_phase_timeout,
-            intensity: config.restart_intensity,
-            handler_pool: handler_pool.clone(),
-            metrics: metrics.clone(),
-            faults: faults.clone(),
-        })
-        .start();
+        let mut handlers = handlers;
+        let mut registry = None;
+        // The `child_flows` kind creates flows through the supervisor it runs under, so the
+        // handler set is completed with the supervisor's address before the supervisor starts.
+        let supervisor = Supervisor::create(|ctx| {
+            handlers.register(
+                "child_flows",
+                ChildFlowsHandler::new(ctx.address(), store.clone(), fanout.clone()),
+            );
+            handlers.register(
+                "external",
+                ExternalHandler::new(queue.clone(), store.clone()),
+            );
+            let handlers = Arc::new(handlers);
+            let started = Registry::new(stored, handlers.clone(), persistence.clone()).start();
+            registry = Some((started.clone(), handlers.clone()));
+            Supervisor::new(SupervisorParts {
+                arbiters,
+                handlers,
+                persistence: persistence.clone(),
+                registry: started,
+                store: store.clone(),
+                default_timeout: config.default_phase_timeout,
+                intensity: config.restart_intensity,
+                handler_pool: handler_pool.clone(),
+                metrics: metrics.clone(),
+                faults: faults.clone(),
+            })
+        });
+        let Some((registry, handlers)) = registry else {
+            return Err(RuntimeError::Unavailable("supervisor did not start".into()));
+        };
+        for definition in flow_types {
+            registry.send(RegisterFlowType(definition)).await??;
+        }
         supervisor.send(RecoverFlows).await??;
         let health = HealthActor::new(
             supervisor.clone(),
@@ -139,6 +162,7 @@ impl Runtime {
             registry,
             persistence,
             health,
+            queue,
             store,
             fanout,
             handlers,
@@ -230,6 +254,46 @@ impl Runtime {
     /// The latest version of every flow type.
     pub async fn flow_types(&self) -> Result<Vec<Arc<FlowType>>, RuntimeError> {
         Ok(self.registry.send(ListFlowTypes).await?)
+    }
+
+    /// Waits up to `wait` for a task on `queue` of `tenant` and leases it for `lease`.
+    pub async fn poll_task(
+        &self,
+        tenant: Tenant,
+        queue: String,
+        worker_id: Option<String>,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Option<Lease>, QueueError> {
+        self.queue
+            .send(Poll {
+                tenant,
+                queue,
+                worker_id,
+                wait,
+                lease,
+            })
+            .await
+            .map_err(|e| QueueError::Unavailable(e.to_string()))?
+    }
+
+    /// A worker's heartbeat, completion or failure of the task it leased.
+    pub async fn report_task(
+        &self,
+        tenant: Tenant,
+        task_id: TaskId,
+        lease_id: uuid::Uuid,
+        report: Report,
+    ) -> Result<TaskRecord, QueueError> {
+        self.queue
+            .send(ReportTask {
+                tenant,
+                task_id,
+                lease_id,
+                report,
+            })
+            .await
+            .map_err(|e| QueueError::Unavailable(e.to_string()))?
     }
 
     /// Every event committed from now on (filter by tenant yourself).

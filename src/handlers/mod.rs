@@ -8,7 +8,6 @@ mod command;
 mod http;
 
 use flowd_actors::handler::{HandlerError, HandlerSet, NextPhase, PhaseContext, PhaseOutput};
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 /// Adds `command` and `http` to `set`: called by `Application::build`, so every flowd server
@@ -25,40 +24,9 @@ pub(crate) const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
 /// How much of a bad reply goes into the diagnostic: enough to see what went wrong.
 const EXCERPT_BYTES: usize = 2048;
 
-/// The phase context as external code sees it. Field names are part of the handler contract.
-#[derive(Serialize)]
-struct WireContext<'a> {
-    flow_id: String,
-    master_flow_id: String,
-    parent_flow_id: Option<String>,
-    client_account_id: &'a str,
-    engagement_id: &'a str,
-    flow_type: &'a str,
-    phase: &'a str,
-    params: &'a Value,
-    input: &'a Value,
-    outputs: &'a Map<String, Value>,
-    attempt: u32,
-    idempotency_key: &'a str,
-}
-
 /// Serializes the context sent to a `command`'s stdin or an `http` target's request body.
 pub(crate) fn context_body(ctx: &PhaseContext) -> Result<Vec<u8>, HandlerError> {
-    let wire = WireContext {
-        flow_id: ctx.flow_id.to_string(),
-        master_flow_id: ctx.master_flow_id.to_string(),
-        parent_flow_id: ctx.parent_flow_id.map(|id| id.to_string()),
-        client_account_id: &ctx.tenant.client_account_id,
-        engagement_id: &ctx.tenant.engagement_id,
-        flow_type: &ctx.flow_type,
-        phase: &ctx.phase,
-        params: &ctx.params,
-        input: &ctx.input,
-        outputs: &ctx.outputs,
-        attempt: ctx.attempt,
-        idempotency_key: &ctx.idempotency_key,
-    };
-    serde_json::to_vec(&wire).map_err(|error| {
+    serde_json::to_vec(&ctx.to_wire()).map_err(|error| {
         HandlerError::fatal(
             "bad_context",
             format!("the phase context is not serializable: {error}"),

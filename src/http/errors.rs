@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpResponse, ResponseError};
 use flowd_actors::error::RuntimeError;
+use flowd_actors::queue::QueueError;
 use serde::Serialize;
 use serde_json::error::Category;
 
@@ -75,6 +76,23 @@ impl ApiError {
         )
     }
 
+    /// The request is valid but the resource's state refuses it (e.g. a stale lease).
+    pub fn conflict(slug: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, slug, "Conflict", detail)
+    }
+
+    /// The runtime cannot serve the request now; retrying later may work.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        tracing::error!(%detail, "request failed: runtime unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        )
+    }
+
     /// The problem's stable `type`, e.g. `/problems/not-found`.
     pub fn problem_type(&self) -> String {
         format!("/problems/{}", self.slug)
@@ -129,15 +147,18 @@ impl From<RuntimeError> for ApiError {
                 "Conflict",
                 detail,
             ),
-            RuntimeError::Unavailable(_) | RuntimeError::Fenced => {
-                tracing::error!(%detail, "request failed: runtime unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "Service unavailable",
-                    detail,
-                )
-            }
+            RuntimeError::Unavailable(_) | RuntimeError::Fenced => Self::unavailable(detail),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(error: QueueError) -> Self {
+        let detail = error.to_string();
+        match error {
+            QueueError::NotFound(_) => Self::not_found(detail),
+            QueueError::StaleLease { .. } => Self::conflict("stale-lease", detail),
+            QueueError::Unavailable(_) => Self::unavailable(detail),
         }
     }
 }

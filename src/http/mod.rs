@@ -7,6 +7,7 @@ pub mod flow_types;
 pub mod flows;
 pub mod openapi;
 pub mod ops;
+pub mod tasks;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -37,7 +38,11 @@ pub fn routes(config: &mut web::ServiceConfig, faults: bool) {
                 .route("/events/ws", web::get().to(crate::ws::tenant_stream))
                 .route("/flow-types", web::get().to(flow_types::list))
                 .route("/flow-types/{name}", web::get().to(flow_types::get))
-                .route("/flow-types/{name}", web::put().to(flow_types::put)),
+                .route("/flow-types/{name}", web::put().to(flow_types::put))
+                .route("/queues/{queue}/poll", web::post().to(tasks::poll))
+                .route("/tasks/{id}/heartbeat", web::post().to(tasks::heartbeat))
+                .route("/tasks/{id}/complete", web::post().to(tasks::complete))
+                .route("/tasks/{id}/fail", web::post().to(tasks::fail)),
         );
 }
 

@@ -9,8 +9,10 @@ use utoipa::OpenApi;
 use crate::http::errors::Problem;
 use crate::http::flow_types::{FlowTypeList, PutFlowTypeBody};
 use crate::http::flows::{CreateFlowBody, EventList, FailureList, FlowPage};
-use crate::http::{flow_types, flows, ops};
+use crate::http::tasks::{CompleteBody, FailBody, HeartbeatBody, PollBody, TaskLease, TaskState};
+use crate::http::{flow_types, flows, ops, tasks};
 use crate::ws;
+use flowd_actors::task::{TaskId, TaskStatus};
 
 /// Every route and schema of the v1 API.
 #[derive(OpenApi)]
@@ -19,12 +21,14 @@ use crate::ws;
     paths(
         flows::create, flows::list, flows::get, flows::pause, flows::resume, flows::cancel, flows::retry,
         flows::events, flows::failures, ws::flow_stream, ws::tenant_stream,
-        flow_types::list, flow_types::get, flow_types::put, ops::healthz, ops::readyz, ops::openapi, ops::metrics,
+        flow_types::list, flow_types::get, flow_types::put, tasks::poll, tasks::heartbeat,
+        tasks::complete, tasks::fail, ops::healthz, ops::readyz, ops::openapi, ops::metrics,
     ),
     components(schemas(
         FlowState, PhaseState, FlowStatus, PhaseStatus, FlowId, FlowEvent, EventKind, FailureRecord,
         FlowType, PhaseDefinition, CreateFlowBody, PutFlowTypeBody, FlowPage, EventList, FailureList,
-        FlowTypeList, Problem,
+        FlowTypeList, Problem, PollBody, TaskLease, HeartbeatBody, CompleteBody, FailBody, TaskState,
+        TaskId, TaskStatus,
     )),
     modifiers(&BearerAuth),
 )]

@@ -29,8 +29,14 @@ const PAGE: u32 = 500;
 
 /// Where a stream is and what it wants.
 enum Cursor {
-    /// One flow's events (and, through `master_flow_id`, its children's), by `seq`.
+    /// One child flow's events, by `seq`.
     Flow { flow_id: FlowId, last_seq: u64 },
+    /// A master flow's events and those of every flow under it, by event `id` (the client's
+    /// `after` is the master's `seq`, translated to the id of that event).
+    Tree {
+        master_flow_id: FlowId,
+        last_id: i64,
+    },
     /// A tenant's events, optionally of one flow type, by event `id`.
     Tenant {
         tenant: Tenant,
@@ -45,6 +51,10 @@ impl Cursor {
             Cursor::Flow { flow_id, last_seq } => {
                 event.flow_id == *flow_id && event.seq > *last_seq
             }
+            Cursor::Tree {
+                master_flow_id,
+                last_id,
+            } => event.master_flow_id == *master_flow_id && event.id > *last_id,
             Cursor::Tenant {
                 tenant,
                 flow_type,
@@ -61,7 +71,7 @@ impl Cursor {
     fn advance(&mut self, event: &FlowEvent) {
         match self {
             Cursor::Flow { last_seq, .. } => *last_seq = event.seq,
-            Cursor::Tenant { last_id, .. } => *last_id = event.id,
+            Cursor::Tree { last_id, .. } | Cursor::Tenant { last_id, .. } => *last_id = event.id,
         }
     }
 
@@ -69,6 +79,15 @@ impl Cursor {
         match self {
             Cursor::Flow { flow_id, last_seq } => {
                 runtime.store().flow_events(*flow_id, *last_seq, PAGE).await
+            }
+            Cursor::Tree {
+                master_flow_id,
+                last_id,
+            } => {
+                runtime
+                    .store()
+                    .tree_events(*master_flow_id, *last_id, PAGE)
+                    .await
             }
             Cursor::Tenant {
                 tenant, last_id, ..
@@ -88,7 +107,8 @@ pub struct StreamQuery {
     pub access_token: Option<String>,
 }
 
-/// `GET /v1/flows/{id}/ws?after=SEQ`.
+/// `GET /v1/flows/{id}/ws?after=SEQ`: a master flow's stream also carries the events of every
+/// flow under it (`master_flow_id` tells them apart), in commit order.
 #[utoipa::path(get, path = "/v1/flows/{id}/ws", tag = "streams", params(("id" = String, Path), StreamQuery),
     responses((status = 101, description = "websocket of FlowEvent JSON text frames, stored then live", body = FlowEvent), (status = 404, body = Problem)))]
 pub async fn flow_stream(
@@ -107,10 +127,29 @@ pub async fn flow_stream(
         ));
     }
     let after = cursor_value(query.after)?;
-    runtime.flow(&caller.tenant, flow_id).await?;
-    let cursor = Cursor::Flow {
-        flow_id,
-        last_seq: after as u64,
+    let flow = runtime.flow(&caller.tenant, flow_id).await?;
+    let cursor = if flow.master_flow_id == flow.id {
+        // Everything of the tree committed after the master's event `after`.
+        let store = runtime.store();
+        let unavailable = |e: StoreError| ApiError::unavailable(e.to_string());
+        let last_id = match after {
+            0 => 0,
+            seq => match store.flow_events(flow_id, (seq - 1) as u64, 1).await {
+                Ok(events) if !events.is_empty() => events[0].id,
+                // A cursor past the master's history: only what is committed from now on.
+                Ok(_) => store.max_event_id().await.map_err(unavailable)?,
+                Err(error) => return Err(unavailable(error)),
+            },
+        };
+        Cursor::Tree {
+            master_flow_id: flow_id,
+            last_id,
+        }
+    } else {
+        Cursor::Flow {
+            flow_id,
+            last_seq: after as u64,
+        }
     };
     let span = info_span!("flow_stream", flow_id = %flow_id);
     open(&request, body, runtime.into_inner(), cursor, span)

@@ -13,7 +13,18 @@ use crate::model::{FlowState, FlowStatus};
 pub struct PhaseFinished {
     pub phase: String,
     pub attempt: u32,
+    /// Whether the phase's fallback handler ran it (so an unavailable fallback is a failure).
+    pub fallback: bool,
     pub result: PhaseResult,
+}
+
+/// A running attempt reports how much of its phase is done (0.0–1.0).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PhaseProgress {
+    pub phase: String,
+    pub attempt: u32,
+    pub fraction: f64,
 }
 
 /// A lifecycle request from a user.

@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
 use crate::faults::FaultPlan;
-use crate::handler::{HandlerError, HandlerSet, Heartbeat, PhaseContext};
+use crate::handler::{HandlerError, HandlerSet, Heartbeat, PhaseContext, ProgressReporter};
 use crate::handler_pool::HandlerPool;
 use crate::machine::{self, Effect, Rejected, Step};
 use crate::metrics::RuntimeMetrics;
@@ -26,7 +26,7 @@ use crate::model::{FlowState, PhaseStatus, now};
 use crate::persistence::{Persist, PersistenceActor};
 use crate::store::{TransitionWrite, Write};
 use crate::supervisor::messages::{FlowStopped, StopCause};
-pub use messages::{Control, ControlCommand, PhaseFinished, Ping, Pong, StopFlow};
+pub use messages::{Control, ControlCommand, PhaseFinished, PhaseProgress, Ping, Pong, StopFlow};
 
 /// What every flow actor shares: handlers, the writer, and whom to tell when it stops.
 #[derive(Clone)]
@@ -56,6 +56,7 @@ pub enum StartMode {
 struct RunningAttempt {
     phase: String,
     attempt: u32,
+    fallback: bool,
     started: std::time::Instant,
     cancellation: CancellationToken,
     abort: tokio::task::AbortHandle,
@@ -63,8 +64,15 @@ struct RunningAttempt {
 }
 
 impl RunningAttempt {
+    /// Ends the attempt: the handler is told (its work is void) and its task aborted.
     fn stop(&self) {
         self.cancellation.cancel();
+        self.abort.abort();
+    }
+
+    /// Drops the attempt without ending it: the actor stops, and its next life runs the same
+    /// attempt again (e.g. re-attaches to the same external task).
+    fn abandon(&self) {
         self.abort.abort();
     }
 }
@@ -197,7 +205,8 @@ impl FlowActor {
     fn carry_out(&mut self, effect: Effect, ctx: &mut Context<Self>) {
         match effect {
             Effect::None => {}
-            Effect::RunPhase { phase, attempt } => self.run_attempt(phase, attempt, ctx),
+            Effect::RunPhase { phase, attempt } => self.run_attempt(phase, attempt, false, ctx),
+            Effect::RunFallback { phase, attempt } => self.run_attempt(phase, attempt, true, ctx),
             Effect::RetryAfter { phase, delay } => {
                 ctx.run_later(delay, move |act, ctx| {
                     match machine::retry_due(&mut act.flow, &act.definition, &phase, now()) {
@@ -216,8 +225,15 @@ impl FlowActor {
         }
     }
 
-    /// Starts an attempt as its own task; its result comes back as [`PhaseFinished`].
-    fn run_attempt(&mut self, phase: String, attempt: u32, ctx: &mut Context<Self>) {
+    /// Starts an attempt as its own task, with the phase's handler or its fallback; the result
+    /// comes back as [`PhaseFinished`].
+    fn run_attempt(
+        &mut self,
+        phase: String,
+        attempt: u32,
+        fallback: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let current = self
             .flow
             .current()
@@ -232,21 +248,44 @@ impl FlowActor {
         let Some(definition) = self.definition.phase(&phase) else {
             return;
         };
-        let span = info_span!("phase", flow_id = %self.flow.id, phase = %phase, attempt);
-        let Some(handler) = self.env.handlers.get(&definition.handler) else {
+        let span = info_span!("phase", flow_id = %self.flow.id, phase = %phase, attempt, fallback);
+        let (handler_name, params) = match (&definition.fallback, fallback) {
+            (Some(name), true) => (
+                name.as_str(),
+                definition
+                    .fallback_params
+                    .clone()
+                    .unwrap_or_else(|| definition.params.clone()),
+            ),
+            _ => (definition.handler.as_str(), definition.params.clone()),
+        };
+        let Some(handler) = self.env.handlers.get(handler_name) else {
             let error = HandlerError::fatal(
                 "handler_missing",
-                format!(
-                    "no handler `{}` is registered in this runtime",
-                    definition.handler
-                ),
+                format!("no handler `{handler_name}` is registered in this runtime"),
             );
             ctx.notify(PhaseFinished {
                 phase,
                 attempt,
+                fallback,
                 result: Err(error),
             });
             return;
+        };
+        let progress = {
+            let flow = ctx.address();
+            let phase = phase.clone();
+            ProgressReporter::new(move |fraction| {
+                flow.do_send(PhaseProgress {
+                    phase: phase.clone(),
+                    attempt,
+                    fraction,
+                })
+            })
+        };
+        let unavailable_after = match (&definition.fallback, fallback) {
+            (Some(_), false) => definition.fallback_after_s.map(Duration::from_secs),
+            _ => None,
         };
         let cancellation = CancellationToken::new();
         let heartbeat = Heartbeat::default();
@@ -258,13 +297,15 @@ impl FlowActor {
             tenant: self.flow.tenant(),
             flow_type: self.flow.flow_type.clone(),
             phase: phase.clone(),
-            params: definition.params.clone(),
+            params,
             input: self.flow.input.clone(),
             outputs: self.outputs(),
             attempt,
             idempotency_key: format!("{}:{}:{}", self.flow.id, phase, attempt),
             cancellation: cancellation.clone(),
             heartbeat: heartbeat.clone(),
+            progress,
+            unavailable_after,
         };
         let timeout = definition
             .timeout_s
@@ -300,6 +341,7 @@ impl FlowActor {
                 flow.do_send(PhaseFinished {
                     phase: reported_phase,
                     attempt,
+                    fallback,
                     result,
                 });
             }
@@ -308,6 +350,7 @@ impl FlowActor {
         self.in_flight = Some(RunningAttempt {
             phase,
             attempt,
+            fallback,
             started: std::time::Instant::now(),
             cancellation,
             abort,
@@ -340,6 +383,7 @@ impl FlowActor {
         ctx.notify(PhaseFinished {
             phase: stuck.phase,
             attempt: stuck.attempt,
+            fallback: stuck.fallback,
             result: Err(HandlerError::retryable(
                 "heartbeat_timeout",
                 format!(
@@ -366,6 +410,15 @@ impl FlowActor {
             .filter_map(|p| Some((p.name.clone(), p.output.clone()?)))
             .collect()
     }
+}
+
+/// Errors that mean "nobody could run this", as opposed to "it ran and failed": only these
+/// switch a phase to its fallback.
+fn is_unavailable(error: &HandlerError) -> bool {
+    matches!(
+        error.kind.as_str(),
+        "handler_unavailable" | "handler_missing"
+    )
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
@@ -396,7 +449,11 @@ impl Actor for FlowActor {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         if let Some(attempt) = self.in_flight.take() {
-            attempt.stop();
+            if self.flow.status.is_terminal() {
+                attempt.stop();
+            } else {
+                attempt.abandon();
+            }
         }
         self.env.stopped.do_send(FlowStopped {
             flow_id: self.flow.id,
@@ -413,6 +470,7 @@ impl Handler<PhaseFinished> for FlowActor {
         let PhaseFinished {
             phase,
             attempt,
+            fallback,
             result,
         } = message;
         if self
@@ -436,6 +494,17 @@ impl Handler<PhaseFinished> for FlowActor {
                 output,
                 now,
             ),
+            Err(error) if !fallback && is_unavailable(&error) => {
+                warn!(flow_id = %self.flow.id, %phase, attempt, kind = %error.kind, message = %error.message, "phase handler unavailable");
+                machine::phase_fallback(
+                    &mut self.flow,
+                    &self.definition,
+                    &phase,
+                    attempt,
+                    error,
+                    now,
+                )
+            }
             Err(error) => {
                 warn!(flow_id = %self.flow.id, %phase, attempt, kind = %error.kind, message = %error.message, "phase attempt failed");
                 machine::phase_failed(
@@ -451,6 +520,25 @@ impl Handler<PhaseFinished> for FlowActor {
         match step {
             Ok(step) => self.apply(step, None, ctx),
             Err(rejected) => debug!(flow_id = %self.flow.id, %rejected, "late result ignored"),
+        }
+    }
+}
+
+impl Handler<PhaseProgress> for FlowActor {
+    type Result = ();
+
+    fn handle(&mut self, message: PhaseProgress, ctx: &mut Self::Context) {
+        let step = machine::phase_progress(
+            &mut self.flow,
+            &self.definition,
+            &message.phase,
+            message.attempt,
+            message.fraction,
+            now(),
+        );
+        match step {
+            Ok(step) => self.apply(step, None, ctx),
+            Err(rejected) => debug!(flow_id = %self.flow.id, %rejected, "late progress ignored"),
         }
     }
 }

@@ -362,3 +362,63 @@ fn abort_fails_the_flow_with_a_journal_row() {
     assert_eq!(flow.phases[0].status, PhaseStatus::Failed);
     assert!(abort(&mut flow, "x", "y", now()).is_err());
 }
+
+#[test]
+fn progress_moves_within_the_running_phase_and_never_back() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    phase_succeeded(&mut flow, &def, "a", 1, ok(json!(1)), now()).unwrap();
+    assert_eq!(flow.progress_percentage, 25.0);
+    // `b` weighs 2 of 4: half of it done is another 25 points.
+    let step = phase_progress(&mut flow, &def, "b", 1, 0.5, now()).unwrap();
+    assert_eq!(flow.progress_percentage, 50.0);
+    assert_eq!(step.events.len(), 1);
+    assert_eq!(step.events[0].kind, EventKind::PhaseProgress);
+    assert!(step.touched.is_empty() && step.effect == Effect::None);
+    let back = phase_progress(&mut flow, &def, "b", 1, 0.2, now()).unwrap();
+    assert!(back.is_empty(), "a lower report changes nothing");
+    assert_eq!(flow.progress_percentage, 50.0);
+    phase_progress(&mut flow, &def, "b", 1, 1.0, now()).unwrap();
+    assert_eq!(flow.progress_percentage, 75.0);
+    assert!(matches!(
+        phase_progress(&mut flow, &def, "b", 2, 1.0, now()),
+        Err(Rejected::Stale { .. })
+    ));
+}
+
+#[test]
+fn an_unavailable_primary_switches_to_the_fallback_in_the_same_attempt() {
+    let mut def = definition();
+    def.phases[0].fallback = Some("sleep".into());
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let error = HandlerError::retryable("handler_unavailable", "nobody home");
+    let step = phase_fallback(&mut flow, &def, "a", 1, error, now()).unwrap();
+    assert_eq!(step.events[0].kind, EventKind::PhaseFallback);
+    let failure = step.failure.as_ref().expect("the switch is journaled");
+    assert_eq!(failure.error_kind, "handler_unavailable");
+    assert_eq!(failure.diagnostic["fallback"], "sleep");
+    assert_eq!(
+        step.effect,
+        Effect::RunFallback {
+            phase: "a".into(),
+            attempt: 1
+        }
+    );
+    assert_eq!(flow.phases[0].status, PhaseStatus::Running);
+    // The fallback's result completes the same attempt.
+    phase_succeeded(&mut flow, &def, "a", 1, ok(json!("fallback")), now()).unwrap();
+    assert_eq!(flow.phases[0].status, PhaseStatus::Succeeded);
+}
+
+#[test]
+fn without_a_fallback_an_unavailable_primary_is_a_failure() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let error = HandlerError::retryable("handler_unavailable", "nobody home");
+    let step = phase_fallback(&mut flow, &def, "a", 1, error, now()).unwrap();
+    assert_eq!(step.effect, Effect::Stop);
+    assert_eq!(flow.status, FlowStatus::Failed);
+}

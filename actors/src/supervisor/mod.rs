@@ -25,7 +25,7 @@ use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, now};
 use crate::persistence::{Fence, Persist, PersistenceActor, Release};
 use crate::registry::{GetFlowType, Registry};
-use crate::store::{FlowStore, FlowUpdate, TransitionWrite, Write};
+use crate::store::{FlowQuery, FlowStore, FlowUpdate, TransitionWrite, Write};
 pub use messages::{
     ControlFlow, CreateFlow, CreatedFlow, FlowStopped, LiveFlows, RecoverFlows, RestartFlow,
     StopCause,
@@ -263,6 +263,49 @@ async fn persist_step(
     Ok(())
 }
 
+/// Cancelling a flow cancels its children, and theirs: no orphan keeps running.
+struct Cascade {
+    supervisor: Addr<Supervisor>,
+    store: Arc<dyn FlowStore>,
+    tenant: Tenant,
+    parent: FlowId,
+}
+
+impl Cascade {
+    async fn cancel_children(self) -> Result<(), RuntimeError> {
+        let mut query = FlowQuery {
+            tenant: Some(self.tenant.clone()),
+            parent_flow_id: Some(self.parent),
+            limit: 500,
+            ..FlowQuery::default()
+        };
+        loop {
+            let page = self.store.list_flows(&query).await?;
+            for child in &page {
+                if child.status.is_terminal() {
+                    continue;
+                }
+                let cancelled = self
+                    .supervisor
+                    .send(ControlFlow {
+                        flow_id: child.id,
+                        tenant: self.tenant.clone(),
+                        command: ControlCommand::Cancel,
+                    })
+                    .await?;
+                match cancelled {
+                    Ok(_) | Err(RuntimeError::IllegalTransition { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == query.limit as usize => query.before = Some(last.id),
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
 /// Checks, builds and commits a new flow; the caller starts its actor.
 async fn create(
     request: crate::model::NewFlow,
@@ -301,6 +344,12 @@ async fn create(
             .await?
             .filter(|parent| parent.tenant() == request.tenant)
             .ok_or(RuntimeError::ParentNotFound(parent_id))?;
+        if parent.status == crate::model::FlowStatus::Cancelled {
+            // A fan-out racing its master's cancel must not leave a running orphan behind.
+            return Err(RuntimeError::IllegalTransition {
+                status: parent.status,
+            });
+        }
         request.master_flow_id = Some(parent.master_flow_id);
     }
     let mut flow = FlowState::new_initialized(&definition, request);
@@ -407,9 +456,28 @@ impl Handler<RecoverFlows> for Supervisor {
         let registry = self.registry.clone();
         let load = async move {
             let flows = store.load_active_flows().await?;
+            let active: std::collections::HashSet<FlowId> = flows.iter().map(|f| f.id).collect();
             let mut definitions: HashMap<(String, u32), Arc<FlowType>> = HashMap::new();
             let mut ready = Vec::with_capacity(flows.len());
+            let mut cancelled_parents: HashMap<FlowId, bool> = HashMap::new();
             for flow in flows {
+                // A crash between a master's cancel and its children's leaves them active:
+                // finish the cascade now.
+                let orphaned = match flow.parent_flow_id {
+                    Some(parent) if !active.contains(&parent) => {
+                        match cancelled_parents.get(&parent) {
+                            Some(cancelled) => *cancelled,
+                            None => {
+                                let cancelled = store.load_flow(parent).await?.is_some_and(|p| {
+                                    p.status == crate::model::FlowStatus::Cancelled
+                                });
+                                cancelled_parents.insert(parent, cancelled);
+                                cancelled
+                            }
+                        }
+                    }
+                    _ => false,
+                };
                 let key = (flow.flow_type.clone(), flow.flow_type_version);
                 let definition = match definitions.get(&key) {
                     Some(definition) => definition.clone(),
@@ -419,15 +487,24 @@ impl Handler<RecoverFlows> for Supervisor {
                         definition
                     }
                 };
-                ready.push((flow, definition));
+                ready.push((flow, definition, orphaned));
             }
             Ok::<_, RuntimeError>(ready)
         };
         Box::pin(load.into_actor(self).map(|result, act, ctx| {
             let mut started = 0;
-            for (flow, definition) in result? {
+            for (flow, definition, orphaned) in result? {
                 if !act.flows.contains_key(&flow.id) {
+                    let (flow_id, tenant) = (flow.id, flow.tenant());
                     act.spawn_flow(flow, definition, StartMode::Recover, ctx);
+                    if orphaned {
+                        info!(flow_id = %flow_id, "parent was cancelled; cancelling the child");
+                        ctx.address().do_send(ControlFlow {
+                            flow_id,
+                            tenant,
+                            command: ControlCommand::Cancel,
+                        });
+                    }
                     started += 1;
                 }
             }
@@ -537,9 +614,22 @@ impl Handler<ControlFlow> for Supervisor {
                         }
                         None => None,
                     };
+                    let cascade = (command == ControlCommand::Cancel).then(|| Cascade {
+                        supervisor: ctx.address(),
+                        store: act.store.clone(),
+                        tenant: flow.tenant(),
+                        parent: flow_id,
+                    });
                     match addr {
                         Some(addr) => Box::pin(
-                            async move { addr.send(Control(command)).await? }.into_actor(act),
+                            async move {
+                                let flow = addr.send(Control(command)).await??;
+                                if let Some(cascade) = cascade {
+                                    cascade.cancel_children().await?;
+                                }
+                                Ok(flow)
+                            }
+                            .into_actor(act),
                         ),
                         None => {
                             // A terminal flow with no actor: answer as the state machine would.
