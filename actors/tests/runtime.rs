@@ -620,3 +620,182 @@ async fn a_handler_that_stops_heartbeating_is_stuck_but_a_beating_one_is_not() {
         "1.5 s of work with beats every 100 ms is not stuck"
     );
 }
+
+#[actix::test]
+async fn an_external_task_is_leased_completed_and_its_lease_fenced() {
+    use flowd_actors::queue::{QueueError, Report};
+    let store = Arc::new(MemoryStore::new());
+    let external = phase("crew", "external", json!({ "queue": "q" }), 1);
+    let runtime = start(store.clone(), vec![flow_type("ext", vec![external])]).await;
+    let id = runtime.create_flow(request("ext")).await.unwrap().flow.id;
+    let (tenant, queue, worker) = (
+        Tenant::default_tenant(),
+        "q".to_owned(),
+        Some("w".to_owned()),
+    );
+    let wait = Duration::from_secs(5);
+
+    // A lease that runs out ends attempt 1; attempt 2 is queued for the next worker.
+    let first = runtime
+        .poll_task(
+            tenant.clone(),
+            queue.clone(),
+            worker.clone(),
+            wait,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap()
+        .expect("a task");
+    assert_eq!((first.flow_id, first.attempt), (id, 1));
+    let second = runtime
+        .poll_task(
+            tenant.clone(),
+            queue.clone(),
+            worker.clone(),
+            wait,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap()
+        .expect("the retry's task");
+    assert_eq!(second.attempt, 2);
+    let stale = runtime
+        .report_task(
+            tenant.clone(),
+            first.task_id,
+            first.lease_id,
+            Report::Complete {
+                output: json!(1),
+                next_phase: flowd_actors::handler::NextPhase::ByDefinition,
+            },
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(QueueError::StaleLease { .. })),
+        "{stale:?}"
+    );
+    runtime
+        .report_task(
+            tenant.clone(),
+            second.task_id,
+            second.lease_id,
+            Report::Heartbeat {
+                extend: Duration::from_secs(30),
+            },
+        )
+        .await
+        .unwrap();
+    runtime
+        .report_task(
+            tenant,
+            second.task_id,
+            second.lease_id,
+            Report::Complete {
+                output: json!({ "done": 2 }),
+                next_phase: flowd_actors::handler::NextPhase::ByDefinition,
+            },
+        )
+        .await
+        .unwrap();
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Completed);
+    assert_eq!(flow.phases[0].output, Some(json!({ "done": 2 })));
+    let journal = store.failures(id).await.unwrap();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(journal[0].error_kind, "lease_expired");
+}
+
+#[actix::test]
+async fn a_fan_out_waits_for_its_children_and_cancel_reaches_them() {
+    let store = Arc::new(MemoryStore::new());
+    let child = flow_type(
+        "child",
+        vec![phase("work", "sleep", json!({ "ms": 100 }), 0)],
+    );
+    let slow_child = flow_type(
+        "slow_child",
+        vec![phase("work", "sleep", json!({ "ms": 60_000 }), 0)],
+    );
+    let master = flow_type(
+        "master",
+        vec![phase(
+            "fan",
+            "child_flows",
+            json!({ "flow_type": "child", "count": 5 }),
+            0,
+        )],
+    );
+    let slow_master = flow_type(
+        "slow_master",
+        vec![phase(
+            "fan",
+            "child_flows",
+            json!({ "flow_type": "slow_child", "count": 3 }),
+            0,
+        )],
+    );
+    let runtime = start(store.clone(), vec![child, slow_child, master, slow_master]).await;
+
+    let id = runtime
+        .create_flow(request("master"))
+        .await
+        .unwrap()
+        .flow
+        .id;
+    let flow = wait_for(&store, id, terminal).await;
+    assert_eq!(flow.status, FlowStatus::Completed);
+    let children = store
+        .list_flows(&flowd_actors::store::FlowQuery {
+            parent_flow_id: Some(id),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(children.len(), 5);
+    assert!(
+        children
+            .iter()
+            .all(|c| c.status == FlowStatus::Completed && c.master_flow_id == id)
+    );
+
+    let slow = runtime
+        .create_flow(request("slow_master"))
+        .await
+        .unwrap()
+        .flow
+        .id;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let started = store
+            .list_flows(&flowd_actors::store::FlowQuery {
+                parent_flow_id: Some(slow),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if started.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "children did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runtime
+        .control(Tenant::default_tenant(), slow, ControlCommand::Cancel)
+        .await
+        .unwrap();
+    let children = store
+        .list_flows(&flowd_actors::store::FlowQuery {
+            parent_flow_id: Some(slow),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        children.iter().all(|c| c.status == FlowStatus::Cancelled),
+        "{children:?}"
+    );
+}
