@@ -19,6 +19,7 @@ use flowd_actors::ids::{FlowId, Tenant};
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, NewFlow};
 use flowd_actors::store::{FlowQuery, FlowStore, StoreError, Write};
 use flowd_actors::supervisor::RestartIntensity;
+use flowd_actors::task::{TaskId, TaskRecord};
 use flowd_actors::{Runtime, RuntimeConfig};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
@@ -75,6 +76,25 @@ impl FlowStore for Outage {
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
         self.inner.flow_events(flow_id, after, limit)
+    }
+    fn tree_events(
+        &self,
+        master_flow_id: FlowId,
+        after: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
+        self.inner.tree_events(master_flow_id, after, limit)
+    }
+    fn load_task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>, StoreError>> {
+        self.inner.load_task(id)
+    }
+    fn find_task<'a>(
+        &'a self,
+        flow_id: FlowId,
+        phase: &'a str,
+        attempt: u32,
+    ) -> BoxFuture<'a, Result<Option<TaskRecord>, StoreError>> {
+        self.inner.find_task(flow_id, phase, attempt)
     }
     fn tenant_events<'a>(
         &'a self,

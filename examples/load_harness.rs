@@ -508,7 +508,7 @@ async fn db_limit(args: &Args, store: DbStore) -> Result<Figures, String> {
             .iter()
             .map(|w| match w {
                 Write::Transition(t) => t.events.len() as u64,
-                Write::FlowType(_) => 0,
+                Write::FlowType(_) | Write::Task(_) => 0,
             })
             .sum::<u64>();
     }

@@ -11,6 +11,7 @@ use flowd_actors::events::{EventKind, FlowEvent};
 use flowd_actors::ids::{FlowId, Tenant};
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, NewFlow, PhaseStatus, now};
 use flowd_actors::store::{FlowQuery, FlowStore, FlowUpdate, StoreError, TransitionWrite, Write};
+use flowd_actors::task::{TaskId, TaskRecord, TaskStatus};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -123,6 +124,10 @@ conformance!(
     a_failing_batch_commits_nothing,
     max_event_id_tracks_the_highest_id,
     empty_batch_and_ping,
+    tasks_round_trip_by_id_and_by_attempt,
+    task_writes_move_status_lease_and_result,
+    a_task_attempt_is_queued_once,
+    tree_events_cover_the_whole_tree_in_id_order,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -223,6 +228,37 @@ fn start_phase(flow: &mut FlowState, index: usize) -> Write {
     phase.started_at = Some(at);
     let e = event(flow, EventKind::PhaseStarted, None);
     transition(flow, &[index], vec![e], None)
+}
+
+/// A queued task for one attempt of one phase of `flow`, every optional column empty.
+fn task(flow: &FlowState, phase: &str, attempt: u32) -> TaskRecord {
+    let at = now();
+    TaskRecord {
+        id: TaskId::new(),
+        queue: "scanners".into(),
+        flow_id: flow.id,
+        master_flow_id: flow.master_flow_id,
+        phase: phase.into(),
+        attempt,
+        client_account_id: flow.client_account_id.clone(),
+        engagement_id: flow.engagement_id.clone(),
+        payload: json!({"input": {"hosts": ["a", "b"]}, "attempt": attempt, "none": null}),
+        status: TaskStatus::Queued,
+        lease_id: None,
+        worker_id: None,
+        lease_expires_at: None,
+        result: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+async fn load_task(store: &DbStore, id: TaskId) -> TaskRecord {
+    store
+        .load_task(id)
+        .await
+        .expect("load_task")
+        .expect("task exists")
 }
 
 async fn commit(store: &DbStore, batch: &[Write]) {
@@ -336,7 +372,7 @@ async fn events_come_back_in_order_after_a_cursor(store: &DbStore) {
     commit(store, &[wa2.clone(), wb2.clone(), wc2, wa3]).await;
     let event_of = |w: &Write| match w {
         Write::Transition(t) => t.events[0].clone(),
-        Write::FlowType(_) => unreachable!(),
+        Write::FlowType(_) | Write::Task(_) => unreachable!(),
     };
     let (ea2, eb2) = (event_of(&wa2), event_of(&wb2));
 
@@ -768,3 +804,267 @@ async fn empty_batch_and_ping(store: &DbStore) {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+async fn tasks_round_trip_by_id_and_by_attempt(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let mut flow = new_flow(&definition, &tenant("acme"), None, None);
+    let (created, _) = create(&mut flow);
+    let queued = task(&flow, "import", 1);
+    // Every nullable column set, and timestamps with odd microseconds.
+    let mut leased = task(&flow, "analyze", 3);
+    leased.status = TaskStatus::Leased;
+    leased.lease_id = Some(uuid::Uuid::new_v4());
+    leased.worker_id = Some("worker-7".into());
+    leased.lease_expires_at = Some(leased.created_at + Duration::microseconds(30_000_001));
+    leased.result = Some(json!({"partial": [1, 2.5, "x"]}));
+    leased.created_at -= Duration::microseconds(999_999);
+    // The tasks come after the transition that created their flow, in one batch.
+    commit(
+        store,
+        &[
+            created,
+            Write::Task(Box::new(queued.clone())),
+            Write::Task(Box::new(leased.clone())),
+        ],
+    )
+    .await;
+
+    for stored in [&queued, &leased] {
+        assert_eq!(load_task(store, stored.id).await, *stored);
+        let found = store
+            .find_task(stored.flow_id, &stored.phase, stored.attempt)
+            .await
+            .expect("find_task");
+        assert_eq!(found.as_ref(), Some(stored));
+    }
+    assert!(
+        store
+            .load_task(TaskId::new())
+            .await
+            .expect("load")
+            .is_none()
+    );
+    for (flow_id, phase, attempt) in [
+        (flow.id, "import", 2),
+        (flow.id, "report", 1),
+        (flow.id, "import", u32::MAX),
+        (FlowId::new(), "import", 1),
+    ] {
+        let found = store
+            .find_task(flow_id, phase, attempt)
+            .await
+            .expect("find_task");
+        assert!(found.is_none(), "{phase} {attempt}");
+    }
+}
+
+async fn task_writes_move_status_lease_and_result(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let mut flow = new_flow(&definition, &tenant("acme"), None, None);
+    let (created, _) = create(&mut flow);
+    let mut t = task(&flow, "import", 1);
+    commit(store, &[created, Write::Task(Box::new(t.clone()))]).await;
+
+    // Leased: the lease columns are set.
+    t.status = TaskStatus::Leased;
+    t.lease_id = Some(uuid::Uuid::new_v4());
+    t.worker_id = Some("worker-1".into());
+    t.lease_expires_at = Some(now() + Duration::seconds(30));
+    t.updated_at = now();
+    let start = start_phase(&mut flow, 0);
+    commit(store, &[start, Write::Task(Box::new(t.clone()))]).await;
+    assert_eq!(load_task(store, t.id).await, t);
+    assert_eq!(load(store, flow.id).await, flow);
+
+    // A heartbeat and the result in one batch: the later write of the same task wins.
+    let mut heartbeat = t.clone();
+    heartbeat.lease_expires_at = Some(now() + Duration::seconds(60));
+    heartbeat.updated_at = now();
+    t.status = TaskStatus::Completed;
+    t.lease_id = None;
+    t.worker_id = None;
+    t.lease_expires_at = None;
+    t.result = Some(json!({"output": {"rows": 3}, "next_phase": null}));
+    t.updated_at = now() + Duration::microseconds(1);
+    commit(
+        store,
+        &[
+            Write::Task(Box::new(heartbeat)),
+            Write::Task(Box::new(t.clone())),
+        ],
+    )
+    .await;
+    assert_eq!(load_task(store, t.id).await, t);
+
+    // What the task is stays as first written; only its progress is overwritten.
+    let mut rewritten = t.clone();
+    rewritten.queue = "elsewhere".into();
+    rewritten.payload = json!({"changed": true});
+    rewritten.created_at = now();
+    rewritten.status = TaskStatus::Failed;
+    rewritten.result = Some(json!({"error": "late", "retryable": false}));
+    commit(store, &[Write::Task(Box::new(rewritten.clone()))]).await;
+    let stored = load_task(store, t.id).await;
+    assert_eq!(stored.queue, t.queue);
+    assert_eq!(stored.payload, t.payload);
+    assert_eq!(stored.created_at, t.created_at);
+    assert_eq!(stored.status, TaskStatus::Failed);
+    assert_eq!(stored.result, rewritten.result);
+    let found = store
+        .find_task(flow.id, "import", 1)
+        .await
+        .expect("find_task");
+    assert_eq!(found, Some(stored));
+}
+
+async fn a_task_attempt_is_queued_once(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let mut flow = new_flow(&definition, &tenant("acme"), None, None);
+    let (created, _) = create(&mut flow);
+    let first = task(&flow, "import", 1);
+    commit(store, &[created, Write::Task(Box::new(first.clone()))]).await;
+
+    // Another id for the same (flow, phase, attempt), after good writes: the batch is refused
+    // as a whole.
+    let mut other = new_flow(&definition, &tenant("acme"), None, None);
+    let (other_created, _) = create(&mut other);
+    let other_task = task(&other, "import", 1);
+    let mut leased_first = first.clone();
+    leased_first.status = TaskStatus::Leased;
+    leased_first.lease_id = Some(uuid::Uuid::new_v4());
+    let mut duplicate = task(&flow, "import", 1);
+    duplicate.payload = json!({"duplicate": true});
+    let err = store
+        .commit(&[
+            other_created,
+            Write::Task(Box::new(other_task.clone())),
+            Write::Task(Box::new(leased_first)),
+            Write::Task(Box::new(duplicate.clone())),
+        ])
+        .await
+        .expect_err("duplicate attempt");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(store.load_flow(other.id).await.expect("load").is_none());
+    assert!(
+        store
+            .load_task(other_task.id)
+            .await
+            .expect("load")
+            .is_none()
+    );
+    assert!(store.load_task(duplicate.id).await.expect("load").is_none());
+    assert_eq!(load_task(store, first.id).await, first);
+
+    // Two new tasks for one attempt within one batch are refused too.
+    let a = task(&flow, "analyze", 1);
+    let b = task(&flow, "analyze", 1);
+    let err = store
+        .commit(&[Write::Task(Box::new(a.clone())), Write::Task(Box::new(b))])
+        .await
+        .expect_err("duplicate attempt in one batch");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(store.load_task(a.id).await.expect("load").is_none());
+
+    // The next attempt is a new task; the store is still usable.
+    let second = task(&flow, "import", 2);
+    commit(store, &[Write::Task(Box::new(second.clone()))]).await;
+    assert_eq!(
+        store.find_task(flow.id, "import", 2).await.expect("find"),
+        Some(second)
+    );
+    assert_eq!(
+        store.find_task(flow.id, "import", 1).await.expect("find"),
+        Some(first)
+    );
+}
+
+async fn tree_events_cover_the_whole_tree_in_id_order(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let acme = tenant("acme");
+    let mut master = new_flow(&definition, &acme, None, None);
+    let mut child = new_flow(&definition, &acme, Some(&master), None);
+    let mut grandchild = new_flow(&definition, &acme, Some(&child), None);
+    let mut stranger = new_flow(&definition, &acme, None, None);
+    let mut strangers_child = new_flow(&definition, &acme, Some(&stranger), None);
+    assert_eq!(grandchild.master_flow_id, master.id);
+
+    let mut tree = Vec::new();
+    let mut writes = Vec::new();
+    for (flow, ours) in [
+        (&mut master, true),
+        (&mut stranger, false),
+        (&mut child, true),
+        (&mut strangers_child, false),
+        (&mut grandchild, true),
+    ] {
+        let (write, event) = create(flow);
+        writes.push(write);
+        if ours {
+            tree.push(event);
+        }
+    }
+    commit(store, &writes).await;
+    // Progress interleaved across both trees, children before their master.
+    let mut writes = Vec::new();
+    for (flow, ours) in [
+        (&mut grandchild, true),
+        (&mut strangers_child, false),
+        (&mut child, true),
+        (&mut master, true),
+        (&mut stranger, false),
+    ] {
+        let write = start_phase(flow, 0);
+        if ours {
+            let Write::Transition(t) = &write else {
+                unreachable!()
+            };
+            tree.push(t.events[0].clone());
+        }
+        writes.push(write);
+    }
+    commit(store, &writes).await;
+    assert!(tree.windows(2).all(|w| w[0].id < w[1].id));
+
+    let all = store.tree_events(master.id, 0, 100).await.expect("tree");
+    assert_eq!(all, tree);
+    assert!(all.iter().all(|e| e.master_flow_id == master.id));
+    let after = store
+        .tree_events(master.id, tree[2].id, 100)
+        .await
+        .expect("after");
+    assert_eq!(after, tree[3..].to_vec());
+    let page = store
+        .tree_events(master.id, tree[1].id, 2)
+        .await
+        .expect("page");
+    assert_eq!(page, tree[2..4].to_vec());
+    assert!(
+        store
+            .tree_events(master.id, tree[5].id, 100)
+            .await
+            .expect("after last")
+            .is_empty()
+    );
+    assert!(
+        store
+            .tree_events(master.id, i64::MAX, 100)
+            .await
+            .expect("huge after")
+            .is_empty()
+    );
+
+    let theirs = store.tree_events(stranger.id, 0, 100).await.expect("other");
+    assert_eq!(theirs.len(), 4);
+    assert!(
+        theirs
+            .iter()
+            .all(|e| e.flow_id == stranger.id || e.flow_id == strangers_child.id)
+    );
+    assert!(
+        store
+            .tree_events(FlowId::new(), 0, 100)
+            .await
+            .expect("no tree")
+            .is_empty()
+    );
+}

@@ -2,6 +2,7 @@
 //! the same contract as the diesel stores: a batch applies whole or not at all.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
@@ -21,6 +22,8 @@ struct Tables {
     failures: Vec<FailureRecord>,
     idempotency: HashMap<(Tenant, String), FlowId>,
     tasks: BTreeMap<TaskId, TaskRecord>,
+    /// `(flow_id, phase, attempt)` to the task: the unique key of the tasks table.
+    task_keys: HashMap<(FlowId, String, u32), TaskId>,
 }
 
 /// Keeps everything in a mutex-guarded map; commits by copy-on-write so a failed batch leaves no trace.
@@ -51,21 +54,7 @@ impl MemoryStore {
                         .entry((definition.name.clone(), definition.version))
                         .or_insert_with(|| definition.clone());
                 }
-                Write::Task(task) => {
-                    let taken = tables.tasks.values().any(|other| {
-                        other.id != task.id
-                            && other.flow_id == task.flow_id
-                            && other.phase == task.phase
-                            && other.attempt == task.attempt
-                    });
-                    if taken {
-                        return Err(StoreError::Conflict(format!(
-                            "a task for {} {} attempt {} exists",
-                            task.flow_id, task.phase, task.attempt
-                        )));
-                    }
-                    tables.tasks.insert(task.id, (**task).clone());
-                }
+                Write::Task(task) => Self::put_task(tables, task)?,
                 Write::Transition(t) => {
                     if let Some(created) = &t.create {
                         if tables.flows.contains_key(&t.flow_id) {
@@ -113,6 +102,30 @@ impl MemoryStore {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Inserts a task, or overwrites the columns a lease, heartbeat or result changes, like the
+    /// diesel stores' upsert.
+    fn put_task(tables: &mut Tables, task: &TaskRecord) -> Result<(), StoreError> {
+        if let Some(stored) = tables.tasks.get_mut(&task.id) {
+            stored.status = task.status;
+            stored.lease_id = task.lease_id;
+            stored.worker_id = task.worker_id.clone();
+            stored.lease_expires_at = task.lease_expires_at;
+            stored.result = task.result.clone();
+            stored.updated_at = task.updated_at;
+            return Ok(());
+        }
+        let key = (task.flow_id, task.phase.clone(), task.attempt);
+        if tables.task_keys.contains_key(&key) {
+            return Err(StoreError::Conflict(format!(
+                "flow {} already has a task for attempt {} of phase {}",
+                task.flow_id, task.attempt, task.phase
+            )));
+        }
+        tables.task_keys.insert(key, task.id);
+        tables.tasks.insert(task.id, task.clone());
         Ok(())
     }
 }
@@ -219,9 +232,9 @@ impl FlowStore for MemoryStore {
             .tables
             .lock()
             .events
-            .range(after + 1..)
-            .map(|(_, event)| event)
-            .filter(|event| event.master_flow_id == master_flow_id)
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .map(|(_, e)| e)
+            .filter(|e| e.master_flow_id == master_flow_id)
             .take(limit as usize)
             .cloned()
             .collect();
@@ -239,12 +252,11 @@ impl FlowStore for MemoryStore {
         phase: &'a str,
         attempt: u32,
     ) -> BoxFuture<'a, Result<Option<TaskRecord>, StoreError>> {
-        let task = self
-            .tables
-            .lock()
-            .tasks
-            .values()
-            .find(|t| t.flow_id == flow_id && t.phase == phase && t.attempt == attempt)
+        let tables = self.tables.lock();
+        let task = tables
+            .task_keys
+            .get(&(flow_id, phase.to_owned(), attempt))
+            .and_then(|id| tables.tasks.get(id))
             .cloned();
         async move { Ok(task) }.boxed()
     }
@@ -309,5 +321,133 @@ impl FlowStore for MemoryStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         async { Ok(()) }.boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::PhaseDefinition;
+    use crate::events::EventKind;
+    use crate::model::{NewFlow, now};
+    use crate::store::{FlowUpdate, TransitionWrite};
+    use crate::task::TaskStatus;
+    use serde_json::json;
+
+    fn flow(parent: Option<&FlowState>) -> FlowState {
+        let definition = FlowType {
+            name: "discovery".into(),
+            version: 1,
+            phases: vec![PhaseDefinition::new("scan", "external")],
+        };
+        FlowState::new_initialized(
+            &definition,
+            NewFlow {
+                flow_type: definition.name.clone(),
+                input: json!({}),
+                parent_flow_id: parent.map(|p| p.id),
+                master_flow_id: parent.map(|p| p.master_flow_id),
+                tenant: Tenant {
+                    client_account_id: "acme".into(),
+                    engagement_id: "eng-1".into(),
+                },
+                created_by: None,
+                idempotency_key: None,
+            },
+        )
+    }
+
+    fn create(flow: &FlowState, event_id: i64) -> Write {
+        let mut event = FlowEvent::of(flow, EventKind::FlowInitialized, None);
+        event.id = event_id;
+        Write::Transition(TransitionWrite {
+            flow_id: flow.id,
+            create: Some(Box::new(flow.clone())),
+            flow: FlowUpdate::of(flow),
+            phases: Vec::new(),
+            events: vec![event],
+            failure: None,
+        })
+    }
+
+    fn task(flow: &FlowState, attempt: u32) -> TaskRecord {
+        TaskRecord {
+            id: TaskId::new(),
+            queue: "scanners".into(),
+            flow_id: flow.id,
+            master_flow_id: flow.master_flow_id,
+            phase: "scan".into(),
+            attempt,
+            client_account_id: flow.client_account_id.clone(),
+            engagement_id: flow.engagement_id.clone(),
+            payload: json!({"attempt": attempt}),
+            status: TaskStatus::Queued,
+            lease_id: None,
+            worker_id: None,
+            lease_expires_at: None,
+            result: None,
+            created_at: now(),
+            updated_at: now(),
+        }
+    }
+
+    fn commit(store: &MemoryStore, batch: &[Write]) -> Result<(), StoreError> {
+        store.commit(batch).now_or_never().expect("ready")
+    }
+
+    #[test]
+    fn tasks_upsert_by_id_and_keep_their_attempt_unique() {
+        let store = MemoryStore::new();
+        let f = flow(None);
+        let mut t = task(&f, 1);
+        commit(&store, &[Write::Task(Box::new(t.clone()))]).expect("insert");
+
+        let mut moved = t.clone();
+        moved.queue = "elsewhere".into();
+        moved.status = TaskStatus::Completed;
+        moved.result = Some(json!({"output": 1}));
+        commit(&store, &[Write::Task(Box::new(moved))]).expect("update");
+        t.status = TaskStatus::Completed;
+        t.result = Some(json!({"output": 1}));
+        let loaded = store.load_task(t.id).now_or_never().expect("ready");
+        assert_eq!(loaded.expect("load"), Some(t.clone()));
+
+        let other = task(&f, 2);
+        let duplicate = task(&f, 1);
+        let err = commit(
+            &store,
+            &[
+                Write::Task(Box::new(other.clone())),
+                Write::Task(Box::new(duplicate)),
+            ],
+        )
+        .expect_err("same attempt");
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        let found = store.find_task(f.id, "scan", 2).now_or_never();
+        assert_eq!(found.expect("ready").expect("find"), None);
+        let found = store.find_task(f.id, "scan", 1).now_or_never();
+        assert_eq!(found.expect("ready").expect("find"), Some(t));
+    }
+
+    #[test]
+    fn tree_events_follow_the_master() {
+        let store = MemoryStore::new();
+        let master = flow(None);
+        let child = flow(Some(&master));
+        let stranger = flow(None);
+        commit(
+            &store,
+            &[create(&master, 1), create(&stranger, 2), create(&child, 3)],
+        )
+        .expect("create");
+        let ids = |after, limit| {
+            let events = store.tree_events(master.id, after, limit).now_or_never();
+            let events = events.expect("ready").expect("tree events");
+            events.into_iter().map(|e| e.id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(0, 10), vec![1, 3]);
+        assert_eq!(ids(1, 10), vec![3]);
+        assert_eq!(ids(0, 1), vec![1]);
+        assert!(ids(i64::MAX, 10).is_empty());
     }
 }

@@ -89,6 +89,36 @@ pub const FAILURE_COLUMNS: &[&str] = &[
     "at",
 ];
 
+/// Columns of a `tasks` upsert, in bind order.
+pub const TASK_COLUMNS: &[&str] = &[
+    "id",
+    "queue",
+    "flow_id",
+    "master_flow_id",
+    "phase",
+    "attempt",
+    "client_account_id",
+    "engagement_id",
+    "payload",
+    "status",
+    "lease_id",
+    "worker_id",
+    "lease_expires_at",
+    "result",
+    "created_at",
+    "updated_at",
+];
+
+/// A task write inserts the task, or moves the stored one along: only what a lease, a heartbeat
+/// or a result changes is overwritten; what the task is (queue, flow, phase, attempt, payload,
+/// tenant, creation time) stays as first written (both backends). A new id that repeats a
+/// stored `(flow_id, phase, attempt)` is not caught here: it breaks that unique key and the
+/// batch is refused.
+pub const TASK_CONFLICT: &str = " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+     lease_id = excluded.lease_id, worker_id = excluded.worker_id, \
+     lease_expires_at = excluded.lease_expires_at, result = excluded.result, \
+     updated_at = excluded.updated_at";
+
 /// Columns of a flow update, in bind order: the key, then the columns a transition changes.
 pub const FLOW_CHANGE_COLUMNS: &[&str] = &[
     "id",
@@ -162,7 +192,7 @@ mod tests {
 
     #[test]
     fn keeps_statements_under_the_bind_limit() {
-        for columns in [1, 4, 7, 9, 14, 17] {
+        for columns in [1, 4, 7, 9, 14, 16, 17] {
             assert!(rows_per_statement(columns) * columns <= 65_535);
         }
     }

@@ -26,13 +26,14 @@ use flowd_actors::events::FlowEvent;
 use flowd_actors::ids::{FlowId, Tenant};
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus};
 use flowd_actors::store::{FlowQuery, FlowStore, StoreError, Write};
+use flowd_actors::task::{TaskId, TaskRecord};
 use futures_util::future::BoxFuture;
 
 use self::models::{
     EventRow, EventWrite, FailureRow, FailureWrite, FlowChange, FlowRow, FlowTypeRow, NewFlow,
-    NewFlowType, PhaseRow, PhaseWrite,
+    NewFlowType, PhaseRow, PhaseWrite, TaskRow, TaskWrite,
 };
-use self::schema::{DbTime, DbUuid, events, failures, flow_types, flows, phase_runs};
+use self::schema::{DbTime, DbUuid, events, failures, flow_types, flows, phase_runs, tasks};
 
 /// The database behind the runtime: SQLite or PostgreSQL, chosen by the URL. Cheap to clone;
 /// every clone shares one pool.
@@ -286,6 +287,63 @@ impl DbStore {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
+    async fn events_of_tree(
+        &self,
+        master_flow_id: FlowId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<FlowEvent>, StoreError> {
+        let rows: Vec<EventRow> = with_conn!(self, |conn: Db| {
+            events::table
+                .filter(events::master_flow_id.eq(DbUuid(master_flow_id.0)))
+                .filter(events::id.gt(after))
+                .order(events::id)
+                .limit(i64::from(limit))
+                .select(EventRow::as_select())
+                .load(conn)
+                .await
+                .map_err(db_error)?
+        });
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    async fn task_by_id(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let row: Option<TaskRow> = with_conn!(self, |conn: Db| {
+            tasks::table
+                .find(DbUuid(id.0))
+                .select(TaskRow::as_select())
+                .first(conn)
+                .await
+                .optional()
+                .map_err(db_error)?
+        });
+        row.map(TaskRow::into_record).transpose()
+    }
+
+    async fn task_of_attempt(
+        &self,
+        flow_id: FlowId,
+        phase: &str,
+        attempt: u32,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        // No stored attempt exceeds i32::MAX, so there is no task for such an attempt.
+        let Ok(attempt) = i32::try_from(attempt) else {
+            return Ok(None);
+        };
+        let row: Option<TaskRow> = with_conn!(self, |conn: Db| {
+            tasks::table
+                .filter(tasks::flow_id.eq(DbUuid(flow_id.0)))
+                .filter(tasks::phase.eq(phase))
+                .filter(tasks::attempt.eq(attempt))
+                .select(TaskRow::as_select())
+                .first(conn)
+                .await
+                .optional()
+                .map_err(db_error)?
+        });
+        row.map(TaskRow::into_record).transpose()
+    }
+
     async fn failures_of(&self, flow_id: FlowId) -> Result<Vec<FailureRecord>, StoreError> {
         let rows: Vec<FailureRow> = with_conn!(self, |conn: Db| {
             failures::table
@@ -393,6 +451,28 @@ impl FlowStore for DbStore {
         Box::pin(self.events_of_flow(flow_id, after, limit))
     }
 
+    fn tree_events(
+        &self,
+        master_flow_id: FlowId,
+        after: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
+        Box::pin(self.events_of_tree(master_flow_id, after, limit))
+    }
+
+    fn load_task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>, StoreError>> {
+        Box::pin(self.task_by_id(id))
+    }
+
+    fn find_task<'a>(
+        &'a self,
+        flow_id: FlowId,
+        phase: &'a str,
+        attempt: u32,
+    ) -> BoxFuture<'a, Result<Option<TaskRecord>, StoreError>> {
+        Box::pin(self.task_of_attempt(flow_id, phase, attempt))
+    }
+
     fn tenant_events<'a>(
         &'a self,
         tenant: &'a Tenant,
@@ -419,9 +499,15 @@ impl FlowStore for DbStore {
     }
 }
 
-/// A batch turned into rows, grouped by statement. Later writes to the same flow row or phase
-/// row replace earlier ones: each write carries the whole row, so only the last one matters,
-/// and one multi-row statement may not touch a row twice.
+/// A batch turned into rows, grouped by statement. Later writes to the same flow row, phase
+/// row or task replace earlier ones: each write carries the whole row, so only the last one
+/// matters, and one multi-row statement may not touch a row twice.
+///
+/// Tables are written in a fixed order (flow types, flows, phases, events, failures, tasks), not
+/// in batch order. That is sound because no two tables depend on each other's rows except
+/// through flows, which come first; tasks come last, so a task is always applied after the
+/// transitions of its batch (its flow row exists by then), and among themselves task writes keep
+/// the batch order (the last write of an id wins).
 struct Plan<'a> {
     flow_types: Vec<NewFlowType<'a>>,
     new_flows: Vec<NewFlow<'a>>,
@@ -429,6 +515,7 @@ struct Plan<'a> {
     phases: Vec<PhaseWrite<'a>>,
     events: Vec<EventWrite<'a>>,
     failures: Vec<FailureWrite<'a>>,
+    tasks: Vec<TaskWrite<'a>>,
     now: DbTime,
 }
 
@@ -441,10 +528,13 @@ impl<'a> Plan<'a> {
             phases: Vec::new(),
             events: Vec::new(),
             failures: Vec::new(),
+            tasks: Vec::new(),
             now: DbTime(flowd_actors::model::now()),
         };
         let mut change_index: HashMap<FlowId, usize> = HashMap::new();
         let mut phase_index: HashMap<(FlowId, usize), usize> = HashMap::new();
+        // Empty until a batch carries a task: batches of transitions pay nothing for tasks.
+        let mut task_index: HashMap<TaskId, usize> = HashMap::new();
         let mut put_phase =
             |plan: &mut Plan<'a>, write: PhaseWrite<'a>, key: (FlowId, usize)| match phase_index
                 .get(&key)
@@ -459,6 +549,16 @@ impl<'a> Plan<'a> {
             match write {
                 Write::FlowType(flow_type) => {
                     plan.flow_types.push(NewFlowType::from_domain(flow_type)?)
+                }
+                Write::Task(task) => {
+                    let row = TaskWrite::from_domain(task)?;
+                    match task_index.get(&task.id) {
+                        Some(&i) => plan.tasks[i] = row,
+                        None => {
+                            task_index.insert(task.id, plan.tasks.len());
+                            plan.tasks.push(row);
+                        }
+                    }
                 }
                 Write::Transition(t) => {
                     if let Some(created) = &t.create {

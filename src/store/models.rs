@@ -13,10 +13,11 @@ use flowd_actors::events::{EventKind, FlowEvent};
 use flowd_actors::ids::FlowId;
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, PhaseState, PhaseStatus};
 use flowd_actors::store::{FlowUpdate, StoreError};
+use flowd_actors::task::{TaskId, TaskRecord, TaskStatus};
 use serde_json::Value;
 
 use super::schema::{
-    DbJson, DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows, phase_runs,
+    DbJson, DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows, phase_runs, tasks,
 };
 
 /// A stored integer that does not fit its domain type: the row was edited or written by a bug.
@@ -364,6 +365,88 @@ impl<'a> FailureWrite<'a> {
         Ok(Self {
             failure,
             attempt: to_i32("failure attempt", failure.attempt)?,
+        })
+    }
+}
+
+/// A `tasks` row as read.
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = tasks, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct TaskRow {
+    pub id: DbUuid,
+    pub queue: String,
+    pub flow_id: DbUuid,
+    pub master_flow_id: DbUuid,
+    pub phase: String,
+    pub attempt: i32,
+    pub client_account_id: String,
+    pub engagement_id: String,
+    pub payload: DbJson,
+    pub status: String,
+    pub lease_id: Option<DbUuid>,
+    pub worker_id: Option<String>,
+    pub lease_expires_at: Option<DbTime>,
+    pub result: Option<DbJson>,
+    pub created_at: DbTime,
+    pub updated_at: DbTime,
+}
+
+impl TaskRow {
+    /// The domain task.
+    pub fn into_record(self) -> Result<TaskRecord, StoreError> {
+        Ok(TaskRecord {
+            id: TaskId(self.id.0),
+            queue: self.queue,
+            flow_id: FlowId(self.flow_id.0),
+            master_flow_id: FlowId(self.master_flow_id.0),
+            phase: self.phase,
+            attempt: to_u32("tasks.attempt", self.attempt)?,
+            client_account_id: self.client_account_id,
+            engagement_id: self.engagement_id,
+            payload: self.payload.0,
+            status: parse_status::<TaskStatus>("tasks.status", &self.status)?,
+            lease_id: self.lease_id.map(|id| id.0),
+            worker_id: self.worker_id,
+            lease_expires_at: self.lease_expires_at.map(|t| t.0),
+            result: self.result.map(|j| j.0),
+            created_at: self.created_at.0,
+            updated_at: self.updated_at.0,
+        })
+    }
+}
+
+/// A task row to insert, or whose status, lease and result to overwrite; every value is
+/// already converted to its column type.
+#[derive(Debug)]
+pub struct TaskWrite<'a> {
+    pub task: &'a TaskRecord,
+    pub id: DbUuid,
+    pub flow_id: DbUuid,
+    pub master_flow_id: DbUuid,
+    pub attempt: i32,
+    pub payload: DbJsonRef<'a>,
+    pub lease_id: Option<DbUuid>,
+    pub lease_expires_at: Option<DbTime>,
+    pub result: Option<DbJsonRef<'a>>,
+    pub created_at: DbTime,
+    pub updated_at: DbTime,
+}
+
+impl<'a> TaskWrite<'a> {
+    /// Checks the task's integers against their columns.
+    pub fn from_domain(task: &'a TaskRecord) -> Result<Self, StoreError> {
+        Ok(Self {
+            task,
+            id: DbUuid(task.id.0),
+            flow_id: DbUuid(task.flow_id.0),
+            master_flow_id: DbUuid(task.master_flow_id.0),
+            attempt: to_i32("task attempt", task.attempt)?,
+            payload: DbJsonRef(&task.payload),
+            lease_id: task.lease_id.map(DbUuid),
+            lease_expires_at: task.lease_expires_at.map(DbTime),
+            result: task.result.as_ref().map(DbJsonRef),
+            created_at: DbTime(task.created_at),
+            updated_at: DbTime(task.updated_at),
         })
     }
 }

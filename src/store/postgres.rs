@@ -189,5 +189,38 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
         }
         q.execute(&mut *c).await?;
     }
+
+    // Deduplicated by id in the plan: one statement may not upsert a row twice.
+    let per = bulk::rows_per_statement(bulk::TASK_COLUMNS.len());
+    for chunk in plan.tasks.chunks(per) {
+        let sql = bulk::insert(
+            "tasks",
+            bulk::TASK_COLUMNS,
+            chunk.len(),
+            bulk::TASK_CONFLICT,
+        );
+        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+        for r in chunk {
+            let t = r.task;
+            q = q
+                .bind::<SqlUuid, _>(r.id)
+                .bind::<Text, _>(t.queue.as_str())
+                .bind::<SqlUuid, _>(r.flow_id)
+                .bind::<SqlUuid, _>(r.master_flow_id)
+                .bind::<Text, _>(t.phase.as_str())
+                .bind::<Integer, _>(r.attempt)
+                .bind::<Text, _>(t.client_account_id.as_str())
+                .bind::<Text, _>(t.engagement_id.as_str())
+                .bind::<SqlJson, _>(r.payload)
+                .bind::<Text, _>(t.status.as_str())
+                .bind::<Nullable<SqlUuid>, _>(r.lease_id)
+                .bind::<Nullable<Text>, _>(t.worker_id.as_deref())
+                .bind::<Nullable<SqlTime>, _>(r.lease_expires_at)
+                .bind::<Nullable<SqlJson>, _>(r.result)
+                .bind::<SqlTime, _>(r.created_at)
+                .bind::<SqlTime, _>(r.updated_at);
+        }
+        q.execute(&mut *c).await?;
+    }
     Ok(())
 }

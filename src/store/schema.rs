@@ -133,7 +133,35 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(flow_types, flows, phase_runs, events, failures);
+diesel::table! {
+    use diesel::sql_types::{Integer, Nullable, Text};
+    use super::sql_types::{SqlJson, SqlTime, SqlUuid};
+
+    /// External tasks: one row per attempt of an `external` phase; `(flow_id, phase, attempt)`
+    /// is unique.
+    tasks (id) {
+        id -> SqlUuid,
+        queue -> Text,
+        flow_id -> SqlUuid,
+        master_flow_id -> SqlUuid,
+        phase -> Text,
+        attempt -> Integer,
+        client_account_id -> Text,
+        engagement_id -> Text,
+        payload -> SqlJson,
+        status -> Text,
+        lease_id -> Nullable<SqlUuid>,
+        worker_id -> Nullable<Text>,
+        lease_expires_at -> Nullable<SqlTime>,
+        result -> Nullable<SqlJson>,
+        created_at -> SqlTime,
+        updated_at -> SqlTime,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    flow_types, flows, phase_runs, events, failures, tasks
+);
 
 /// A uuid column value; the one conversion written by hand is the SQLite text form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow)]

@@ -21,7 +21,7 @@ use diesel::result::QueryResult;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
-use super::models::{FlowChange, PhaseWrite};
+use super::models::{FlowChange, PhaseWrite, TaskWrite};
 use super::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
 use super::{Plan, TxError, bulk};
 
@@ -197,6 +197,9 @@ pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result
             ))
             .execute(conn)?;
     }
+    for task in &plan.tasks {
+        UpsertTask(task).execute(conn)?;
+    }
     Ok(())
 }
 
@@ -280,10 +283,79 @@ impl QueryFragment<Sqlite> for UpsertPhase<'_, '_> {
 
 impl RunQueryDsl<SqliteConnection> for UpsertPhase<'_, '_> {}
 
+/// Insert of one task, or update of its status, lease and result, with a fixed, cacheable text
+/// (see [`UpdateFlow`]): leases and heartbeats rewrite task rows often.
+struct UpsertTask<'p, 'a>(&'p TaskWrite<'a>);
+
+/// The static query id of [`UpsertTask`].
+struct UpsertTaskId;
+
+impl QueryId for UpsertTask<'_, '_> {
+    type QueryId = UpsertTaskId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Sqlite> for UpsertTask<'_, '_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        let row = self.0;
+        let task = row.task;
+        out.push_sql("INSERT INTO tasks (");
+        out.push_sql(TASK_COLUMN_LIST);
+        out.push_sql(") VALUES (");
+        out.push_bind_param::<SqlUuid, _>(&row.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&task.queue)?;
+        out.push_sql(", ");
+        out.push_bind_param::<SqlUuid, _>(&row.flow_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<SqlUuid, _>(&row.master_flow_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&task.phase)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Integer, _>(&row.attempt)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&task.client_account_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&task.engagement_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<SqlJson, _>(&row.payload)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, str>(task.status.as_str())?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<SqlUuid>, _>(&row.lease_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&task.worker_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<SqlTime>, _>(&row.lease_expires_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<SqlJson>, _>(&row.result)?;
+        out.push_sql(", ");
+        out.push_bind_param::<SqlTime, _>(&row.created_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<SqlTime, _>(&row.updated_at)?;
+        out.push_sql(")");
+        out.push_sql(bulk::TASK_CONFLICT);
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<SqliteConnection> for UpsertTask<'_, '_> {}
+
+/// The column list of [`UpsertTask`], in its bind order ([`bulk::TASK_COLUMNS`], checked by a
+/// test).
+const TASK_COLUMN_LIST: &str = "id, queue, flow_id, master_flow_id, phase, attempt, \
+     client_account_id, engagement_id, payload, status, lease_id, worker_id, lease_expires_at, \
+     result, created_at, updated_at";
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn task_upsert_binds_in_column_order() {
+        assert_eq!(TASK_COLUMN_LIST, bulk::TASK_COLUMNS.join(", "));
+    }
 
     #[test]
     fn strips_the_scheme() {

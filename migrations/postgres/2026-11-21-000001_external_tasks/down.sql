@@ -1,0 +1,2 @@
+DROP INDEX events_master_id;
+DROP TABLE tasks;
