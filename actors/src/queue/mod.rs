@@ -249,13 +249,13 @@ impl QueueActor {
                 .into_actor(self)
                 .map(move |result, act, _| match result {
                     Ok(()) => {
-                        if let Some(task) = act.tasks.remove(&task_id) {
-                            if let Some(outcome) = outcome_of(&task.record) {
-                                act.finished
-                                    .insert(task_id, (Instant::now(), outcome.clone()));
-                                if let Some((_, waiter)) = task.waiter {
-                                    let _ = waiter.send(outcome);
-                                }
+                        if let Some(task) = act.tasks.remove(&task_id)
+                            && let Some(outcome) = outcome_of(&task.record)
+                        {
+                            act.finished
+                                .insert(task_id, (Instant::now(), outcome.clone()));
+                            if let Some((_, waiter)) = task.waiter {
+                                let _ = waiter.send(outcome);
                             }
                         }
                         let _ = done.send(Ok(record));
