@@ -139,6 +139,17 @@ impl QueueActor {
             let Some(task_id) = self.ready.get(key).and_then(|r| r.first().copied()) else {
                 return;
             };
+            if self
+                .tasks
+                .get(&task_id)
+                .is_none_or(|t| t.record.status != TaskStatus::Queued)
+            {
+                // Not queued any more (finished or leased meanwhile): never hand it out.
+                if let Some(ready) = self.ready.get_mut(key) {
+                    ready.remove(&task_id);
+                }
+                continue;
+            }
             let Some(poller) = self.pollers.get_mut(key).and_then(VecDeque::pop_front) else {
                 return;
             };
@@ -237,9 +248,10 @@ impl QueueActor {
     ) -> Option<impl Future<Output = Result<TaskRecord, QueueError>> + use<>> {
         let task = self.tasks.get_mut(&task_id)?;
         let previous = task.record.clone();
+        let stamp = now();
         task.record.status = status;
         task.record.result = result;
-        task.record.updated_at = now();
+        task.record.updated_at = stamp;
         let record = task.record.clone();
         self.unqueue(&record);
         let commit = self.persist(&record);
@@ -249,7 +261,13 @@ impl QueueActor {
                 .into_actor(self)
                 .map(move |result, act, _| match result {
                     Ok(()) => {
-                        if let Some(task) = act.tasks.remove(&task_id)
+                        // Unless it was revived meanwhile (a withdrawn task re-submitted by its
+                        // attempt), the finished task leaves memory; the store has it.
+                        let unchanged = act.tasks.get(&task_id).is_some_and(|t| {
+                            t.record.status == status && t.record.updated_at == stamp
+                        });
+                        if unchanged
+                            && let Some(task) = act.tasks.remove(&task_id)
                             && let Some(outcome) = outcome_of(&task.record)
                         {
                             act.finished
@@ -445,7 +463,9 @@ impl Handler<Submit> for QueueActor {
                     self.leases.insert((expires_at, task_id));
                 }
             }
-            _ => {
+            // Finishing: the pending commit hands the outcome to the waiter just attached.
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Expired => {}
+            TaskStatus::Withdrawn => {
                 // Withdrawn by an earlier life of this attempt: back on the queue.
                 live.record.status = TaskStatus::Queued;
                 live.record.lease_id = None;
