@@ -252,6 +252,31 @@ async fn every_bad_input_is_a_4xx_problem_and_changes_nothing(backend: Backend) 
             422,
         ),
         case(
+            "external phase without a queue",
+            "PUT",
+            "/v1/flow-types/newtype",
+            Body::Json(json!({ "phases": [{ "name": "a", "handler": "external" }] })),
+            422,
+        ),
+        case(
+            "fan-out with no inputs",
+            "PUT",
+            "/v1/flow-types/newtype",
+            Body::Json(
+                json!({ "phases": [{ "name": "a", "handler": "child_flows", "params": { "flow_type": "simple" } }] }),
+            ),
+            422,
+        ),
+        case(
+            "fallback to an unknown handler",
+            "PUT",
+            "/v1/flow-types/newtype",
+            Body::Json(
+                json!({ "phases": [{ "name": "a", "handler": "noop", "fallback": "teleport" }] }),
+            ),
+            422,
+        ),
+        case(
             "unknown flow type read",
             "GET",
             "/v1/flow-types/nope",
