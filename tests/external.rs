@@ -59,6 +59,24 @@ async fn failures(server: &TestServer, id: &str) -> Vec<Value> {
     reply.body["failures"].as_array().expect("failures").clone()
 }
 
+/// Waits until `/metrics` has the exact line `line`.
+async fn wait_for_metric(server: &TestServer, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut response = common::client()
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        let body = response.body().await.expect("metrics body");
+        if String::from_utf8_lossy(&body).lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{line}` in /metrics");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn is_problem(reply: &common::Reply, status: u16) {
     assert_eq!(reply.status, status, "{}", reply.body);
     assert_eq!(reply.content_type, "application/problem+json");
@@ -75,6 +93,7 @@ async fn a_worker_leases_heartbeats_and_completes_a_task(backend: Backend) {
     );
 
     let id = create(&server, "crewed", json!({ "platform": "aws" })).await;
+    wait_for_metric(&server, "flowd_tasks_queued 1").await;
     let leased = poll(
         &server,
         "crews",
@@ -99,6 +118,7 @@ async fn a_worker_leases_heartbeats_and_completes_a_task(backend: Backend) {
     .await;
     assert_eq!(beat.status, 200, "{}", beat.body);
     assert_eq!(beat.body["status"], "leased");
+    wait_for_metric(&server, "flowd_tasks_leased 1").await;
 
     let done = post(
         &server,

@@ -102,6 +102,9 @@ pub struct Gauges {
     pub flows_by_status: Vec<(String, u64)>,
     pub live_flow_actors: usize,
     pub event_subscribers: usize,
+    /// External tasks waiting for a worker, and leased to one.
+    pub queued_tasks: usize,
+    pub leased_tasks: usize,
 }
 
 impl RuntimeMetrics {
@@ -182,6 +185,18 @@ impl RuntimeMetrics {
             "flowd_event_subscribers",
             "Live event stream subscribers.",
             gauges.event_subscribers as u64,
+        );
+        gauge(
+            &mut out,
+            "flowd_tasks_queued",
+            "External tasks waiting for a worker.",
+            gauges.queued_tasks as u64,
+        );
+        gauge(
+            &mut out,
+            "flowd_tasks_leased",
+            "External tasks leased to a worker.",
+            gauges.leased_tasks as u64,
         );
         counter(
             &mut out,

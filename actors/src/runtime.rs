@@ -21,7 +21,9 @@ use crate::ids::{FlowId, Tenant};
 use crate::metrics::{Gauges, RuntimeMetrics};
 use crate::model::{FailureRecord, FlowState, NewFlow};
 use crate::persistence::{GetStats, PersistenceActor, PersistenceStats};
-use crate::queue::{Lease, Poll, QueueActor, QueueError, Report, ReportTask};
+use crate::queue::{
+    GetQueueStats, Lease, Poll, QueueActor, QueueError, QueueStats, Report, ReportTask,
+};
 use crate::registry::{GetFlowType, ListFlowTypes, RegisterFlowType, Registry};
 use crate::store::{FlowQuery, FlowStore};
 use crate::supervisor::{
@@ -296,6 +298,11 @@ impl Runtime {
             .map_err(|e| QueueError::Unavailable(e.to_string()))?
     }
 
+    /// How many external tasks are queued and leased now.
+    pub async fn queue_stats(&self) -> Result<QueueStats, RuntimeError> {
+        Ok(self.queue.send(GetQueueStats).await?)
+    }
+
     /// Every event committed from now on (filter by tenant yourself).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommittedEvent>> {
         self.fanout.subscribe()
@@ -341,10 +348,13 @@ impl Runtime {
             .into_iter()
             .map(|(status, count)| (status.as_str().to_owned(), count))
             .collect();
+        let tasks = self.queue_stats().await?;
         let gauges = Gauges {
             flows_by_status,
             live_flow_actors: self.live_flows().await?,
             event_subscribers: self.subscriber_count(),
+            queued_tasks: tasks.queued,
+            leased_tasks: tasks.leased,
         };
         Ok(self.metrics.render(&gauges))
     }

@@ -112,3 +112,17 @@ pub enum QueueError {
     #[error("queue unavailable: {0}")]
     Unavailable(String),
 }
+
+/// How many tasks wait on queues and how many are leased, for metrics and benchmarks.
+#[derive(Message)]
+#[rtype(result = "QueueStats")]
+pub struct GetQueueStats;
+
+/// The queue actor's current load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub queued: usize,
+    pub leased: usize,
+    /// Workers waiting in a long poll.
+    pub waiting_workers: usize,
+}

@@ -26,7 +26,10 @@ use crate::model::now;
 use crate::persistence::{Persist, PersistenceActor};
 use crate::store::{FlowStore, Write};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
-pub use messages::{Attached, Detach, Lease, Poll, QueueError, Report, ReportTask, Submit};
+pub use messages::{
+    Attached, Detach, GetQueueStats, Lease, Poll, QueueError, QueueStats, Report, ReportTask,
+    Submit,
+};
 
 /// How often leases are checked for expiry.
 const LEASE_SWEEP: Duration = Duration::from_millis(200);
@@ -508,6 +511,29 @@ impl Handler<Submit> for QueueActor {
                 }
             }),
         )
+    }
+}
+
+impl Handler<GetQueueStats> for QueueActor {
+    type Result = MessageResult<GetQueueStats>;
+
+    fn handle(&mut self, _: GetQueueStats, _: &mut Self::Context) -> Self::Result {
+        let count = |status| {
+            self.tasks
+                .values()
+                .filter(|t| t.record.status == status)
+                .count()
+        };
+        MessageResult(QueueStats {
+            queued: count(TaskStatus::Queued),
+            leased: count(TaskStatus::Leased),
+            waiting_workers: self
+                .pollers
+                .values()
+                .flatten()
+                .filter(|p| !p.reply.is_closed())
+                .count(),
+        })
     }
 }
 
