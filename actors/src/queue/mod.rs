@@ -62,6 +62,7 @@ pub struct QueueActor {
     leases: BTreeSet<(DateTime<Utc>, TaskId)>,
     /// Outcomes of recently finished tasks, for an attempt that re-attaches after they finished.
     finished: HashMap<TaskId, (Instant, PhaseResult)>,
+    pruned_at: Instant,
     next_token: u64,
 }
 
@@ -77,6 +78,7 @@ impl QueueActor {
             last_poll: HashMap::new(),
             leases: BTreeSet::new(),
             finished: HashMap::new(),
+            pruned_at: Instant::now(),
             next_token: 0,
         }
     }
@@ -318,8 +320,11 @@ impl QueueActor {
                 }
             }
         }
-        self.finished
-            .retain(|_, (at, _)| at.elapsed() < FINISHED_TTL);
+        if self.pruned_at.elapsed() >= FINISHED_TTL / 10 {
+            self.pruned_at = Instant::now();
+            self.finished
+                .retain(|_, (at, _)| at.elapsed() < FINISHED_TTL);
+        }
     }
 
     /// Withdraws a queued task whose queue no worker polled within `window`, and ends its

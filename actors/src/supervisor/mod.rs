@@ -494,18 +494,19 @@ impl Handler<RecoverFlows> for Supervisor {
         Box::pin(load.into_actor(self).map(|result, act, ctx| {
             let mut started = 0;
             for (flow, definition, orphaned) in result? {
-                if !act.flows.contains_key(&flow.id) {
-                    let (flow_id, tenant) = (flow.id, flow.tenant());
+                let (flow_id, tenant) = (flow.id, flow.tenant());
+                if !act.flows.contains_key(&flow_id) {
                     act.spawn_flow(flow, definition, StartMode::Recover, ctx);
-                    if orphaned {
-                        info!(flow_id = %flow_id, "parent was cancelled; cancelling the child");
-                        ctx.address().do_send(ControlFlow {
-                            flow_id,
-                            tenant,
-                            command: ControlCommand::Cancel,
-                        });
-                    }
                     started += 1;
+                }
+                if orphaned {
+                    // Also catches a child created while its master's cancel was cascading.
+                    info!(flow_id = %flow_id, "parent was cancelled; cancelling the child");
+                    ctx.address().do_send(ControlFlow {
+                        flow_id,
+                        tenant,
+                        command: ControlCommand::Cancel,
+                    });
                 }
             }
             info!(flows = started, "non-terminal flows resumed");
