@@ -203,11 +203,26 @@ async fn watch(api: &Api, id: &str) -> anyhow::Result<i32> {
         match frame? {
             awc::ws::Frame::Text(bytes) => {
                 let event: Value = serde_json::from_slice(&bytes)?;
-                status = event["status"].as_str().unwrap_or_default().to_owned();
+                let event_status = event["status"].as_str().unwrap_or_default();
+                // A master's stream also carries its children's events: only its own end it.
+                let who = match event["flow_id"].as_str() {
+                    Some(flow_id) if flow_id != id => {
+                        format!(
+                            "child {}",
+                            flow_id
+                                .get(flow_id.len().saturating_sub(8)..)
+                                .unwrap_or(flow_id)
+                        )
+                    }
+                    _ => {
+                        status = event_status.to_owned();
+                        String::new()
+                    }
+                };
                 let line = format!(
-                    "{} {:<10} {:<24} {}",
+                    "{} {:<10} {:<24} {} {who}",
                     bar(event["progress_percentage"].as_f64().unwrap_or(0.0)),
-                    status,
+                    event_status,
                     event["current_phase"].as_str().unwrap_or("-"),
                     event["kind"].as_str().unwrap_or_default(),
                 );

@@ -30,6 +30,18 @@ async fn the_cli_creates_lists_shows_and_watches_flows(backend: Backend) {
             ],
         ),
         flow_type_toml("broken", &[("collect", "fail", "{ times = 5 }", 0)]),
+        flow_type_toml(
+            "fanned",
+            &[
+                (
+                    "fan",
+                    "child_flows",
+                    "{ flow_type = \"report\", count = 3 }",
+                    0,
+                ),
+                ("merge", "noop", "{}", 0),
+            ],
+        ),
     ]
     .concat();
     let server = TestServer::start(config_for(&db, &types));
@@ -83,6 +95,22 @@ async fn the_cli_creates_lists_shows_and_watches_flows(backend: Backend) {
             .code(),
         Some(1),
         "failed flows exit 1"
+    );
+
+    // A master's stream carries its children's events; only the master's end ends the watch.
+    let fanned = flowd(&server, &["flows", "create", "fanned"]);
+    let fanned_id = stdout(&fanned)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let watched = flowd(&server, &["flows", "watch", &fanned_id]);
+    assert_eq!(watched.status.code(), Some(0));
+    let text = stdout(&watched);
+    assert_eq!(text.matches("flow_completed child").count(), 3, "{text}");
+    assert!(
+        text.contains("merge"),
+        "watched to the master's end: {text}"
     );
 
     let refused = flowd(&server, &["flows", "create", "nope"]);
