@@ -171,6 +171,13 @@ impl FlowType {
                         "must be an object",
                     ));
                 }
+                if phase.handler == "external" && fallback == "external" {
+                    // One attempt has one task: a second queue would need a second task.
+                    return Err(DefinitionError::new(
+                        format!("phases[{i}].fallback"),
+                        "an `external` phase cannot fall back to another `external` queue",
+                    ));
+                }
                 let field = if phase.fallback_params.is_some() {
                     "fallback_params"
                 } else {

@@ -68,10 +68,15 @@ impl PhaseHandler for ExternalHandler {
                 serde_json::from_value(ctx.params.clone()).map_err(|e| {
                     HandlerError::fatal("bad_params", format!("invalid `external` params: {e}"))
                 })?;
-            let stored = store
-                .find_task(ctx.flow_id, &ctx.phase, ctx.attempt)
-                .await
-                .map_err(unavailable)?;
+            // Only an attempt that may have run before can have a task already.
+            let stored = if ctx.resumed {
+                store
+                    .find_task(ctx.flow_id, &ctx.phase, ctx.attempt)
+                    .await
+                    .map_err(unavailable)?
+            } else {
+                None
+            };
             let (task, is_stored) = match stored {
                 Some(task) => (task, true),
                 None => {
@@ -113,6 +118,8 @@ impl PhaseHandler for ExternalHandler {
                 cancellation: ctx.cancellation.clone(),
                 armed: true,
             };
+            // A parked attempt may wait for days: keep only what the wait needs.
+            drop((ctx, store));
             let outcome = attached.outcome.await;
             guard.armed = false;
             outcome.unwrap_or_else(|_| Err(unavailable("the queue dropped the task")))

@@ -30,6 +30,9 @@ pub struct PhaseContext {
     pub outputs: Map<String, Value>,
     /// 1 for the first attempt; a crash-interrupted attempt runs again with the same number.
     pub attempt: u32,
+    /// True when this attempt may have run before (the flow was recovered from the store):
+    /// handlers with durable side effects look for them before starting over.
+    pub resumed: bool,
     /// `{flow_id}:{phase}:{attempt}`: lets side effects be made exactly-once.
     pub idempotency_key: String,
     /// Fired when the flow is cancelled or the attempt timed out; the task is aborted soon after.

@@ -90,7 +90,7 @@ struct Outgoing {
 pub struct FlowActor {
     flow: FlowState,
     definition: Arc<FlowType>,
-    env: FlowEnv,
+    env: Arc<FlowEnv>,
     start: Option<StartMode>,
     generation: u64,
     in_flight: Option<RunningAttempt>,
@@ -100,6 +100,8 @@ pub struct FlowActor {
     writing: bool,
     /// Told to the supervisor on stop; a stop nobody explained is a fault.
     stop_cause: StopCause,
+    /// Rebuilt from the store: the next attempt it runs may have run before.
+    resuming: bool,
 }
 
 impl FlowActor {
@@ -107,7 +109,7 @@ impl FlowActor {
     pub fn new(
         flow: FlowState,
         definition: Arc<FlowType>,
-        env: FlowEnv,
+        env: Arc<FlowEnv>,
         start: StartMode,
         generation: u64,
     ) -> Self {
@@ -121,6 +123,7 @@ impl FlowActor {
             outbox: VecDeque::new(),
             writing: false,
             stop_cause: StopCause::Fault("stopped unexpectedly".into()),
+            resuming: false,
         }
     }
 
@@ -301,6 +304,7 @@ impl FlowActor {
             input: self.flow.input.clone(),
             outputs: self.outputs(),
             attempt,
+            resumed: std::mem::take(&mut self.resuming),
             idempotency_key: format!("{}:{}:{}", self.flow.id, phase, attempt),
             cancellation: cancellation.clone(),
             heartbeat: heartbeat.clone(),
@@ -439,6 +443,7 @@ impl Actor for FlowActor {
         match self.start.take() {
             Some(StartMode::Run(effect)) => self.carry_out(effect, ctx),
             Some(StartMode::Recover) => {
+                self.resuming = true;
                 let step = machine::recover(&mut self.flow, &self.definition, now());
                 debug!(flow_id = %self.flow.id, status = %self.flow.status, "flow recovered");
                 self.apply(step, None, ctx);

@@ -41,6 +41,36 @@ type QueueKey = (Tenant, String);
 struct LiveTask {
     record: TaskRecord,
     waiter: Option<(u64, oneshot::Sender<PhaseResult>)>,
+    /// The payload as JSON text once the row is stored: a parked task holds a few hundred
+    /// bytes instead of a JSON tree (`record.payload` is then null; upserts never change it).
+    payload: Option<Box<str>>,
+}
+
+impl LiveTask {
+    fn new(record: TaskRecord) -> Box<Self> {
+        Box::new(Self {
+            record,
+            waiter: None,
+            payload: None,
+        })
+    }
+
+    /// Called once the row is committed, so every later write of the task is an update.
+    fn compact(&mut self) {
+        if self.payload.is_none() && !self.record.payload.is_null() {
+            self.payload = serde_json::to_string(&self.record.payload)
+                .ok()
+                .map(String::into_boxed_str);
+            self.record.payload = Value::Null;
+        }
+    }
+
+    fn payload(&self) -> Value {
+        match &self.payload {
+            Some(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+            None => self.record.payload.clone(),
+        }
+    }
 }
 
 struct Poller {
@@ -53,7 +83,7 @@ struct Poller {
 pub struct QueueActor {
     store: Arc<dyn FlowStore>,
     persistence: Addr<PersistenceActor>,
-    tasks: HashMap<TaskId, LiveTask>,
+    tasks: HashMap<TaskId, Box<LiveTask>>,
     /// Queued tasks per queue, oldest (smallest time-ordered id) first.
     ready: HashMap<QueueKey, BTreeSet<TaskId>>,
     pollers: HashMap<QueueKey, VecDeque<Poller>>,
@@ -184,8 +214,9 @@ impl QueueActor {
                 .tasks
                 .get(&task_id)
                 .is_some_and(|t| t.record.lease_id == Some(lease_id));
-            match result {
-                Ok(()) if still_ours => {
+            let payload = act.tasks.get(&task_id).map(|t| t.payload());
+            match (result, payload) {
+                (Ok(()), Some(payload)) if still_ours => {
                     let lease = Lease {
                         task_id,
                         lease_id,
@@ -193,7 +224,7 @@ impl QueueActor {
                         flow_id: record.flow_id,
                         phase: record.phase.clone(),
                         attempt: record.attempt,
-                        payload: record.payload.clone(),
+                        payload,
                     };
                     if poller.reply.send(Ok(Some(lease))).is_err() {
                         // The worker gave up waiting before the lease was committed.
@@ -202,10 +233,10 @@ impl QueueActor {
                         debug!(flow_id = %record.flow_id, phase = %record.phase, task_id = %task_id, "task leased");
                     }
                 }
-                Ok(()) => {
+                (Ok(()), _) => {
                     let _ = poller.reply.send(Ok(None));
                 }
-                Err(error) => {
+                (Err(error), _) => {
                     warn!(%error, task_id = %task_id, "lease not committed; task stays queued");
                     if still_ours {
                         act.requeue_in_memory(task_id);
@@ -458,10 +489,10 @@ impl Handler<Submit> for QueueActor {
             let _ = sender.send(result);
             return Box::pin(fut::ready(Ok(attached)));
         }
-        let live = self.tasks.entry(task_id).or_insert_with(|| LiveTask {
-            record: task,
-            waiter: None,
-        });
+        let live = self
+            .tasks
+            .entry(task_id)
+            .or_insert_with(|| LiveTask::new(task));
         live.waiter = Some((token, sender));
         let mut write = !stored;
         match live.record.status {
@@ -505,6 +536,9 @@ impl Handler<Submit> for QueueActor {
             .into_actor(self)
             .map(move |result, act, ctx| match result {
                 Ok(()) => {
+                    if let Some(task) = act.tasks.get_mut(&task_id) {
+                        task.compact();
+                    }
                     act.dispatch(&key, ctx);
                     Ok(attached)
                 }
@@ -638,13 +672,9 @@ impl QueueActor {
                     if let Some(expires_at) = record.lease_expires_at {
                         self.leases.insert((expires_at, task_id));
                     }
-                    self.tasks.insert(
-                        task_id,
-                        LiveTask {
-                            record,
-                            waiter: None,
-                        },
-                    );
+                    let mut task = LiveTask::new(record);
+                    task.compact();
+                    self.tasks.insert(task_id, task);
                 }
                 Ok(Some(record)) => {
                     if record.tenant() != report.tenant {

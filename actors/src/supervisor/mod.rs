@@ -65,6 +65,7 @@ pub struct Supervisor {
     store_retries: HashMap<FlowId, u32>,
     /// Creates in flight per (tenant, idempotency key): later identical requests wait for the first.
     creating: HashMap<(Tenant, String), Vec<Waiter>>,
+    flow_env: Option<Arc<FlowEnv>>,
 }
 
 /// What the supervisor needs to run flows.
@@ -101,6 +102,7 @@ impl Supervisor {
             restarts: HashMap::new(),
             store_retries: HashMap::new(),
             creating: HashMap::new(),
+            flow_env: None,
         }
     }
 
@@ -116,15 +118,21 @@ impl Supervisor {
             return live.addr.clone();
         }
         self.store_retries.remove(&flow.id);
-        let env = FlowEnv {
-            handlers: self.handlers.clone(),
-            persistence: self.persistence.clone(),
-            stopped: ctx.address().recipient(),
-            default_timeout: self.default_timeout,
-            handler_pool: self.handler_pool.clone(),
-            metrics: self.metrics.clone(),
-            faults: self.faults.clone(),
-        };
+        // One environment shared by every flow actor: a parked flow costs one pointer for it.
+        let env = self
+            .flow_env
+            .get_or_insert_with(|| {
+                Arc::new(FlowEnv {
+                    handlers: self.handlers.clone(),
+                    persistence: self.persistence.clone(),
+                    stopped: ctx.address().recipient(),
+                    default_timeout: self.default_timeout,
+                    handler_pool: self.handler_pool.clone(),
+                    metrics: self.metrics.clone(),
+                    faults: self.faults.clone(),
+                })
+            })
+            .clone();
         self.generation += 1;
         let generation = self.generation;
         let flow_id = flow.id;
