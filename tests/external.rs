@@ -36,6 +36,15 @@ params = { queue = "nobody-polls-this" }
 fallback = "sleep"
 fallback_params = { ms = 10 }
 fallback_after_s = 1
+
+[[flow_types]]
+name = "no_program"
+version = 1
+[[flow_types.phases]]
+name = "crew"
+handler = "command"
+params = { program = "flowd-no-such-crew-runner" }
+fallback = "noop"
 "#;
 
 async fn create(server: &TestServer, flow_type: &str, input: Value) -> String {
@@ -306,6 +315,14 @@ async fn with_no_worker_the_phase_falls_back(backend: Backend) {
         .clone();
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(kinds.contains(&"phase_fallback"), "{kinds:?}");
+    // A missing program degrades the same way, at once.
+    let id = create(&server, "no_program", json!({})).await;
+    let flow = wait_for_flow(&server, &id, Duration::from_secs(15), is_terminal).await;
+    assert_eq!(flow["status"], "completed", "{flow}");
+    let journal = failures(&server, &id).await;
+    assert_eq!(journal.len(), 1, "{journal:?}");
+    assert_eq!(journal[0]["error_kind"], "handler_unavailable");
+    assert_eq!(journal[0]["diagnostic"]["primary"], "command");
     // The withdrawn task is not handed to a late worker.
     assert_eq!(
         poll(&server, "nobody-polls-this", json!({ "wait_ms": 200 }))
