@@ -1,5 +1,6 @@
-//! Load harness: drives an in-process runtime (or, for `db_limit`, the store alone) and prints
-//! one JSON object per run on stdout, then the medians when `--runs` > 1.
+//! Load harness: drives an in-process runtime (or, for `db_limit`, the store alone; for
+//! `recovery` and `http_start_latency`, the real server binary) and prints one JSON object per
+//! run on stdout, then the medians when `--runs` > 1.
 //!
 //! ```text
 //! cargo run --release --example load_harness -- \
@@ -13,13 +14,23 @@
 //!   (a registered handler starts running) latencies, with at most C flows in flight.
 //! - `db_limit`: no actors; the writes the runtime would issue for N flows of K phases, committed
 //!   straight through the store in batches of C. The physical ceiling `throughput` is held to.
+//! - `recovery`: N flows in flight in the real server, SIGKILL, restart; seconds to resume.
+//! - `http_start_latency`: the real server; N `POST /v1/flows` (flows of K `noop` phases) sent
+//!   open-loop at `--rate` per second over a keep-alive pool of at most C connections. Latency
+//!   runs from each request's *scheduled* send time to its `201` (the flow committed
+//!   `running`), so a slow answer delays no later measurement (no coordinated omission).
+//! - `ws_fanout`: the server in-process with C websocket subscribers on the tenant stream; N
+//!   flows of K `sleep 20 ms` phases created `--rate` per second; delay from each event's
+//!   commit to its arrival at every subscriber (`examples/ws_fanout.rs`, included as a module).
 //!
 //! Every run gets a fresh database: SQLite in a temp dir, or a throw-away PostgreSQL database
 //! created next to `FLOWD_BENCH_POSTGRES_URL` / `FLOWD_TEST_POSTGRES_URL` and dropped after.
 //! Logs are off unless `RUST_LOG` is set (they go to stderr).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, ExitCode, Stdio};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +51,9 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+#[path = "ws_fanout.rs"]
+mod ws_fanout;
+
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// The first phase of `start_latency` flows: records when it begins running.
 const MARK_HANDLER: &str = "bench_mark";
@@ -50,15 +64,20 @@ struct Args {
     /// Backend of the fresh database each run gets.
     #[arg(long, value_enum)]
     db: Backend,
-    /// Flows per run (N).
-    #[arg(long, default_value_t = 5000)]
-    flows: usize,
+    /// Flows per run (N); 5000 unless given, 40 for `ws_fanout`.
+    #[arg(long)]
+    flows: Option<usize>,
     /// Phases per flow (K).
     #[arg(long, default_value_t = 6)]
     phases: usize,
-    /// Flows in flight (C); for `db_limit`, writes per batch.
+    /// Flows in flight (C); for `db_limit`, writes per batch; for `http_start_latency`, most
+    /// pooled connections; for `ws_fanout`, websocket subscribers.
     #[arg(long, default_value_t = 1000)]
     concurrency: usize,
+    /// Flow creations per second, for `http_start_latency` (open loop; default 1000) and
+    /// `ws_fanout` (a pause of 1/rate after each creation; default 40).
+    #[arg(long)]
+    rate: Option<f64>,
     #[arg(long, value_enum)]
     scenario: Scenario,
     /// Repetitions, each on a fresh database; more than one also prints the medians.
@@ -73,6 +92,32 @@ struct Args {
     /// A run that has not finished after this long fails.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
+}
+
+impl Args {
+    /// N, with the scenario's default.
+    fn flows(&self) -> usize {
+        self.flows.unwrap_or(match self.scenario {
+            Scenario::WsFanout => 40,
+            _ => 5000,
+        })
+    }
+
+    /// Creations per second, with the scenario's default.
+    fn rate(&self) -> f64 {
+        self.rate.unwrap_or(match self.scenario {
+            Scenario::WsFanout => 40.0,
+            _ => 1000.0,
+        })
+    }
+
+    /// Whether `--rate` means anything to the scenario.
+    fn paced(&self) -> bool {
+        matches!(
+            self.scenario,
+            Scenario::HttpStartLatency | Scenario::WsFanout
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -97,6 +142,7 @@ enum Scenario {
     StartLatency,
     DbLimit,
     Recovery,
+    HttpStartLatency,
     SuspendedMemory,
     WsFanout,
 }
@@ -108,6 +154,7 @@ impl Scenario {
             Self::StartLatency => "start_latency",
             Self::DbLimit => "db_limit",
             Self::Recovery => "recovery",
+            Self::HttpStartLatency => "http_start_latency",
             Self::SuspendedMemory => "suspended_memory",
             Self::WsFanout => "ws_fanout",
         }
@@ -119,19 +166,19 @@ type Figures = BTreeMap<&'static str, f64>;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if matches!(
-        args.scenario,
-        Scenario::SuspendedMemory | Scenario::WsFanout
-    ) {
+    if args.scenario == Scenario::SuspendedMemory {
         eprintln!(
-            "scenario `{}` is not here: ws_fanout is `examples/ws_fanout.rs`; suspended_memory needs \
-             external phases; available: throughput, start_latency, db_limit, recovery",
-            args.scenario.name()
+            "scenario `suspended_memory` needs external phases; available: throughput, \
+             start_latency, db_limit, recovery, http_start_latency, ws_fanout"
         );
         return ExitCode::from(2);
     }
-    if args.flows == 0 || args.phases == 0 || args.concurrency == 0 || args.runs == 0 {
+    if args.flows() == 0 || args.phases == 0 || args.concurrency == 0 || args.runs == 0 {
         eprintln!("--flows, --phases, --concurrency and --runs must be at least 1");
+        return ExitCode::from(2);
+    }
+    if !(args.rate().is_finite() && args.rate() > 0.0) {
+        eprintln!("--rate must be a positive number of creations per second");
         return ExitCode::from(2);
     }
     if std::env::var_os("RUST_LOG").is_some() {
@@ -178,9 +225,12 @@ fn header(args: &Args) -> Map<String, Value> {
     let mut line = Map::new();
     line.insert("scenario".into(), json!(args.scenario.name()));
     line.insert("db".into(), json!(args.db.name()));
-    line.insert("flows".into(), json!(args.flows));
+    line.insert("flows".into(), json!(args.flows()));
     line.insert("phases".into(), json!(args.phases));
     line.insert("concurrency".into(), json!(args.concurrency));
+    if args.paced() {
+        line.insert("rate".into(), json!(args.rate()));
+    }
     line
 }
 
@@ -191,15 +241,21 @@ fn run_once(args: &Args) -> Result<Figures, String> {
     let url = database.url.clone();
     System::new().block_on(async {
         let result = tokio::time::timeout(Duration::from_secs(args.timeout_s), async {
+            // The server scenarios open the database themselves.
+            match args.scenario {
+                Scenario::Recovery => return recovery(args, &url).await,
+                Scenario::HttpStartLatency => return http_start_latency(args, &url).await,
+                Scenario::WsFanout => return ws_fanout(args, &url).await,
+                Scenario::SuspendedMemory => return Err("not available".into()),
+                Scenario::Throughput | Scenario::StartLatency | Scenario::DbLimit => {}
+            }
             let store = DbStore::connect(&url, args.pool_size)
                 .await
                 .map_err(|e| format!("cannot open {url}: {e}"))?;
             match args.scenario {
                 Scenario::Throughput => throughput(args, Arc::new(store)).await,
                 Scenario::StartLatency => start_latency(args, Arc::new(store)).await,
-                Scenario::DbLimit => db_limit(args, store).await,
-                Scenario::Recovery => recovery(args, &url).await,
-                _ => unreachable!("rejected in main"),
+                _ => db_limit(args, store).await,
             }
         })
         .await
@@ -237,7 +293,7 @@ fn new_flow(flow_type: &str) -> NewFlow {
 
 fn runtime_config(args: &Args) -> RuntimeConfig {
     // Every event of the run fits the buffer: the harness must never lag behind the fan-out.
-    let events = args.flows * (2 * args.phases + 3);
+    let events = args.flows() * (2 * args.phases + 3);
     RuntimeConfig {
         event_buffer: events.next_power_of_two().max(1 << 16),
         max_batch: args.max_batch,
@@ -260,7 +316,7 @@ struct Driven {
     after: PersistenceStats,
 }
 
-/// Creates `args.flows` flows of `flow_type`, keeping `args.concurrency` of them in flight: a
+/// Creates `args.flows()` flows of `flow_type`, keeping `args.concurrency` of them in flight: a
 /// new flow is created whenever one completes, as the committed-event stream reports it.
 async fn drive(args: &Args, runtime: &Runtime, flow_type: &str) -> Result<Driven, String> {
     let mut events = runtime.subscribe();
@@ -281,19 +337,19 @@ async fn drive(args: &Args, runtime: &Runtime, flow_type: &str) -> Result<Driven
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let mut launched = args.concurrency.min(args.flows);
+    let mut launched = args.concurrency.min(args.flows());
     for _ in 0..launched {
         launch(&created_tx);
     }
-    let mut created: HashMap<FlowId, (Instant, Instant)> = HashMap::with_capacity(args.flows);
-    let mut completed: HashMap<FlowId, Instant> = HashMap::with_capacity(args.flows);
-    while completed.len() < args.flows {
+    let mut created: HashMap<FlowId, (Instant, Instant)> = HashMap::with_capacity(args.flows());
+    let mut completed: HashMap<FlowId, Instant> = HashMap::with_capacity(args.flows());
+    while completed.len() < args.flows() {
         tokio::select! {
             event = events.recv() => match event {
                 Ok(event) => match event.kind {
                     EventKind::FlowCompleted => {
                         completed.insert(event.flow_id, Instant::now());
-                        if launched < args.flows {
+                        if launched < args.flows() {
                             launched += 1;
                             launch(&created_tx);
                         }
@@ -330,7 +386,7 @@ async fn drive(args: &Args, runtime: &Runtime, flow_type: &str) -> Result<Driven
         .map_err(|e| e.to_string())?;
     drop(created_tx);
     // A create's reply may still be on its way after its flow's completion event.
-    while created.len() < args.flows {
+    while created.len() < args.flows() {
         let (requested, running, result) = created_rx
             .recv()
             .await
@@ -382,7 +438,7 @@ async fn throughput(args: &Args, store: Arc<DbStore>) -> Result<Figures, String>
     let (p50, p99) = percentiles(latencies);
     figures.insert(
         "flows_per_sec",
-        args.flows as f64 / driven.elapsed.as_secs_f64(),
+        args.flows() as f64 / driven.elapsed.as_secs_f64(),
     );
     figures.insert("flow_latency_p50_ms", p50);
     figures.insert("flow_latency_p99_ms", p99);
@@ -410,8 +466,8 @@ async fn start_latency(args: &Args, store: Arc<DbStore>) -> Result<Figures, Stri
         .map_err(|e| format!("runtime did not start: {e}"))?;
     let driven = drive(args, &runtime, "bench_mark").await?;
     let marks = marks.lock();
-    let mut running = Vec::with_capacity(args.flows);
-    let mut first_phase = Vec::with_capacity(args.flows);
+    let mut running = Vec::with_capacity(args.flows());
+    let mut first_phase = Vec::with_capacity(args.flows());
     for (id, timing) in &driven.flows {
         running.push(timing.running - timing.requested);
         let mark = marks
@@ -428,7 +484,7 @@ async fn start_latency(args: &Args, store: Arc<DbStore>) -> Result<Figures, Stri
     figures.insert("first_phase_p99_ms", p99);
     figures.insert(
         "flows_per_sec",
-        args.flows as f64 / driven.elapsed.as_secs_f64(),
+        args.flows() as f64 / driven.elapsed.as_secs_f64(),
     );
     Ok(figures)
 }
@@ -472,7 +528,7 @@ async fn db_limit(args: &Args, store: DbStore) -> Result<Figures, String> {
     // starts: only the database is measured.
     let mut batches: Vec<Vec<Write>> = Vec::new();
     let mut next_event_id = 0i64;
-    let mut flows_left = args.flows;
+    let mut flows_left = args.flows();
     while flows_left > 0 {
         let wave = flows_left.min(args.concurrency);
         flows_left -= wave;
@@ -575,8 +631,8 @@ fn round(value: f64) -> Value {
     json!((value * 1000.0).round() / 1000.0)
 }
 
-/// A fresh database for one run, removed when dropped.
-/// The real server, for `recovery`: it must be SIGKILLed, so it runs as a child process.
+/// The real server as a child process: `recovery` must SIGKILL it, and `http_start_latency`
+/// measures it alone in its process, as deployed.
 struct Server {
     child: std::process::Child,
     base: String,
@@ -593,7 +649,8 @@ impl Server {
             .map(|dir| dir.join("flowd"))
             .filter(|path| path.exists())
             .ok_or(
-                "build the server first: `cargo build --release` (recovery runs the real binary)",
+                "build the server first: `cargo build --release --bin flowd` (this scenario runs \
+                 the real binary)",
             )?;
         let mut child = Command::new(binary)
             .arg("--config")
@@ -684,10 +741,10 @@ async fn recovery(args: &Args, url: &str) -> Result<Figures, String> {
         .connector(awc::Connector::new().limit(0))
         .timeout(Duration::from_secs(60))
         .finish();
-    let n = args.flows as f64;
+    let n = args.flows() as f64;
     let server = Server::start(&config)?;
     let base = server.base.clone();
-    let creates = futures_util::stream::iter(0..args.flows)
+    let creates = futures_util::stream::iter(0..args.flows())
         .map(|_| {
             let request = client.post(format!("{base}/v1/flows"));
             async move {
@@ -743,6 +800,179 @@ async fn recovery(args: &Args, url: &str) -> Result<Figures, String> {
     ]))
 }
 
+/// One `POST /v1/flows` of `http_start_latency`: when it was due, when it went out, when its
+/// `201` was read in full.
+struct HttpCreate {
+    scheduled: Instant,
+    sent: Instant,
+    answered: Instant,
+}
+
+/// `http_start_latency`: the real server on a fresh database; N creates of flows of K `noop`
+/// phases, due at fixed intervals of 1/rate whatever the answers take, each sent by its own
+/// task over a keep-alive pool of at most C connections. Latency is due time → `201` read,
+/// and every answer must say `running`. Also reports how late the harness itself sent
+/// (`send_lag_p99_ms`), the most requests in flight (sent, or waiting for a pooled
+/// connection), and the seconds after the last `201`
+/// until every flow completed (`drain_s`: whether the server keeps up with the phases too).
+async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = scratch.path().join("http_start_latency.toml");
+    let mut toml = format!(
+        "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n\
+         [[flow_types]]\nname = \"bench_noop\"\nversion = 1\n"
+    );
+    for i in 1..=args.phases {
+        toml.push_str(&format!(
+            "[[flow_types.phases]]\nname = \"p{i}\"\nhandler = \"noop\"\n"
+        ));
+    }
+    std::fs::write(&config, toml).map_err(|e| e.to_string())?;
+    let server = Server::start(&config)?;
+    let endpoint = format!("{}/v1/flows", server.base);
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(args.concurrency))
+        .timeout(Duration::from_secs(60))
+        .finish();
+
+    let n = args.flows();
+    let rate = args.rate();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let in_flight = Rc::new(Cell::new(0usize));
+    let max_in_flight = Rc::new(Cell::new(0usize));
+    let start = Instant::now();
+    let due = |i: usize| start + Duration::from_secs_f64(i as f64 / rate);
+    let mut next = 0;
+    while next < n {
+        // Everything due by now goes out; a late wake-up sends the backlog at once, and those
+        // requests' latency includes the wait.
+        let now = Instant::now();
+        while next < n && due(next) <= now {
+            let scheduled = due(next);
+            let request = client.post(&endpoint);
+            let (done_tx, in_flight, max_in_flight) =
+                (done_tx.clone(), in_flight.clone(), max_in_flight.clone());
+            actix_web::rt::spawn(async move {
+                let sent = Instant::now();
+                in_flight.set(in_flight.get() + 1);
+                max_in_flight.set(max_in_flight.get().max(in_flight.get()));
+                let answer = create_over_http(request).await;
+                let answered = Instant::now();
+                in_flight.set(in_flight.get() - 1);
+                let _ = done_tx.send(answer.and_then(check_running).map(|()| HttpCreate {
+                    scheduled,
+                    sent,
+                    answered,
+                }));
+            });
+            next += 1;
+        }
+        if next < n {
+            tokio::time::sleep_until(due(next).into()).await;
+        }
+    }
+    drop(done_tx);
+    let mut creates = Vec::with_capacity(n);
+    while let Some(create) = done_rx.recv().await {
+        creates.push(create?);
+    }
+    if creates.len() < n {
+        return Err(format!("only {} of {n} creates answered", creates.len()));
+    }
+    let last = creates
+        .iter()
+        .map(|c| c.answered)
+        .max()
+        .ok_or("no creates")?;
+    let drain_s = until_metric(
+        &client,
+        &server.base,
+        "flowd_flows{status=\"completed\"}",
+        n as f64,
+        last,
+    )
+    .await?;
+    drop(server);
+
+    let latencies: Vec<Duration> = creates.iter().map(|c| c.answered - c.scheduled).collect();
+    let max = latencies.iter().max().copied().unwrap_or_default();
+    let (p50, p99) = percentiles(latencies);
+    let (_, lag_p99) = percentiles(creates.iter().map(|c| c.sent - c.scheduled).collect());
+    Ok(BTreeMap::from([
+        ("p50_ms", p50),
+        ("p99_ms", p99),
+        ("max_ms", max.as_secs_f64() * 1e3),
+        ("achieved_rate", n as f64 / (last - start).as_secs_f64()),
+        ("send_lag_p99_ms", lag_p99),
+        ("max_in_flight", max_in_flight.get() as f64),
+        ("drain_s", drain_s),
+    ]))
+}
+
+/// Sends one create and reads the whole answer: its status and body.
+async fn create_over_http(
+    request: awc::ClientRequest,
+) -> Result<(awc::http::StatusCode, actix_web::web::Bytes), String> {
+    let mut response = request
+        .send_json(&json!({ "flow_type": "bench_noop" }))
+        .await
+        .map_err(|e| format!("create failed: {e}"))?;
+    let body = response
+        .body()
+        .await
+        .map_err(|e| format!("create's answer unreadable: {e}"))?;
+    Ok((response.status(), body))
+}
+
+/// A create must answer `201` with the flow already `running`.
+fn check_running(
+    (status, body): (awc::http::StatusCode, actix_web::web::Bytes),
+) -> Result<(), String> {
+    if status.as_u16() != 201 {
+        return Err(format!(
+            "create answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let flow: Value =
+        serde_json::from_slice(&body).map_err(|e| format!("create's body is not JSON: {e}"))?;
+    match flow.get("status").and_then(Value::as_str) {
+        Some("running") => Ok(()),
+        other => Err(format!("a created flow is {other:?}, not running")),
+    }
+}
+
+/// `ws_fanout`: `examples/ws_fanout.rs` on this run's database; C subscribers, N flows of K
+/// `sleep 20 ms` phases, one created every 1/rate s. Every frame must arrive exactly once.
+async fn ws_fanout(args: &Args, url: &str) -> Result<Figures, String> {
+    let plan = ws_fanout::FanoutPlan {
+        database_url: url.to_owned(),
+        subscribers: args.concurrency,
+        flows: args.flows(),
+        phases: args.phases,
+        phase_ms: 20,
+        every: Duration::from_secs_f64(1.0 / args.rate()),
+    };
+    let measured = ws_fanout::measure(&plan)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    if !measured.complete() {
+        return Err(format!(
+            "{} frames delivered, {} expected (p99 {:.1} ms)",
+            measured.frames_delivered, measured.frames_expected, measured.p99_ms
+        ));
+    }
+    Ok(BTreeMap::from([
+        ("p50_ms", measured.p50_ms),
+        ("p99_ms", measured.p99_ms),
+        ("max_ms", measured.max_ms),
+        ("events", measured.events as f64),
+        ("frames_delivered", measured.frames_delivered as f64),
+        ("elapsed_s", measured.elapsed_s),
+    ]))
+}
+
+/// A fresh database for one run, removed when dropped.
 struct BenchDatabase {
     url: String,
     _dir: tempfile::TempDir,
