@@ -22,6 +22,9 @@
 //! - `ws_fanout`: the server in-process with C websocket subscribers on the tenant stream; N
 //!   flows of K `sleep 20 ms` phases created `--rate` per second; delay from each event's
 //!   commit to its arrival at every subscriber (`examples/ws_fanout.rs`, included as a module).
+//! - `suspended_memory`: N flows parked on an `external` phase no worker serves, C creates at a
+//!   time; the process's RSS before and after, and the difference per flow
+//!   (`examples/suspended_memory.rs`, included as a module).
 //!
 //! Every run gets a fresh database: SQLite in a temp dir, or a throw-away PostgreSQL database
 //! created next to `FLOWD_BENCH_POSTGRES_URL` / `FLOWD_TEST_POSTGRES_URL` and dropped after.
@@ -51,6 +54,8 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+#[path = "suspended_memory.rs"]
+mod suspended_memory;
 #[path = "ws_fanout.rs"]
 mod ws_fanout;
 
@@ -166,13 +171,6 @@ type Figures = BTreeMap<&'static str, f64>;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.scenario == Scenario::SuspendedMemory {
-        eprintln!(
-            "scenario `suspended_memory` needs external phases; available: throughput, \
-             start_latency, db_limit, recovery, http_start_latency, ws_fanout"
-        );
-        return ExitCode::from(2);
-    }
     if args.flows() == 0 || args.phases == 0 || args.concurrency == 0 || args.runs == 0 {
         eprintln!("--flows, --phases, --concurrency and --runs must be at least 1");
         return ExitCode::from(2);
@@ -246,8 +244,10 @@ fn run_once(args: &Args) -> Result<Figures, String> {
                 Scenario::Recovery => return recovery(args, &url).await,
                 Scenario::HttpStartLatency => return http_start_latency(args, &url).await,
                 Scenario::WsFanout => return ws_fanout(args, &url).await,
-                Scenario::SuspendedMemory => return Err("not available".into()),
-                Scenario::Throughput | Scenario::StartLatency | Scenario::DbLimit => {}
+                Scenario::Throughput
+                | Scenario::StartLatency
+                | Scenario::DbLimit
+                | Scenario::SuspendedMemory => {}
             }
             let store = DbStore::connect(&url, args.pool_size)
                 .await
@@ -255,6 +255,22 @@ fn run_once(args: &Args) -> Result<Figures, String> {
             match args.scenario {
                 Scenario::Throughput => throughput(args, Arc::new(store)).await,
                 Scenario::StartLatency => start_latency(args, Arc::new(store)).await,
+                // The server's own defaults: a parked flow costs what it costs in production.
+                Scenario::SuspendedMemory => {
+                    let config = RuntimeConfig {
+                        max_batch: args.max_batch,
+                        ..RuntimeConfig::default()
+                    };
+                    let timeout = Duration::from_secs(args.timeout_s);
+                    suspended_memory::run(
+                        Arc::new(store),
+                        config,
+                        args.flows(),
+                        args.concurrency,
+                        timeout,
+                    )
+                    .await
+                }
                 _ => db_limit(args, store).await,
             }
         })
