@@ -234,7 +234,13 @@ fn header(args: &Args) -> Map<String, Value> {
 
 /// One run in its own actix System, so the runtime's arbiters stop with it and the next run
 /// starts clean; the database outlives the System and is dropped after it.
+/// Set in a child process that runs one `suspended_memory` run for its parent.
+const FRESH_PROCESS: &str = "FLOWD_HARNESS_FRESH_PROCESS";
+
 fn run_once(args: &Args) -> Result<Figures, String> {
+    if args.scenario == Scenario::SuspendedMemory && std::env::var_os(FRESH_PROCESS).is_none() {
+        return in_fresh_process();
+    }
     let database = BenchDatabase::new(args.db)?;
     let url = database.url.clone();
     System::new().block_on(async {
@@ -641,6 +647,44 @@ fn median(mut values: Vec<f64>) -> f64 {
     } else {
         (values[mid - 1] + values[mid]) / 2.0
     }
+}
+
+/// Runs this harness again as a child for one run: memory an earlier run freed stays resident
+/// in its process, so only a fresh process measures resident memory honestly.
+fn in_fresh_process() -> Result<Figures, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = argv.iter().position(|a| a == "--runs") {
+        argv.drain(i..(i + 2).min(argv.len()));
+    }
+    let output = Command::new(exe)
+        .args(&argv)
+        .env(FRESH_PROCESS, "1")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run a child harness: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("the child harness failed: {}", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line: Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("no JSON line from the child harness: {stdout}"))?;
+    let mut figures = Figures::new();
+    for name in [
+        "bytes_per_flow",
+        "rss_before_mb",
+        "rss_after_mb",
+        "seconds_to_all_parked",
+    ] {
+        let value = line[name]
+            .as_f64()
+            .ok_or_else(|| format!("the child reported no `{name}`: {line}"))?;
+        figures.insert(name, value);
+    }
+    Ok(figures)
 }
 
 fn round(value: f64) -> Value {
