@@ -249,11 +249,7 @@ impl QueueActor {
 
     fn requeue_in_memory(&mut self, task_id: TaskId) {
         if let Some(task) = self.tasks.get_mut(&task_id) {
-            task.record.status = TaskStatus::Queued;
-            task.record.lease_id = None;
-            task.record.worker_id = None;
-            task.record.lease_expires_at = None;
-            task.record.updated_at = now();
+            back_on_queue(&mut task.record);
             self.enqueue(task_id);
         }
     }
@@ -407,6 +403,15 @@ impl QueueActor {
     }
 }
 
+/// Queued again, with no lease: a worker's report under the old lease is stale from now on.
+fn back_on_queue(record: &mut TaskRecord) {
+    record.status = TaskStatus::Queued;
+    record.lease_id = None;
+    record.worker_id = None;
+    record.lease_expires_at = None;
+    record.updated_at = now();
+}
+
 /// What a finished task means for its attempt; `None` while it is not finished.
 fn outcome_of(record: &TaskRecord) -> Option<PhaseResult> {
     let result = record.result.as_ref();
@@ -506,11 +511,7 @@ impl Handler<Submit> for QueueActor {
             TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Expired => {}
             TaskStatus::Withdrawn => {
                 // Withdrawn by an earlier life of this attempt: back on the queue.
-                live.record.status = TaskStatus::Queued;
-                live.record.lease_id = None;
-                live.record.worker_id = None;
-                live.record.lease_expires_at = None;
-                live.record.updated_at = now();
+                back_on_queue(&mut live.record);
                 write = true;
             }
         }

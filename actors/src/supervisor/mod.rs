@@ -22,7 +22,7 @@ use crate::handler_pool::HandlerPool;
 use crate::ids::{FlowId, Tenant};
 use crate::machine;
 use crate::metrics::RuntimeMetrics;
-use crate::model::{FlowState, now};
+use crate::model::{FlowState, FlowStatus, now};
 use crate::persistence::{Fence, Persist, PersistenceActor, Release};
 use crate::registry::{GetFlowType, Registry};
 use crate::store::{FlowQuery, FlowStore, FlowUpdate, TransitionWrite, Write};
@@ -352,7 +352,7 @@ async fn create(
             .await?
             .filter(|parent| parent.tenant() == request.tenant)
             .ok_or(RuntimeError::ParentNotFound(parent_id))?;
-        if parent.status == crate::model::FlowStatus::Cancelled {
+        if parent.status == FlowStatus::Cancelled {
             // A fan-out racing its master's cancel must not leave a running orphan behind.
             return Err(RuntimeError::IllegalTransition {
                 status: parent.status,
@@ -476,9 +476,10 @@ impl Handler<RecoverFlows> for Supervisor {
                         match cancelled_parents.get(&parent) {
                             Some(cancelled) => *cancelled,
                             None => {
-                                let cancelled = store.load_flow(parent).await?.is_some_and(|p| {
-                                    p.status == crate::model::FlowStatus::Cancelled
-                                });
+                                let cancelled = store
+                                    .load_flow(parent)
+                                    .await?
+                                    .is_some_and(|p| p.status == FlowStatus::Cancelled);
                                 cancelled_parents.insert(parent, cancelled);
                                 cancelled
                             }
@@ -612,7 +613,7 @@ impl Handler<ControlFlow> for Supervisor {
                             ctx,
                         )),
                         None if command == ControlCommand::Retry
-                            && flow.status == crate::model::FlowStatus::Failed =>
+                            && flow.status == FlowStatus::Failed =>
                         {
                             Some(act.spawn_flow(
                                 flow.clone(),
