@@ -873,8 +873,9 @@ struct HttpCreate {
 /// task over a keep-alive pool of at most C connections. Latency is due time → `201` read,
 /// and every answer must say `running`. Also reports how late the harness itself sent
 /// (`send_lag_p99_ms`), the most requests in flight (sent, or waiting for a pooled
-/// connection), and the seconds after the last `201`
-/// until every flow completed (`drain_s`: whether the server keeps up with the phases too).
+/// connection), the seconds after the last `201` until every flow completed (`drain_s`:
+/// whether the server keeps up with the phases too), and, from `/metrics` over the creates'
+/// window, the writer's share of time inside commits, its mean commit time and batch.
 async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = scratch.path().join("http_start_latency.toml");
@@ -897,6 +898,7 @@ async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
 
     let n = args.flows();
     let rate = args.rate();
+    let before = scrape(&client, &server.base).await?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let in_flight = Rc::new(Cell::new(0usize));
     let max_in_flight = Rc::new(Cell::new(0usize));
@@ -944,6 +946,8 @@ async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
         .map(|c| c.answered)
         .max()
         .ok_or("no creates")?;
+    let after = scrape(&client, &server.base).await?;
+    let window_s = start.elapsed().as_secs_f64();
     let drain_s = until_metric(
         &client,
         &server.base,
@@ -958,6 +962,12 @@ async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
     let max = latencies.iter().max().copied().unwrap_or_default();
     let (p50, p99) = percentiles(latencies);
     let (_, lag_p99) = percentiles(creates.iter().map(|c| c.sent - c.scheduled).collect());
+    // The writer while the creates went on (their phases' writes included).
+    let grew = |series: &str| {
+        after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+    };
+    let commit_s = grew("flowd_persistence_commit_seconds_sum");
+    let batches = grew("flowd_persistence_commit_seconds_count").max(1.0);
     Ok(BTreeMap::from([
         ("p50_ms", p50),
         ("p99_ms", p99),
@@ -966,6 +976,12 @@ async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
         ("send_lag_p99_ms", lag_p99),
         ("max_in_flight", max_in_flight.get() as f64),
         ("drain_s", drain_s),
+        ("commit_busy", commit_s / window_s),
+        ("mean_commit_ms", commit_s * 1e3 / batches),
+        (
+            "mean_batch",
+            grew("flowd_persistence_batch_writes_sum") / batches,
+        ),
     ]))
 }
 
