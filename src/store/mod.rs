@@ -14,6 +14,7 @@ pub mod models;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;
+mod sqlite_checkpoint;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,7 +44,11 @@ pub struct DbStore {
 }
 
 enum Pools {
-    Sqlite(sqlite::SqlitePool),
+    /// The pool, and the thread that checkpoints the WAL for its writer while the pool lives.
+    Sqlite {
+        pool: sqlite::SqlitePool,
+        _checkpoints: sqlite_checkpoint::Checkpointer,
+    },
     Postgres(postgres::PgPool),
 }
 
@@ -52,7 +57,7 @@ enum Pools {
 macro_rules! with_conn {
     ($store:expr, |$conn:ident: $db:ident| $body:expr) => {
         match &*$store.pools {
-            Pools::Sqlite(pool) => {
+            Pools::Sqlite { pool, .. } => {
                 #[allow(unused_imports)]
                 use diesel::sqlite::Sqlite as $db;
                 let mut pooled = pool.get().await.map_err(pool_error)?;
@@ -75,7 +80,14 @@ impl DbStore {
     /// file's folder, builds a pool of `pool_size` connections and runs the embedded migrations.
     pub async fn connect(url: &str, pool_size: usize) -> Result<DbStore, StoreError> {
         let pools = if sqlite::is_sqlite_url(url) {
-            Pools::Sqlite(sqlite::connect(url, pool_size).await?)
+            let pool = sqlite::connect(url, pool_size).await?;
+            let path = sqlite::path_of(url);
+            let checkpoints =
+                sqlite_checkpoint::Checkpointer::start(&path.to_string_lossy(), sqlite::PRAGMAS)?;
+            Pools::Sqlite {
+                pool,
+                _checkpoints: checkpoints,
+            }
         } else if postgres::is_postgres_url(url) {
             Pools::Postgres(postgres::connect(url, pool_size).await?)
         } else {
@@ -91,7 +103,7 @@ impl DbStore {
     /// Which backend this store talks to, for logs and metrics.
     pub fn backend_name(&self) -> &'static str {
         match &*self.pools {
-            Pools::Sqlite(_) => "sqlite",
+            Pools::Sqlite { .. } => "sqlite",
             Pools::Postgres(_) => "postgres",
         }
     }
@@ -101,7 +113,7 @@ impl DbStore {
             return Ok(());
         }
         match &*self.pools {
-            Pools::Sqlite(pool) => {
+            Pools::Sqlite { pool, .. } => {
                 // The whole transaction in one trip to a blocking thread; that closure must own
                 // its data, hence the copy of the batch (cheap next to the writes themselves).
                 let owned = batch.to_vec();

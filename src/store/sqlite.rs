@@ -36,10 +36,10 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Set on every connection: WAL lets readers run beside the writer; `busy_timeout` makes a
 /// second writer wait instead of failing; `synchronous=NORMAL` is durable in WAL mode except
-/// for the last commits before a power loss; foreign keys are off by default in SQLite. A larger
-/// auto-checkpoint (about 40 MB of WAL) and page cache keep group commits from paying for a
-/// checkpoint nearly every batch.
-const PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+/// for the last commits before a power loss; foreign keys are off by default in SQLite. Checkpoints
+/// run on a thread of their own ([`super::sqlite_checkpoint`]); the large auto-checkpoint (about
+/// 40 MB of WAL) is only a safety net should that thread fall behind.
+pub(super) const PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
                        PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
                        PRAGMA wal_autocheckpoint = 10000; PRAGMA cache_size = -32768;";
 
