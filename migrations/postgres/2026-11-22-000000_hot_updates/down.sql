@@ -1,0 +1,2 @@
+ALTER TABLE flows RESET (fillfactor);
+ALTER TABLE phase_runs RESET (fillfactor);
