@@ -1,7 +1,6 @@
 //! PostgreSQL: the scale-out backend, through tokio-postgres (no libpq).
 
 use diesel::QueryResult;
-use diesel::pg::Pg;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
 use diesel_async::AsyncPgConnection;
 use diesel_async::RunQueryDsl;
@@ -53,23 +52,21 @@ fn migrate(url: &str) -> Result<(), StoreError> {
 
 /// Writes a planned batch inside the caller's transaction, a few multi-row statements per table:
 /// on PostgreSQL every statement is a network round trip, so a batch of a thousand transitions
-/// costs a handful of them rather than thousands. The statements are pipelined: each is sent
-/// without waiting for the one before it, which PostgreSQL still runs in order. A raw statement is
-/// prepared on every use, so sequentially each one cost two round trips; pipelined, the batch
-/// costs about one per statement plus one.
+/// costs a handful of them rather than thousands. Their texts come in a few shapes
+/// ([`bulk::shaped_chunks`]), so each stays prepared on the connection, and they are pipelined:
+/// each is sent without waiting for the one before it, and PostgreSQL still runs them in order.
+/// A one-transition commit is BEGIN, one round trip for its statements, and COMMIT.
 pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Result<(), TxError> {
     let conn: &AsyncPgConnection = c;
     // Each sent statement, with the rows it must touch when that is checked (flow updates).
     let mut sent: Vec<(BoxFuture<'_, QueryResult<usize>>, Option<usize>)> = Vec::new();
-    let per = bulk::rows_per_statement(bulk::FLOW_TYPE_COLUMNS.len());
-    for chunk in plan.flow_types.chunks(per) {
-        let sql = bulk::insert(
+    for chunk in bulk::shaped_chunks(&plan.flow_types) {
+        let mut q = bulk::Rows::insert(
             "flow_types",
             bulk::FLOW_TYPE_COLUMNS,
             chunk.len(),
             bulk::FLOW_TYPE_CONFLICT,
         );
-        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
         for r in chunk {
             q = q
                 .bind::<Text, _>(r.name)
@@ -80,10 +77,8 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
         sent.push((q.execute(&mut &*conn), None));
     }
 
-    let per = bulk::rows_per_statement(bulk::FLOW_COLUMNS.len());
-    for chunk in plan.new_flows.chunks(per) {
-        let sql = bulk::insert("flows", bulk::FLOW_COLUMNS, chunk.len(), "");
-        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+    for chunk in bulk::shaped_chunks(&plan.new_flows) {
+        let mut q = bulk::Rows::insert("flows", bulk::FLOW_COLUMNS, chunk.len(), "");
         for r in chunk {
             let f = r.flow;
             q = q
@@ -108,9 +103,8 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
         sent.push((q.execute(&mut &*conn), None));
     }
 
-    let per = bulk::rows_per_statement(bulk::FLOW_CHANGE_COLUMNS.len());
-    for chunk in plan.flow_changes.chunks(per) {
-        let mut q = diesel::sql_query(bulk::update_flows(chunk.len())).into_boxed::<Pg>();
+    for chunk in bulk::shaped_chunks(&plan.flow_changes) {
+        let mut q = bulk::Rows::update_flows(chunk.len());
         for r in chunk {
             let u = r.update;
             q = q
@@ -126,15 +120,13 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
         sent.push((q.execute(&mut &*conn), Some(chunk.len())));
     }
 
-    let per = bulk::rows_per_statement(bulk::PHASE_COLUMNS.len());
-    for chunk in plan.phases.chunks(per) {
-        let sql = bulk::insert(
+    for chunk in bulk::shaped_chunks(&plan.phases) {
+        let mut q = bulk::Rows::insert(
             "phase_runs",
             bulk::PHASE_COLUMNS,
             chunk.len(),
             bulk::PHASE_CONFLICT,
         );
-        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
         for r in chunk {
             let p = r.phase;
             q = q
@@ -151,10 +143,8 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
         sent.push((q.execute(&mut &*conn), None));
     }
 
-    let per = bulk::rows_per_statement(bulk::EVENT_COLUMNS.len());
-    for chunk in plan.events.chunks(per) {
-        let sql = bulk::insert("events", bulk::EVENT_COLUMNS, chunk.len(), "");
-        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+    for chunk in bulk::shaped_chunks(&plan.events) {
+        let mut q = bulk::Rows::insert("events", bulk::EVENT_COLUMNS, chunk.len(), "");
         for r in chunk {
             let e = r.event;
             q = q
@@ -176,10 +166,8 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
         sent.push((q.execute(&mut &*conn), None));
     }
 
-    let per = bulk::rows_per_statement(bulk::FAILURE_COLUMNS.len());
-    for chunk in plan.failures.chunks(per) {
-        let sql = bulk::insert("failures", bulk::FAILURE_COLUMNS, chunk.len(), "");
-        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
+    for chunk in bulk::shaped_chunks(&plan.failures) {
+        let mut q = bulk::Rows::insert("failures", bulk::FAILURE_COLUMNS, chunk.len(), "");
         for r in chunk {
             let f = r.failure;
             q = q
@@ -196,15 +184,13 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
     }
 
     // Deduplicated by id in the plan: one statement may not upsert a row twice.
-    let per = bulk::rows_per_statement(bulk::TASK_COLUMNS.len());
-    for chunk in plan.tasks.chunks(per) {
-        let sql = bulk::insert(
+    for chunk in bulk::shaped_chunks(&plan.tasks) {
+        let mut q = bulk::Rows::insert(
             "tasks",
             bulk::TASK_COLUMNS,
             chunk.len(),
             bulk::TASK_CONFLICT,
         );
-        let mut q = diesel::sql_query(sql).into_boxed::<Pg>();
         for r in chunk {
             let t = r.task;
             q = q
