@@ -49,7 +49,12 @@ enum Pools {
         pool: sqlite::SqlitePool,
         _checkpoints: sqlite_checkpoint::Checkpointer,
     },
-    Postgres(postgres::PgPool),
+    /// Reads share `pool`; commits, one at a time from the persistence actor, use `writer`, a
+    /// single connection, so the prepared commit statements live on one server backend only.
+    Postgres {
+        pool: postgres::PgPool,
+        writer: postgres::PgPool,
+    },
 }
 
 /// Runs `$body` with `$conn` bound to a pooled connection of the store's backend and `$db` to
@@ -64,7 +69,7 @@ macro_rules! with_conn {
                 let $conn: &mut sqlite::SqliteConn = &mut pooled;
                 $body
             }
-            Pools::Postgres(pool) => {
+            Pools::Postgres { pool, .. } => {
                 #[allow(unused_imports)]
                 use diesel::pg::Pg as $db;
                 let mut pooled = pool.get().await.map_err(pool_error)?;
@@ -89,7 +94,10 @@ impl DbStore {
                 _checkpoints: checkpoints,
             }
         } else if postgres::is_postgres_url(url) {
-            Pools::Postgres(postgres::connect(url, pool_size).await?)
+            Pools::Postgres {
+                pool: postgres::connect(url, pool_size).await?,
+                writer: postgres::writer(url)?,
+            }
         } else {
             return Err(StoreError::Unavailable(format!(
                 "unsupported database url `{url}`: expected sqlite://… or postgres://…"
@@ -104,7 +112,7 @@ impl DbStore {
     pub fn backend_name(&self) -> &'static str {
         match &*self.pools {
             Pools::Sqlite { .. } => "sqlite",
-            Pools::Postgres(_) => "postgres",
+            Pools::Postgres { .. } => "postgres",
         }
     }
 
@@ -127,11 +135,11 @@ impl DbStore {
                 .await
                 .map_err(db_error)?
             }
-            Pools::Postgres(pool) => {
+            Pools::Postgres { writer, .. } => {
                 // Everything that can fail without the database fails here, before the transaction.
                 let plan = Plan::of(batch)?;
                 let plan = &plan;
-                let mut conn = pool.get().await.map_err(pool_error)?;
+                let mut conn = writer.get().await.map_err(pool_error)?;
                 conn.transaction(async |c| postgres::write_plan(c, plan).await)
                     .await
                     .map_err(TxError::into_store_error)

@@ -41,6 +41,15 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<PgPool, StoreError> 
         .map_err(|e| StoreError::Unavailable(format!("cannot build the PostgreSQL pool: {e}")))
 }
 
+/// The commit connection: a pool of one, which reconnects after a failure like any pool. Once
+/// migrated by [`connect`].
+pub fn writer(url: &str) -> Result<PgPool, StoreError> {
+    Pool::builder(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
+        .max_size(1)
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("cannot build the PostgreSQL writer: {e}")))
+}
+
 fn migrate(url: &str) -> Result<(), StoreError> {
     use diesel::Connection;
     let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
