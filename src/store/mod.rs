@@ -82,7 +82,8 @@ macro_rules! with_conn {
 
 impl DbStore {
     /// Opens the database named by `url` (`sqlite://path` or `postgres://…`), creating a SQLite
-    /// file's folder, builds a pool of `pool_size` connections and runs the embedded migrations.
+    /// file's folder, builds a pool of `pool_size` connections (on PostgreSQL, plus one for
+    /// commits) and runs the embedded migrations.
     pub async fn connect(url: &str, pool_size: usize) -> Result<DbStore, StoreError> {
         let pools = if sqlite::is_sqlite_url(url) {
             let pool = sqlite::connect(url, pool_size).await?;
