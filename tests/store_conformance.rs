@@ -20,6 +20,7 @@ struct TestDb {
     store: DbStore,
     _dir: Option<TempDir>,
     postgres: Option<(String, String)>,
+    url: String,
 }
 
 impl TestDb {
@@ -33,6 +34,7 @@ impl TestDb {
             store,
             _dir: Some(dir),
             postgres: None,
+            url,
         }
     }
 
@@ -55,14 +57,14 @@ impl TestDb {
             .rsplit_once('/')
             .map(|(prefix, _)| prefix)
             .expect("database url with a path");
-        let store = DbStore::connect(&format!("{prefix}/{name}"), 4)
-            .await
-            .expect("connect postgres");
+        let url = format!("{prefix}/{name}");
+        let store = DbStore::connect(&url, 4).await.expect("connect postgres");
         assert_eq!(store.backend_name(), "postgres");
         Some(TestDb {
             store,
             _dir: None,
             postgres: Some((admin_url, name)),
+            url,
         })
     }
 
@@ -1067,4 +1069,60 @@ async fn tree_events_cover_the_whole_tree_in_id_order(store: &DbStore) {
             .expect("no tree")
             .is_empty()
     );
+}
+
+/// The commit connection's statements are prepared once and keep their first plan. Planned on an
+/// almost empty `flows`, a many-row update by id would hash-join a sequential scan of the whole
+/// table, and keep doing so as the table grows; the writer's planner settings rule that out.
+#[tokio::test]
+async fn postgres_writer_updates_flows_by_key_on_a_small_table() {
+    let Some(db) = TestDb::postgres().await else {
+        eprintln!("skipped: FLOWD_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let definition = flow_type("planned", 1);
+    for _ in 0..3 {
+        let mut flow = new_flow(&definition, &tenant("acme"), None, None);
+        let (write, _) = create(&mut flow);
+        commit(&db.store, &[write]).await;
+    }
+
+    let writer = flowd::store::postgres::writer(&db.url).expect("writer pool");
+    let mut conn = writer.get().await.expect("writer connection");
+    diesel::sql_query(
+        "CREATE FUNCTION plan_of(statement TEXT) RETURNS SETOF TEXT LANGUAGE plpgsql \
+         AS $$ BEGIN RETURN QUERY EXECUTE 'EXPLAIN ' || statement; END $$",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("create plan_of");
+    let rows: Vec<String> = (0..256)
+        .map(|i| format!("('00000000-0000-0000-0000-{i:012}'::uuid, 'running')"))
+        .collect();
+    let update = format!(
+        "UPDATE flows SET status = v.status FROM (VALUES {}) v (id, status) WHERE flows.id = v.id",
+        rows.join(", ")
+    );
+    let plan: Vec<PlanLine> = diesel::sql_query("SELECT plan_of($1) AS line")
+        .bind::<diesel::sql_types::Text, _>(&update)
+        .load(&mut conn)
+        .await
+        .expect("explain");
+    let plan: Vec<&str> = plan.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Index Scan using flows_pkey")),
+        "{plan:#?}"
+    );
+    assert!(!plan.iter().any(|l| l.contains("Seq Scan")), "{plan:#?}");
+    drop(conn);
+    drop(writer);
+    db.finish().await;
+}
+
+/// One line of `EXPLAIN`'s output.
+#[derive(diesel::QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    line: String,
 }
