@@ -124,6 +124,7 @@ conformance!(
     active_flows_exclude_terminal_ones,
     flow_types_round_trip_and_ignore_duplicates,
     a_failing_batch_commits_nothing,
+    a_large_batch_commits_every_row_in_order,
     max_event_id_tracks_the_highest_id,
     empty_batch_and_ping,
     tasks_round_trip_by_id_and_by_attempt,
@@ -779,6 +780,41 @@ async fn a_failing_batch_commits_nothing(store: &DbStore) {
     let mut after = new_flow(&definition, &tenant("acme"), None, None);
     commit(store, &[create(&mut after).0]).await;
     assert_eq!(load(store, after.id).await, after);
+}
+
+/// A batch as large as a busy persistence actor gathers: every row of every table lands, each
+/// with its own values, and events keep their order.
+async fn a_large_batch_commits_every_row_in_order(store: &DbStore) {
+    let definition = flow_type("discovery", 1);
+    let mut flows: Vec<FlowState> = (0..600)
+        .map(|i| {
+            let mut flow = new_flow(&definition, &tenant(&format!("t{}", i % 3)), None, None);
+            flow.progress_percentage = f64::from(i);
+            flow
+        })
+        .collect();
+    let creates: Vec<Write> = flows.iter_mut().map(|f| create(f).0).collect();
+    commit(store, &creates).await;
+    let updates: Vec<Write> = flows.iter_mut().map(|f| start_phase(f, 0)).collect();
+    commit(store, &updates).await;
+
+    for flow in [&flows[0], &flows[299], &flows[599]] {
+        assert_eq!(&load(store, flow.id).await, flow);
+    }
+    let events = store
+        .tenant_events(&tenant("t1"), 0, 1000)
+        .await
+        .expect("tenant events");
+    assert_eq!(events.len(), 400, "two events for each of t1's 200 flows");
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    let Some(Write::Transition(last)) = updates.last() else {
+        unreachable!("transitions")
+    };
+    assert_eq!(
+        store.max_event_id().await.expect("max"),
+        last.events[0].id,
+        "the batch's last event is the highest"
+    );
 }
 
 async fn max_event_id_tracks_the_highest_id(store: &DbStore) {

@@ -1,6 +1,8 @@
-//! PostgreSQL's multi-row commit statements. A batch of a thousand transitions is a handful of
-//! statements instead of thousands of network round trips, and each statement's text depends
-//! only on its table and row count, so the connection keeps it prepared.
+//! PostgreSQL's commit statements: one per table per batch, whatever the batch's size. Each
+//! column is bound as one array and `unnest` turns the arrays back into rows, so a statement's
+//! text depends only on its table: the connection keeps it prepared, PostgreSQL receives a
+//! dozen parameters instead of thousands, and builds no expression per row as it does for a
+//! long `VALUES` list.
 
 use std::marker::PhantomData;
 
@@ -8,25 +10,10 @@ use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
-use diesel::sql_types::HasSqlType;
+use diesel::sql_types::{Array, HasSqlType};
 
 /// Rows per read query, at most (`IN` lists of ids).
 pub const MAX_ROWS: usize = 1000;
-
-/// The row counts a statement may have, largest first. Every chunk of a batch has one of them,
-/// so a table has at most nine statement texts, each prepared once per connection rather than
-/// parsed again on every commit.
-const SHAPES: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
-
-/// Cuts `rows` into chunks whose lengths are all [`SHAPES`], the largest that fit first.
-pub fn shaped_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        let size = SHAPES.iter().copied().find(|&size| size <= rows.len())?;
-        let (chunk, rest) = rows.split_at(size);
-        rows = rest;
-        Some(chunk)
-    })
-}
 
 /// Columns of a `flow_types` insert, in bind order.
 pub const FLOW_TYPE_COLUMNS: &[&str] = &["name", "version", "definition", "created_at"];
@@ -144,83 +131,84 @@ pub const FLOW_CHANGE_COLUMNS: &[&str] = &[
     "updated_at",
 ];
 
-/// What follows the `VALUES` rows of a flow update, binding [`FLOW_CHANGE_COLUMNS`].
-/// PostgreSQL types the `VALUES` columns from the bound parameters' types.
-const UPDATE_FLOWS_TAIL: &str = ") UPDATE flows SET status = v.status, \
+/// What precedes the `unnest` of a flow update, whose columns are [`FLOW_CHANGE_COLUMNS`].
+const UPDATE_FLOWS_HEAD: &str = "UPDATE flows SET status = v.status, \
      current_phase = v.current_phase, next_phase = v.next_phase, \
      progress_percentage = v.progress_percentage, last_seq = v.last_seq, \
-     updated_at = v.updated_at FROM v WHERE flows.id = v.id";
+     updated_at = v.updated_at FROM ";
 
-/// A multi-row statement: `head`, the rows of bound values as `($1, $2), ($3, $4)`, `tail`.
+/// A statement over many rows, bound column by column: `head`, `unnest($1, $2, …)`, `tail`.
 /// Unlike diesel's `sql_query`, which is prepared and closed again at every use, it lets the
-/// connection cache it: its text depends only on its table and its row count.
-pub struct Rows<'f> {
+/// connection cache it: its text depends only on its table.
+pub struct Columns<'f> {
     head: String,
-    columns: usize,
     binds: Vec<Box<dyn QueryFragment<Pg> + Send + 'f>>,
-    tail: &'static str,
+    tail: String,
 }
 
-impl<'f> Rows<'f> {
-    /// `INSERT INTO table (columns) VALUES (…), (…)` followed by `tail`, for `rows` rows.
-    pub fn insert(table: &str, columns: &[&str], rows: usize, tail: &'static str) -> Self {
+impl<'f> Columns<'f> {
+    /// `INSERT INTO table (columns) SELECT * FROM unnest(…)` followed by `tail`.
+    pub fn insert(table: &str, columns: &[&str], tail: &str) -> Self {
         Self {
-            head: format!("INSERT INTO {table} ({}) VALUES ", columns.join(", ")),
-            columns: columns.len(),
-            binds: Vec::with_capacity(rows * columns.len()),
-            tail,
+            head: format!(
+                "INSERT INTO {table} ({}) SELECT * FROM ",
+                columns.join(", ")
+            ),
+            binds: Vec::with_capacity(columns.len()),
+            tail: tail.to_owned(),
         }
     }
 
-    /// One `UPDATE … FROM (VALUES …)` for `rows` flow changes, binding [`FLOW_CHANGE_COLUMNS`].
-    pub fn update_flows(rows: usize) -> Self {
+    /// One `UPDATE … FROM unnest(…)` of flow rows by id, binding [`FLOW_CHANGE_COLUMNS`].
+    pub fn update_flows() -> Self {
         Self {
-            head: format!("WITH v ({}) AS (VALUES ", FLOW_CHANGE_COLUMNS.join(", ")),
-            columns: FLOW_CHANGE_COLUMNS.len(),
-            binds: Vec::with_capacity(rows * FLOW_CHANGE_COLUMNS.len()),
-            tail: UPDATE_FLOWS_TAIL,
+            head: UPDATE_FLOWS_HEAD.to_owned(),
+            binds: Vec::with_capacity(FLOW_CHANGE_COLUMNS.len()),
+            tail: format!(
+                " AS v ({}) WHERE flows.id = v.id",
+                FLOW_CHANGE_COLUMNS.join(", ")
+            ),
         }
     }
 
-    /// Adds the next value, row by row and column by column.
-    pub fn bind<ST, V>(mut self, value: V) -> Self
+    /// Adds the next column: one value per row, every column the same length.
+    pub fn bind<ST, V>(mut self, column: V) -> Self
     where
         Pg: HasSqlType<ST>,
-        V: ToSql<ST, Pg> + Send + 'f,
-        ST: Send + 'f,
+        V: ToSql<Array<ST>, Pg> + Send + 'f,
+        ST: Send + 'static,
     {
         self.binds.push(Box::new(Bind {
-            value,
-            sql_type: PhantomData::<ST>,
+            value: column,
+            sql_type: PhantomData::<Array<ST>>,
         }));
         self
     }
 }
 
-impl QueryFragment<Pg> for Rows<'_> {
+impl QueryFragment<Pg> for Columns<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(&self.head);
+        out.push_sql("unnest(");
         for (i, bind) in self.binds.iter().enumerate() {
-            out.push_sql(match (i, i % self.columns) {
-                (0, _) => "(",
-                (_, 0) => "), (",
-                _ => ", ",
-            });
+            if i > 0 {
+                out.push_sql(", ");
+            }
             bind.walk_ast(out.reborrow())?;
         }
         out.push_sql(")");
-        out.push_sql(self.tail);
+        out.push_sql(&self.tail);
         Ok(())
     }
 }
 
 /// Cached by its text: no static id.
-impl QueryId for Rows<'_> {
+impl QueryId for Columns<'_> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-/// One bound value of [`Rows`] and its SQL type.
+/// One bound value of [`Columns`] and its SQL type.
 struct Bind<ST, V> {
     value: V,
     sql_type: PhantomData<ST>,
@@ -243,54 +231,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_placeholders_across_rows() {
-        let rows = Rows::insert("t", &["a", "b"], 2, " X")
-            .bind::<Integer, _>(1)
-            .bind::<Text, _>("one")
-            .bind::<Integer, _>(2)
-            .bind::<Text, _>("two");
-        let sql = diesel::debug_query::<Pg, _>(&rows).to_string();
+    fn binds_one_array_per_column() {
+        let columns = Columns::insert("t", &["a", "b"], " X")
+            .bind::<Integer, _>(vec![1, 2])
+            .bind::<Text, _>(vec!["one", "two"]);
+        let sql = diesel::debug_query::<Pg, _>(&columns).to_string();
         assert!(
-            sql.starts_with("INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) X --"),
+            sql.starts_with("INSERT INTO t (a, b) SELECT * FROM unnest($1, $2) X --"),
             "{sql}"
         );
         assert!(
-            diesel::query_builder::QueryFragment::<Pg>::is_safe_to_cache_prepared(&rows, &Pg)
+            diesel::query_builder::QueryFragment::<Pg>::is_safe_to_cache_prepared(&columns, &Pg)
                 .expect("cacheable")
         );
     }
 
     #[test]
-    fn cuts_batches_into_few_shapes() {
-        for len in [0, 1, 7, 255, 256, 498, 1000, 2049] {
-            let rows: Vec<usize> = (0..len).collect();
-            let chunks: Vec<&[usize]> = shaped_chunks(&rows).collect();
-            assert_eq!(chunks.concat(), rows, "{len} rows, in order, each once");
-            assert!(chunks.iter().all(|c| SHAPES.contains(&c.len())));
-            // At most one chunk of each size below the largest.
-            assert!(
-                chunks.len() < len / SHAPES[0] + SHAPES.len(),
-                "{len}: {}",
-                chunks.len()
-            );
-        }
-    }
-
-    #[test]
-    fn keeps_statements_under_the_bind_limit() {
-        let widest = [
-            FLOW_TYPE_COLUMNS,
-            FLOW_COLUMNS,
-            PHASE_COLUMNS,
-            EVENT_COLUMNS,
-            FAILURE_COLUMNS,
-            TASK_COLUMNS,
-            FLOW_CHANGE_COLUMNS,
-        ]
-        .iter()
-        .map(|columns| columns.len())
-        .max()
-        .unwrap_or(0);
-        assert!(SHAPES[0] * widest <= 65_535);
+    fn updates_flows_from_named_columns() {
+        let update = FLOW_CHANGE_COLUMNS
+            .iter()
+            .fold(Columns::update_flows(), |q, _| {
+                q.bind::<Integer, _>(Vec::<i32>::new())
+            });
+        let sql = diesel::debug_query::<Pg, _>(&update).to_string();
+        assert!(
+            sql.starts_with(
+                "UPDATE flows SET status = v.status, current_phase = v.current_phase, \
+                 next_phase = v.next_phase, progress_percentage = v.progress_percentage, \
+                 last_seq = v.last_seq, updated_at = v.updated_at \
+                 FROM unnest($1, $2, $3, $4, $5, $6, $7) AS v (id, status, current_phase, \
+                 next_phase, progress_percentage, last_seq, updated_at) WHERE flows.id = v.id --"
+            ),
+            "{sql}"
+        );
     }
 }

@@ -83,167 +83,139 @@ fn migrate(url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes a planned batch inside the caller's transaction, a few multi-row statements per table:
-/// on PostgreSQL every statement is a network round trip, so a batch of a thousand transitions
-/// costs a handful of them rather than thousands. Their texts come in a few shapes
-/// ([`bulk::shaped_chunks`]), so each stays prepared on the connection, and they are pipelined:
-/// each is sent without waiting for the one before it, and PostgreSQL still runs them in order.
-/// A one-transition commit is BEGIN, one round trip for its statements, and COMMIT.
+/// Writes a planned batch inside the caller's transaction, one statement per table that has
+/// rows ([`bulk::Columns`]): on PostgreSQL every statement is a network round trip, so a batch
+/// of a thousand transitions costs a handful of them rather than thousands. Each text depends
+/// only on its table, so it stays prepared on the connection, and the statements are
+/// pipelined: each is sent without waiting for the one before it, and PostgreSQL still runs
+/// them in order. A one-transition commit is BEGIN, one round trip for its statements, and
+/// COMMIT.
 pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Result<(), TxError> {
     let conn: &AsyncPgConnection = c;
     // Each sent statement, with the rows it must touch when that is checked (flow updates).
     let mut sent: Vec<(BoxFuture<'_, QueryResult<usize>>, Option<usize>)> = Vec::new();
-    for chunk in bulk::shaped_chunks(&plan.flow_types) {
-        let mut q = bulk::Rows::insert(
+    let rows = &plan.flow_types;
+    if !rows.is_empty() {
+        let q = bulk::Columns::insert(
             "flow_types",
             bulk::FLOW_TYPE_COLUMNS,
-            chunk.len(),
             bulk::FLOW_TYPE_CONFLICT,
-        );
-        for r in chunk {
-            q = q
-                .bind::<Text, _>(r.name)
-                .bind::<Integer, _>(r.version)
-                .bind::<SqlJson, _>(DbJsonRef(&r.definition))
-                .bind::<SqlTime, _>(plan.now);
-        }
+        )
+        .bind::<Text, _>(column(rows, |r| r.name))
+        .bind::<Integer, _>(column(rows, |r| r.version))
+        .bind::<SqlJson, _>(column(rows, |r| DbJsonRef(&r.definition)))
+        .bind::<SqlTime, _>(column(rows, |_| plan.now));
         sent.push((q.execute(&mut &*conn), None));
     }
 
-    for chunk in bulk::shaped_chunks(&plan.new_flows) {
-        let mut q = bulk::Rows::insert("flows", bulk::FLOW_COLUMNS, chunk.len(), "");
-        for r in chunk {
-            let f = r.flow;
-            q = q
-                .bind::<SqlUuid, _>(DbUuid(f.id.0))
-                .bind::<Text, _>(f.flow_type.as_str())
-                .bind::<Integer, _>(r.flow_type_version)
-                .bind::<Text, _>(f.status.as_str())
-                .bind::<Nullable<Text>, _>(f.current_phase.as_deref())
-                .bind::<Nullable<Text>, _>(f.next_phase.as_deref())
-                .bind::<Double, _>(f.progress_percentage)
-                .bind::<SqlJson, _>(DbJsonRef(&f.input))
-                .bind::<Nullable<SqlUuid>, _>(f.parent_flow_id.map(|p| DbUuid(p.0)))
-                .bind::<SqlUuid, _>(DbUuid(f.master_flow_id.0))
-                .bind::<Text, _>(f.client_account_id.as_str())
-                .bind::<Text, _>(f.engagement_id.as_str())
-                .bind::<Nullable<Text>, _>(f.created_by.as_deref())
-                .bind::<Nullable<Text>, _>(f.idempotency_key.as_deref())
-                .bind::<BigInt, _>(r.last_seq)
-                .bind::<SqlTime, _>(DbTime(f.created_at))
-                .bind::<SqlTime, _>(DbTime(f.updated_at));
-        }
+    let rows = &plan.new_flows;
+    if !rows.is_empty() {
+        let q = bulk::Columns::insert("flows", bulk::FLOW_COLUMNS, "")
+            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.flow.id.0)))
+            .bind::<Text, _>(column(rows, |r| r.flow.flow_type.as_str()))
+            .bind::<Integer, _>(column(rows, |r| r.flow_type_version))
+            .bind::<Text, _>(column(rows, |r| r.flow.status.as_str()))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.flow.current_phase.as_deref()))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.flow.next_phase.as_deref()))
+            .bind::<Double, _>(column(rows, |r| r.flow.progress_percentage))
+            .bind::<SqlJson, _>(column(rows, |r| DbJsonRef(&r.flow.input)))
+            .bind::<Nullable<SqlUuid>, _>(column(rows, |r| {
+                r.flow.parent_flow_id.map(|p| DbUuid(p.0))
+            }))
+            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.flow.master_flow_id.0)))
+            .bind::<Text, _>(column(rows, |r| r.flow.client_account_id.as_str()))
+            .bind::<Text, _>(column(rows, |r| r.flow.engagement_id.as_str()))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.flow.created_by.as_deref()))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.flow.idempotency_key.as_deref()))
+            .bind::<BigInt, _>(column(rows, |r| r.last_seq))
+            .bind::<SqlTime, _>(column(rows, |r| DbTime(r.flow.created_at)))
+            .bind::<SqlTime, _>(column(rows, |r| DbTime(r.flow.updated_at)));
         sent.push((q.execute(&mut &*conn), None));
     }
 
-    for chunk in bulk::shaped_chunks(&plan.flow_changes) {
-        let mut q = bulk::Rows::update_flows(chunk.len());
-        for r in chunk {
-            let u = r.update;
-            q = q
-                .bind::<SqlUuid, _>(r.id)
-                .bind::<Text, _>(u.status.as_str())
-                .bind::<Nullable<Text>, _>(u.current_phase.as_deref())
-                .bind::<Nullable<Text>, _>(u.next_phase.as_deref())
-                .bind::<Double, _>(u.progress_percentage)
-                .bind::<BigInt, _>(r.last_seq)
-                .bind::<SqlTime, _>(DbTime(u.updated_at));
-        }
+    let rows = &plan.flow_changes;
+    if !rows.is_empty() {
+        let q = bulk::Columns::update_flows()
+            .bind::<SqlUuid, _>(column(rows, |r| r.id))
+            .bind::<Text, _>(column(rows, |r| r.update.status.as_str()))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.update.current_phase.as_deref()))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.update.next_phase.as_deref()))
+            .bind::<Double, _>(column(rows, |r| r.update.progress_percentage))
+            .bind::<BigInt, _>(column(rows, |r| r.last_seq))
+            .bind::<SqlTime, _>(column(rows, |r| r.updated_at));
         // Keyed by id and deduplicated, so each change matches exactly one row.
-        sent.push((q.execute(&mut &*conn), Some(chunk.len())));
+        sent.push((q.execute(&mut &*conn), Some(rows.len())));
     }
 
-    for chunk in bulk::shaped_chunks(&plan.phases) {
-        let mut q = bulk::Rows::insert(
-            "phase_runs",
-            bulk::PHASE_COLUMNS,
-            chunk.len(),
-            bulk::PHASE_CONFLICT,
-        );
-        for r in chunk {
-            let p = r.phase;
-            q = q
-                .bind::<SqlUuid, _>(r.flow_id)
-                .bind::<Integer, _>(r.position)
-                .bind::<Text, _>(p.name.as_str())
-                .bind::<Text, _>(p.status.as_str())
-                .bind::<Integer, _>(r.attempt)
-                .bind::<Nullable<SqlTime>, _>(p.started_at.map(DbTime))
-                .bind::<Nullable<SqlTime>, _>(p.finished_at.map(DbTime))
-                .bind::<Nullable<SqlJson>, _>(r.output)
-                .bind::<Nullable<Text>, _>(p.error.as_deref());
-        }
+    let rows = &plan.phases;
+    if !rows.is_empty() {
+        let q = bulk::Columns::insert("phase_runs", bulk::PHASE_COLUMNS, bulk::PHASE_CONFLICT)
+            .bind::<SqlUuid, _>(column(rows, |r| r.flow_id))
+            .bind::<Integer, _>(column(rows, |r| r.position))
+            .bind::<Text, _>(column(rows, |r| r.phase.name.as_str()))
+            .bind::<Text, _>(column(rows, |r| r.phase.status.as_str()))
+            .bind::<Integer, _>(column(rows, |r| r.attempt))
+            .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.started_at))
+            .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.finished_at))
+            .bind::<Nullable<SqlJson>, _>(column(rows, |r| r.output))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.phase.error.as_deref()));
         sent.push((q.execute(&mut &*conn), None));
     }
 
-    for chunk in bulk::shaped_chunks(&plan.events) {
-        let mut q = bulk::Rows::insert("events", bulk::EVENT_COLUMNS, chunk.len(), "");
-        for r in chunk {
-            let e = r.event;
-            q = q
-                .bind::<BigInt, _>(e.id)
-                .bind::<SqlUuid, _>(DbUuid(e.flow_id.0))
-                .bind::<BigInt, _>(r.seq)
-                .bind::<SqlUuid, _>(DbUuid(e.master_flow_id.0))
-                .bind::<Text, _>(e.client_account_id.as_str())
-                .bind::<Text, _>(e.engagement_id.as_str())
-                .bind::<Text, _>(e.flow_type.as_str())
-                .bind::<Text, _>(e.kind.as_str())
-                .bind::<Text, _>(e.status.as_str())
-                .bind::<Nullable<Text>, _>(e.current_phase.as_deref())
-                .bind::<Nullable<Text>, _>(e.next_phase.as_deref())
-                .bind::<Double, _>(e.progress_percentage)
-                .bind::<Nullable<Text>, _>(e.error.as_deref())
-                .bind::<SqlTime, _>(DbTime(e.at));
-        }
+    let rows = &plan.events;
+    if !rows.is_empty() {
+        let q = bulk::Columns::insert("events", bulk::EVENT_COLUMNS, "")
+            .bind::<BigInt, _>(column(rows, |r| r.event.id))
+            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.event.flow_id.0)))
+            .bind::<BigInt, _>(column(rows, |r| r.seq))
+            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.event.master_flow_id.0)))
+            .bind::<Text, _>(column(rows, |r| r.event.client_account_id.as_str()))
+            .bind::<Text, _>(column(rows, |r| r.event.engagement_id.as_str()))
+            .bind::<Text, _>(column(rows, |r| r.event.flow_type.as_str()))
+            .bind::<Text, _>(column(rows, |r| r.event.kind.as_str()))
+            .bind::<Text, _>(column(rows, |r| r.event.status.as_str()))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.event.current_phase.as_deref()))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.event.next_phase.as_deref()))
+            .bind::<Double, _>(column(rows, |r| r.event.progress_percentage))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.event.error.as_deref()))
+            .bind::<SqlTime, _>(column(rows, |r| DbTime(r.event.at)));
         sent.push((q.execute(&mut &*conn), None));
     }
 
-    for chunk in bulk::shaped_chunks(&plan.failures) {
-        let mut q = bulk::Rows::insert("failures", bulk::FAILURE_COLUMNS, chunk.len(), "");
-        for r in chunk {
-            let f = r.failure;
-            q = q
-                .bind::<SqlUuid, _>(DbUuid(f.flow_id.0))
-                .bind::<SqlUuid, _>(DbUuid(f.master_flow_id.0))
-                .bind::<Nullable<Text>, _>(f.phase.as_deref())
-                .bind::<Integer, _>(r.attempt)
-                .bind::<Text, _>(f.error_kind.as_str())
-                .bind::<Text, _>(f.message.as_str())
-                .bind::<SqlJson, _>(DbJsonRef(&f.diagnostic))
-                .bind::<SqlTime, _>(DbTime(f.at));
-        }
+    let rows = &plan.failures;
+    if !rows.is_empty() {
+        let q = bulk::Columns::insert("failures", bulk::FAILURE_COLUMNS, "")
+            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.failure.flow_id.0)))
+            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.failure.master_flow_id.0)))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.failure.phase.as_deref()))
+            .bind::<Integer, _>(column(rows, |r| r.attempt))
+            .bind::<Text, _>(column(rows, |r| r.failure.error_kind.as_str()))
+            .bind::<Text, _>(column(rows, |r| r.failure.message.as_str()))
+            .bind::<SqlJson, _>(column(rows, |r| DbJsonRef(&r.failure.diagnostic)))
+            .bind::<SqlTime, _>(column(rows, |r| DbTime(r.failure.at)));
         sent.push((q.execute(&mut &*conn), None));
     }
 
     // Deduplicated by id in the plan: one statement may not upsert a row twice.
-    for chunk in bulk::shaped_chunks(&plan.tasks) {
-        let mut q = bulk::Rows::insert(
-            "tasks",
-            bulk::TASK_COLUMNS,
-            chunk.len(),
-            bulk::TASK_CONFLICT,
-        );
-        for r in chunk {
-            let t = r.task;
-            q = q
-                .bind::<SqlUuid, _>(r.id)
-                .bind::<Text, _>(t.queue.as_str())
-                .bind::<SqlUuid, _>(r.flow_id)
-                .bind::<SqlUuid, _>(r.master_flow_id)
-                .bind::<Text, _>(t.phase.as_str())
-                .bind::<Integer, _>(r.attempt)
-                .bind::<Text, _>(t.client_account_id.as_str())
-                .bind::<Text, _>(t.engagement_id.as_str())
-                .bind::<SqlJson, _>(r.payload)
-                .bind::<Text, _>(t.status.as_str())
-                .bind::<Nullable<SqlUuid>, _>(r.lease_id)
-                .bind::<Nullable<Text>, _>(t.worker_id.as_deref())
-                .bind::<Nullable<SqlTime>, _>(r.lease_expires_at)
-                .bind::<Nullable<SqlJson>, _>(r.result)
-                .bind::<SqlTime, _>(r.created_at)
-                .bind::<SqlTime, _>(r.updated_at);
-        }
+    let rows = &plan.tasks;
+    if !rows.is_empty() {
+        let q = bulk::Columns::insert("tasks", bulk::TASK_COLUMNS, bulk::TASK_CONFLICT)
+            .bind::<SqlUuid, _>(column(rows, |r| r.id))
+            .bind::<Text, _>(column(rows, |r| r.task.queue.as_str()))
+            .bind::<SqlUuid, _>(column(rows, |r| r.flow_id))
+            .bind::<SqlUuid, _>(column(rows, |r| r.master_flow_id))
+            .bind::<Text, _>(column(rows, |r| r.task.phase.as_str()))
+            .bind::<Integer, _>(column(rows, |r| r.attempt))
+            .bind::<Text, _>(column(rows, |r| r.task.client_account_id.as_str()))
+            .bind::<Text, _>(column(rows, |r| r.task.engagement_id.as_str()))
+            .bind::<SqlJson, _>(column(rows, |r| r.payload))
+            .bind::<Text, _>(column(rows, |r| r.task.status.as_str()))
+            .bind::<Nullable<SqlUuid>, _>(column(rows, |r| r.lease_id))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.task.worker_id.as_deref()))
+            .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.lease_expires_at))
+            .bind::<Nullable<SqlJson>, _>(column(rows, |r| r.result))
+            .bind::<SqlTime, _>(column(rows, |r| r.created_at))
+            .bind::<SqlTime, _>(column(rows, |r| r.updated_at));
         sent.push((q.execute(&mut &*conn), None));
     }
 
@@ -257,4 +229,9 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
         }
     }
     Ok(())
+}
+
+/// One column of `rows`, as a statement binds it.
+fn column<'a, R, T>(rows: &'a [R], value: impl Fn(&'a R) -> T) -> Vec<T> {
+    rows.iter().map(value).collect()
 }
