@@ -1132,12 +1132,14 @@ async fn postgres_writer_updates_flows_by_key_on_a_small_table() {
     .execute(&mut conn)
     .await
     .expect("create plan_of");
-    let rows: Vec<String> = (0..256)
-        .map(|i| format!("('00000000-0000-0000-0000-{i:012}'::uuid, 'running')"))
+    // The writer's statement shape: one array per column, unnested into rows.
+    let ids: Vec<String> = (0..256)
+        .map(|i| format!("'00000000-0000-0000-0000-{i:012}'"))
         .collect();
     let update = format!(
-        "UPDATE flows SET status = v.status FROM (VALUES {}) v (id, status) WHERE flows.id = v.id",
-        rows.join(", ")
+        "UPDATE flows SET status = v.status FROM unnest(ARRAY[{}]::uuid[], \
+         array_fill('running'::text, ARRAY[256])) AS v (id, status) WHERE flows.id = v.id",
+        ids.join(", ")
     );
     let plan: Vec<PlanLine> = diesel::sql_query("SELECT plan_of($1) AS line")
         .bind::<diesel::sql_types::Text, _>(&update)
