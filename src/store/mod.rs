@@ -6,8 +6,8 @@
 //!
 //! Every read is written once; [`with_conn!`] expands it once per backend. The commit path is
 //! planned once ([`Plan`]) and then written the way each backend is fastest: on SQLite with
-//! cached single-row statements in one blocking call, on PostgreSQL with a few multi-row
-//! statements (see [`sqlite::write_plan`] and [`postgres::write_plan`]).
+//! cached single-row statements in one blocking call, on PostgreSQL with one statement per table
+//! whose columns are bound as arrays (see [`sqlite::write_plan`] and [`postgres::write_plan`]).
 
 mod bulk;
 pub mod models;
