@@ -339,7 +339,10 @@ impl<'a> PhaseWrite<'a> {
 #[derive(Debug)]
 pub struct EventWrite<'a> {
     pub event: &'a FlowEvent,
+    pub flow_id: DbUuid,
     pub seq: i64,
+    pub master_flow_id: DbUuid,
+    pub at: DbTime,
 }
 
 impl<'a> EventWrite<'a> {
@@ -347,7 +350,10 @@ impl<'a> EventWrite<'a> {
     pub fn from_domain(event: &'a FlowEvent) -> Result<Self, StoreError> {
         Ok(Self {
             event,
+            flow_id: DbUuid(event.flow_id.0),
             seq: to_i64("event seq", event.seq)?,
+            master_flow_id: DbUuid(event.master_flow_id.0),
+            at: DbTime(event.at),
         })
     }
 }

@@ -166,9 +166,9 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
     if !rows.is_empty() {
         let q = bulk::Columns::insert("events", bulk::EVENT_COLUMNS, "")
             .bind::<BigInt, _>(column(rows, |r| r.event.id))
-            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.event.flow_id.0)))
+            .bind::<SqlUuid, _>(column(rows, |r| r.flow_id))
             .bind::<BigInt, _>(column(rows, |r| r.seq))
-            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.event.master_flow_id.0)))
+            .bind::<SqlUuid, _>(column(rows, |r| r.master_flow_id))
             .bind::<Text, _>(column(rows, |r| r.event.client_account_id.as_str()))
             .bind::<Text, _>(column(rows, |r| r.event.engagement_id.as_str()))
             .bind::<Text, _>(column(rows, |r| r.event.flow_type.as_str()))
@@ -178,7 +178,7 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
             .bind::<Nullable<Text>, _>(column(rows, |r| r.event.next_phase.as_deref()))
             .bind::<Double, _>(column(rows, |r| r.event.progress_percentage))
             .bind::<Nullable<Text>, _>(column(rows, |r| r.event.error.as_deref()))
-            .bind::<SqlTime, _>(column(rows, |r| DbTime(r.event.at)));
+            .bind::<SqlTime, _>(column(rows, |r| r.at));
         sent.push((q.execute(&mut &*conn), None));
     }
 

@@ -15,13 +15,13 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use flowd_actors::store::StoreError;
 use futures_util::FutureExt;
 
-use super::schema::{DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows};
+use super::schema::{DbJsonRef, DbTime, DbUuid, failures, flow_types, flows};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
-use super::models::{FlowChange, PhaseWrite, TaskWrite};
+use super::models::{EventWrite, FlowChange, PhaseWrite, TaskWrite};
 use super::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
 use super::{Plan, TxError, bulk};
 
@@ -159,29 +159,11 @@ pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result
     if missing > 0 {
         return Err(TxError::MissingFlows(missing));
     }
-    for phase in &plan.phases {
-        UpsertPhase(phase).execute(conn)?;
+    for chunk in in_chunks(&plan.phases) {
+        UpsertPhases(chunk).execute(conn)?;
     }
-    for r in &plan.events {
-        let e = r.event;
-        diesel::insert_into(events::table)
-            .values((
-                events::id.eq(e.id),
-                events::flow_id.eq(DbUuid(e.flow_id.0)),
-                events::seq.eq(r.seq),
-                events::master_flow_id.eq(DbUuid(e.master_flow_id.0)),
-                events::client_account_id.eq(e.client_account_id.as_str()),
-                events::engagement_id.eq(e.engagement_id.as_str()),
-                events::flow_type.eq(e.flow_type.as_str()),
-                events::kind.eq(e.kind.as_str()),
-                events::status.eq(e.status.as_str()),
-                events::current_phase.eq(e.current_phase.as_deref()),
-                events::next_phase.eq(e.next_phase.as_deref()),
-                events::progress_percentage.eq(e.progress_percentage),
-                events::error.eq(e.error.as_deref()),
-                events::at.eq(DbTime(e.at)),
-            ))
-            .execute(conn)?;
+    for chunk in in_chunks(&plan.events) {
+        InsertEvents(chunk).execute(conn)?;
     }
     for r in &plan.failures {
         let f = r.failure;
@@ -203,6 +185,71 @@ pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result
     }
     Ok(())
 }
+
+/// Rows per multi-row statement. A batch's events and phase rows go in statements of this many
+/// rows, the rest one by one: SQLite opens the table's and its indexes' cursors once per
+/// statement rather than once per row, and with two row counts each statement has two texts,
+/// both kept prepared.
+const ROWS_PER_STATEMENT: usize = 32;
+
+/// `rows` in chunks of [`ROWS_PER_STATEMENT`], then one by one.
+fn in_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let chunks = rows.chunks_exact(ROWS_PER_STATEMENT);
+    let rest = chunks.remainder();
+    chunks.chain(rest.chunks(1))
+}
+
+/// `INSERT INTO events … VALUES (…), (…)` for a chunk of events ([`in_chunks`]). Cached by its
+/// text.
+struct InsertEvents<'p, 'a>(&'p [EventWrite<'a>]);
+
+impl QueryId for InsertEvents<'_, '_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl QueryFragment<Sqlite> for InsertEvents<'_, '_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("INSERT INTO events (");
+        out.push_sql(EVENT_COLUMN_LIST);
+        out.push_sql(") VALUES ");
+        for (i, row) in self.0.iter().enumerate() {
+            let e = row.event;
+            out.push_sql(if i == 0 { "(" } else { "), (" });
+            out.push_bind_param::<BigInt, _>(&e.id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<SqlUuid, _>(&row.flow_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&row.seq)?;
+            out.push_sql(", ");
+            out.push_bind_param::<SqlUuid, _>(&row.master_flow_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&e.client_account_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&e.engagement_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&e.flow_type)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, str>(e.kind.as_str())?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, str>(e.status.as_str())?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&e.current_phase)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&e.next_phase)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Double, _>(&e.progress_percentage)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&e.error)?;
+            out.push_sql(", ");
+            out.push_bind_param::<SqlTime, _>(&row.at)?;
+        }
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<SqliteConnection> for InsertEvents<'_, '_> {}
 
 /// `UPDATE flows … WHERE id = ?` for one flow. diesel never caches the statements of its own
 /// `update` and upsert builders (their text may vary with the changeset); this one has a fixed
@@ -241,48 +288,48 @@ impl QueryFragment<Sqlite> for UpdateFlow<'_, '_> {
 
 impl RunQueryDsl<SqliteConnection> for UpdateFlow<'_, '_> {}
 
-/// Insert-or-overwrite of one phase row, with a fixed, cacheable text (see [`UpdateFlow`]).
-struct UpsertPhase<'p, 'a>(&'p PhaseWrite<'a>);
+/// Insert-or-overwrite of a chunk of phase rows ([`in_chunks`]). Cached by its text. A batch
+/// holds each phase row once ([`super::Plan`]).
+struct UpsertPhases<'p, 'a>(&'p [PhaseWrite<'a>]);
 
-/// The static query id of [`UpsertPhase`].
-struct UpsertPhaseId;
-
-impl QueryId for UpsertPhase<'_, '_> {
-    type QueryId = UpsertPhaseId;
-    const HAS_STATIC_QUERY_ID: bool = true;
+impl QueryId for UpsertPhases<'_, '_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl QueryFragment<Sqlite> for UpsertPhase<'_, '_> {
+impl QueryFragment<Sqlite> for UpsertPhases<'_, '_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        let row = self.0;
         out.push_sql(
             "INSERT INTO phase_runs (flow_id, position, name, status, attempt, started_at, \
-             finished_at, output, error) VALUES (",
+             finished_at, output, error) VALUES ",
         );
-        out.push_bind_param::<SqlUuid, _>(&row.flow_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Integer, _>(&row.position)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&row.phase.name)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, str>(row.phase.status.as_str())?;
-        out.push_sql(", ");
-        out.push_bind_param::<Integer, _>(&row.attempt)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<SqlTime>, _>(&row.started_at)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<SqlTime>, _>(&row.finished_at)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<SqlJson>, _>(&row.output)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&row.phase.error)?;
+        for (i, row) in self.0.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { "), (" });
+            out.push_bind_param::<SqlUuid, _>(&row.flow_id)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Integer, _>(&row.position)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&row.phase.name)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, str>(row.phase.status.as_str())?;
+            out.push_sql(", ");
+            out.push_bind_param::<Integer, _>(&row.attempt)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<SqlTime>, _>(&row.started_at)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<SqlTime>, _>(&row.finished_at)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<SqlJson>, _>(&row.output)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&row.phase.error)?;
+        }
         out.push_sql(")");
         out.push_sql(bulk::PHASE_CONFLICT);
         Ok(())
     }
 }
 
-impl RunQueryDsl<SqliteConnection> for UpsertPhase<'_, '_> {}
+impl RunQueryDsl<SqliteConnection> for UpsertPhases<'_, '_> {}
 
 /// Insert of one task, or update of its status, lease and result, with a fixed, cacheable text
 /// (see [`UpdateFlow`]): leases and heartbeats rewrite task rows often.
@@ -342,6 +389,12 @@ impl QueryFragment<Sqlite> for UpsertTask<'_, '_> {
 
 impl RunQueryDsl<SqliteConnection> for UpsertTask<'_, '_> {}
 
+/// The column list of [`InsertEvents`], in its bind order ([`bulk::EVENT_COLUMNS`], checked by a
+/// test).
+const EVENT_COLUMN_LIST: &str = "id, flow_id, seq, master_flow_id, client_account_id, \
+     engagement_id, flow_type, kind, status, current_phase, next_phase, progress_percentage, \
+     error, at";
+
 /// The column list of [`UpsertTask`], in its bind order ([`bulk::TASK_COLUMNS`], checked by a
 /// test).
 const TASK_COLUMN_LIST: &str = "id, queue, flow_id, master_flow_id, phase, attempt, \
@@ -356,6 +409,11 @@ mod tests {
     #[test]
     fn task_upsert_binds_in_column_order() {
         assert_eq!(TASK_COLUMN_LIST, bulk::TASK_COLUMNS.join(", "));
+    }
+
+    #[test]
+    fn event_insert_binds_in_column_order() {
+        assert_eq!(EVENT_COLUMN_LIST, bulk::EVENT_COLUMNS.join(", "));
     }
 
     #[test]
