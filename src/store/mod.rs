@@ -6,8 +6,9 @@
 //!
 //! Every read is written once; [`with_conn!`] expands it once per backend. The commit path is
 //! planned once ([`Plan`]) and then written the way each backend is fastest: on SQLite with
-//! cached single-row statements in one blocking call, on PostgreSQL with one statement per table
-//! whose columns are bound as arrays (see [`sqlite::write_plan`] and [`postgres::write_plan`]).
+//! cached statements of one or 32 rows in one blocking call, on PostgreSQL with one statement per
+//! table whose columns are bound as arrays (see [`sqlite::write_plan`] and
+//! [`postgres::write_plan`]).
 
 mod bulk;
 pub mod models;
