@@ -355,6 +355,21 @@ async fn update_changes_flow_and_phase_rows(store: &DbStore) {
     let e = event(&mut flow, EventKind::FlowCompleted, None);
     commit(store, &[transition(&flow, &[1], vec![e], None)]).await;
     assert_eq!(load(store, flow.id).await, flow);
+
+    // Listings by status (served by the status indexes) follow every status change.
+    let by_status = |status| FlowQuery {
+        tenant: Some(tenant("acme")),
+        status: Some(status),
+        limit: 10,
+        ..FlowQuery::default()
+    };
+    let ids = async |status| -> Vec<FlowId> {
+        let flows = store.list_flows(&by_status(status)).await.expect("list");
+        flows.iter().map(|f| f.id).collect()
+    };
+    assert_eq!(ids(FlowStatus::Completed).await, vec![flow.id]);
+    assert_eq!(ids(FlowStatus::Running).await, vec![other.id]);
+    assert!(ids(FlowStatus::Initialized).await.is_empty());
 }
 
 async fn events_come_back_in_order_after_a_cursor(store: &DbStore) {
@@ -776,6 +791,42 @@ async fn a_failing_batch_commits_nothing(store: &DbStore) {
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert!(store.load_flow(fresh2.id).await.expect("load").is_none());
 
+    // A duplicate halfway through a multi-row event statement: the rows before it are undone too.
+    let mut busy = new_flow(&definition, &tenant("acme"), None, None);
+    commit(store, &[create(&mut busy).0]).await;
+    let stored = load(store, busy.id).await;
+    let mut events: Vec<FlowEvent> = (0..40)
+        .map(|_| event(&mut busy, EventKind::PhaseProgress, None))
+        .collect();
+    events[20].seq = events[3].seq;
+    let err = store
+        .commit(&[transition(&busy, &[0], events, None)])
+        .await
+        .expect_err("duplicate seq");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(load(store, busy.id).await, stored);
+    let kept = store.flow_events(busy.id, 0, 100).await.expect("events");
+    assert_eq!(kept.len(), 1);
+
+    // An event of another flow in a transition is refused: no foreign key would catch it.
+    let mut stray = new_flow(&definition, &tenant("acme"), None, None);
+    let stray_event = event(&mut stray, EventKind::FlowStarted, None);
+    let mut carrier = load(store, existing.id).await;
+    let own = event(&mut carrier, EventKind::PhaseProgress, None);
+    let err = store
+        .commit(&[transition(&carrier, &[], vec![own, stray_event], None)])
+        .await
+        .expect_err("event of another flow");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(
+        store
+            .flow_events(stray.id, 0, 10)
+            .await
+            .expect("events")
+            .is_empty()
+    );
+    assert_eq!(load(store, carrier.id).await.last_seq, 1);
+
     // The store is still usable afterwards.
     let mut after = new_flow(&definition, &tenant("acme"), None, None);
     commit(store, &[create(&mut after).0]).await;
@@ -1163,4 +1214,103 @@ async fn postgres_writer_updates_flows_by_key_on_a_small_table() {
 struct PlanLine {
     #[diesel(sql_type = diesel::sql_types::Text)]
     line: String,
+}
+
+/// SQLite's schema upgrades, on blocking connections (diesel's own `RunQueryDsl`).
+mod sqlite_upgrade {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, RunQueryDsl, SqliteConnection};
+    use flowd::store::DbStore;
+    use flowd_actors::store::FlowStore;
+
+    use super::{commit, create, flow_type, load, new_flow, start_phase, tenant};
+
+    /// A SQLite database written before the `plan_checks_flow_rows` migration keeps every row
+    /// through it, and its `events` and `phase_runs` lose their foreign keys.
+    #[tokio::test]
+    async fn sqlite_migration_drops_foreign_keys_and_keeps_rows() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("flowd.db");
+        let url = format!("sqlite://{}", path.display());
+        let definition = flow_type("discovery", 1);
+        let mut flow = new_flow(&definition, &tenant("acme"), None, None);
+        {
+            let store = DbStore::connect(&url, 2).await.expect("connect");
+            let (created, _) = create(&mut flow);
+            let started = start_phase(&mut flow, 0);
+            commit(&store, &[created, started]).await;
+        }
+
+        // Back to the schema before the migration, with the rows the store wrote.
+        let migration = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite/2026-11-23-000000_plan_checks_flow_rows"
+        );
+        let down = std::fs::read_to_string(format!("{migration}/down.sql")).expect("down.sql");
+        let mut conn = SqliteConnection::establish(&path.to_string_lossy()).expect("open");
+        // The closed store's checkpoint thread may still be finishing its last checkpoint.
+        conn.batch_execute("PRAGMA busy_timeout = 5000")
+            .expect("busy timeout");
+        conn.batch_execute(&down).expect("down");
+        let forgotten = diesel::sql_query(
+            "DELETE FROM __diesel_schema_migrations WHERE version = '20261123000000'",
+        )
+        .execute(&mut conn)
+        .expect("forget the migration");
+        assert_eq!(forgotten, 1);
+        assert_eq!(foreign_keys(&mut conn, "events"), 1);
+        assert_eq!(foreign_keys(&mut conn, "phase_runs"), 1);
+        drop(conn);
+
+        let store = DbStore::connect(&url, 2).await.expect("migrate");
+        assert_eq!(load(&store, flow.id).await, flow);
+        let events = store.flow_events(flow.id, 0, 10).await.expect("events");
+        assert_eq!(events.len() as u64, flow.last_seq);
+        let mut conn = SqliteConnection::establish(&path.to_string_lossy()).expect("open");
+        assert_eq!(foreign_keys(&mut conn, "events"), 0);
+        assert_eq!(foreign_keys(&mut conn, "phase_runs"), 0);
+        let indexes: Vec<Name> = diesel::sql_query(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name",
+        )
+        .load(&mut conn)
+        .expect("indexes");
+        let indexes: Vec<&str> = indexes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            indexes,
+            [
+                "events_master_id",
+                "events_tenant_id",
+                "sqlite_autoindex_events_1"
+            ]
+        );
+
+        // And the store writes on.
+        let next = start_phase(&mut flow, 1);
+        commit(&store, &[next]).await;
+        assert_eq!(load(&store, flow.id).await, flow);
+    }
+
+    /// How many foreign keys `table` of a SQLite database has.
+    fn foreign_keys(conn: &mut SqliteConnection, table: &str) -> i64 {
+        let count: Count =
+            diesel::sql_query("SELECT count(*) AS n FROM pragma_foreign_key_list(?)")
+                .bind::<diesel::sql_types::Text, _>(table)
+                .get_result(conn)
+                .expect("pragma_foreign_key_list");
+        count.n
+    }
+
+    /// A `count(*)`.
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    /// A schema object's name.
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
 }

@@ -605,6 +605,14 @@ impl<'a> Plan<'a> {
                         }
                     }
                     for event in &t.events {
+                        // No foreign key backs this up: a transition's rows name its own flow,
+                        // whose insert or update (checked to match a row) is in the same batch.
+                        if event.flow_id != t.flow_id {
+                            return Err(StoreError::Conflict(format!(
+                                "event {} of flow {} in a transition of flow {}",
+                                event.seq, event.flow_id, t.flow_id
+                            )));
+                        }
                         plan.events.push(EventWrite::from_domain(event)?);
                     }
                     if let Some(failure) = &t.failure {

@@ -36,11 +36,13 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Set on every connection: WAL lets readers run beside the writer; `busy_timeout` makes a
 /// second writer wait instead of failing; `synchronous=NORMAL` is durable in WAL mode except
-/// for the last commits before a power loss; foreign keys are off by default in SQLite. Checkpoints
-/// run on a thread of their own ([`super::sqlite_checkpoint`]); the large auto-checkpoint (about
-/// 40 MB of WAL) is only a safety net should that thread fall behind.
+/// for the last commits before a power loss. No table has a foreign key any more (the write plan
+/// checks a batch's flow rows; see the `plan_checks_flow_rows` migration), so `foreign_keys` stays
+/// off, SQLite's default. Checkpoints run on a thread of their own ([`super::sqlite_checkpoint`]);
+/// the large auto-checkpoint (about 40 MB of WAL) is only a safety net should that thread fall
+/// behind.
 pub(super) const PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-                       PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                       PRAGMA synchronous = NORMAL; \
                        PRAGMA wal_autocheckpoint = 10000; PRAGMA cache_size = -32768;";
 
 /// The file path of a `sqlite://path` (or `sqlite:path`) URL.
@@ -191,6 +193,11 @@ pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result
 /// rows, the rest one by one: SQLite opens the table's and its indexes' cursors once per
 /// statement rather than once per row, and with two row counts each statement has two texts,
 /// both kept prepared.
+///
+/// These statements say `OR FAIL`: a multi-row statement that may abort halfway (the default
+/// `ABORT` on a constraint) makes SQLite copy every page it touches into a statement journal, so
+/// that the abort can undo just that statement. Any failure rolls the whole batch back anyway,
+/// so `FAIL` (stop where it failed) loses nothing, and the statements skip that copy.
 const ROWS_PER_STATEMENT: usize = 32;
 
 /// `rows` in chunks of [`ROWS_PER_STATEMENT`], then one by one.
@@ -211,7 +218,7 @@ impl QueryId for InsertEvents<'_, '_> {
 
 impl QueryFragment<Sqlite> for InsertEvents<'_, '_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql("INSERT INTO events (");
+        out.push_sql("INSERT OR FAIL INTO events (");
         out.push_sql(EVENT_COLUMN_LIST);
         out.push_sql(") VALUES ");
         for (i, row) in self.0.iter().enumerate() {
@@ -301,7 +308,7 @@ impl QueryId for UpsertPhases<'_, '_> {
 impl QueryFragment<Sqlite> for UpsertPhases<'_, '_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         out.push_sql(
-            "INSERT INTO phase_runs (flow_id, position, name, status, attempt, started_at, \
+            "INSERT OR FAIL INTO phase_runs (flow_id, position, name, status, attempt, started_at, \
              finished_at, output, error) VALUES ",
         );
         for (i, row) in self.0.iter().enumerate() {
