@@ -156,7 +156,11 @@ pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result
     }
     let mut missing = 0;
     for change in &plan.flow_changes {
-        let updated = UpdateFlow(change).execute(conn)?;
+        // Most transitions keep the status; only those that change it rewrite its two indexes.
+        let updated = match UpdateFlow::<false>(change).execute(conn)? {
+            0 => UpdateFlow::<true>(change).execute(conn)?,
+            kept => kept,
+        };
         missing += 1 - updated.min(1);
     }
     if missing > 0 {
@@ -261,24 +265,33 @@ impl RunQueryDsl<SqliteConnection> for InsertEvents<'_, '_> {}
 
 /// `UPDATE flows … WHERE id = ?` for one flow. diesel never caches the statements of its own
 /// `update` and upsert builders (their text may vary with the changeset); this one has a fixed
-/// text and a static query id, so SQLite prepares it once per connection.
-struct UpdateFlow<'p, 'a>(&'p FlowChange<'a>);
+/// text per `SETS_STATUS` and a static query id, so SQLite prepares each once per connection.
+///
+/// SQLite rewrites the entries of every index on a column the `SET` list names, whether or not
+/// its value changes, and `status` is in two of `flows`' indexes. So the update comes in two
+/// forms: `SETS_STATUS = false` leaves `status` out of the `SET` list and matches only a row
+/// whose status already is the new one (0 rows otherwise); `true` sets it.
+struct UpdateFlow<'p, 'a, const SETS_STATUS: bool>(&'p FlowChange<'a>);
 
 /// The static query id of [`UpdateFlow`].
-struct UpdateFlowId;
+struct UpdateFlowId<const SETS_STATUS: bool>;
 
-impl QueryId for UpdateFlow<'_, '_> {
-    type QueryId = UpdateFlowId;
+impl<const SETS_STATUS: bool> QueryId for UpdateFlow<'_, '_, SETS_STATUS> {
+    type QueryId = UpdateFlowId<SETS_STATUS>;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl QueryFragment<Sqlite> for UpdateFlow<'_, '_> {
+impl<const SETS_STATUS: bool> QueryFragment<Sqlite> for UpdateFlow<'_, '_, SETS_STATUS> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         let change = self.0;
         let update = change.update;
-        out.push_sql("UPDATE flows SET status = ");
-        out.push_bind_param::<Text, str>(update.status.as_str())?;
-        out.push_sql(", current_phase = ");
+        out.push_sql("UPDATE flows SET ");
+        if SETS_STATUS {
+            out.push_sql("status = ");
+            out.push_bind_param::<Text, str>(update.status.as_str())?;
+            out.push_sql(", ");
+        }
+        out.push_sql("current_phase = ");
         out.push_bind_param::<Nullable<Text>, _>(&update.current_phase)?;
         out.push_sql(", next_phase = ");
         out.push_bind_param::<Nullable<Text>, _>(&update.next_phase)?;
@@ -290,11 +303,15 @@ impl QueryFragment<Sqlite> for UpdateFlow<'_, '_> {
         out.push_bind_param::<SqlTime, _>(&change.updated_at)?;
         out.push_sql(" WHERE id = ");
         out.push_bind_param::<SqlUuid, _>(&change.id)?;
+        if !SETS_STATUS {
+            out.push_sql(" AND status = ");
+            out.push_bind_param::<Text, str>(update.status.as_str())?;
+        }
         Ok(())
     }
 }
 
-impl RunQueryDsl<SqliteConnection> for UpdateFlow<'_, '_> {}
+impl<const SETS_STATUS: bool> RunQueryDsl<SqliteConnection> for UpdateFlow<'_, '_, SETS_STATUS> {}
 
 /// Insert-or-overwrite of a chunk of phase rows ([`in_chunks`]). Cached by its text. A batch
 /// holds each phase row once ([`super::Plan`]).
