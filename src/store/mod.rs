@@ -45,9 +45,11 @@ pub struct DbStore {
 }
 
 enum Pools {
-    /// The pool, and the thread that checkpoints the WAL for its writer while the pool lives.
+    /// Reads share `pool`; commits use `writer`, a connection of their own (see
+    /// [`sqlite::writer`]); a thread checkpoints the WAL while the store lives.
     Sqlite {
         pool: sqlite::SqlitePool,
+        writer: sqlite::SqlitePool,
         _checkpoints: sqlite_checkpoint::Checkpointer,
     },
     /// Reads share `pool`; commits, one at a time from the persistence actor, use `writer`, a
@@ -83,8 +85,8 @@ macro_rules! with_conn {
 
 impl DbStore {
     /// Opens the database named by `url` (`sqlite://path` or `postgres://…`), creating a SQLite
-    /// file's folder, builds a pool of `pool_size` connections (on PostgreSQL, plus one for
-    /// commits) and runs the embedded migrations.
+    /// file's folder, builds a pool of `pool_size` connections for reads plus one for commits,
+    /// and runs the embedded migrations.
     pub async fn connect(url: &str, pool_size: usize) -> Result<DbStore, StoreError> {
         let pools = if sqlite::is_sqlite_url(url) {
             let pool = sqlite::connect(url, pool_size).await?;
@@ -93,6 +95,7 @@ impl DbStore {
                 sqlite_checkpoint::Checkpointer::start(&path.to_string_lossy(), sqlite::PRAGMAS)?;
             Pools::Sqlite {
                 pool,
+                writer: sqlite::writer(url)?,
                 _checkpoints: checkpoints,
             }
         } else if postgres::is_postgres_url(url) {
@@ -123,11 +126,11 @@ impl DbStore {
             return Ok(());
         }
         match &*self.pools {
-            Pools::Sqlite { pool, .. } => {
+            Pools::Sqlite { writer, .. } => {
                 // The whole transaction in one trip to a blocking thread; that closure must own
                 // its data, hence the copy of the batch (cheap next to the writes themselves).
                 let owned = batch.to_vec();
-                let mut conn = pool.get().await.map_err(pool_error)?;
+                let mut conn = writer.get().await.map_err(pool_error)?;
                 conn.spawn_blocking(move |conn| {
                     Ok(Plan::of(&owned).and_then(|plan| {
                         conn.transaction(|c| sqlite::write_plan(c, &plan))
@@ -702,4 +705,39 @@ fn with_phases(rows: Vec<FlowRow>, phases: Vec<PhaseRow>) -> Result<Vec<FlowStat
             row.into_state(phases)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use flowd_actors::definition::{FlowType, PhaseDefinition};
+
+    use super::*;
+
+    /// Readers holding every pooled connection must not hold up the persistence actor.
+    #[tokio::test]
+    async fn sqlite_commits_while_readers_hold_every_pooled_connection() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/flowd.db", dir.path().display());
+        let store = DbStore::connect(&url, 2).await.expect("connect");
+        let Pools::Sqlite { pool, .. } = &*store.pools else {
+            unreachable!("a sqlite:// url opens SQLite");
+        };
+        let _held = (
+            pool.get().await.expect("reader"),
+            pool.get().await.expect("reader"),
+        );
+
+        let flow_type = FlowType {
+            name: "discovery".into(),
+            version: 1,
+            phases: vec![PhaseDefinition::new("import", "noop")],
+        };
+        let batch = [Write::FlowType(flow_type)];
+        tokio::time::timeout(Duration::from_secs(5), store.commit(&batch))
+            .await
+            .expect("the commit waited for a reader's connection")
+            .expect("commit");
+    }
 }

@@ -54,7 +54,7 @@ pub fn path_of(url: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// Creates the database file's folder, migrates the database and builds the pool.
+/// Creates the database file's folder, migrates the database and builds the readers' pool.
 pub async fn connect(url: &str, pool_size: usize) -> Result<SqlitePool, StoreError> {
     let path = path_of(url);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -62,17 +62,35 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<SqlitePool, StoreErr
             StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
         })?;
     }
-    let path_text = path
-        .to_str()
-        .ok_or_else(|| StoreError::Unavailable(format!("{} is not a UTF-8 path", path.display())))?
-        .to_owned();
+    let path_text = utf8_path(url)?;
 
     // Migrations are synchronous; keep them off the (possibly current-thread) runtime.
     let migrate_path = path_text.clone();
     tokio::task::spawn_blocking(move || migrate(&migrate_path))
         .await
         .map_err(|e| StoreError::Unavailable(format!("migration task failed: {e}")))??;
+    pool(path_text, pool_size)
+}
 
+/// The persistence actor's connection, a pool of one beside the readers' pool of
+/// [`connect`]: readers holding every pooled connection (listings, stream catch-ups) never hold
+/// up a commit, and the commit statements stay prepared on this one connection. Call after
+/// [`connect`], which migrates.
+pub fn writer(url: &str) -> Result<SqlitePool, StoreError> {
+    pool(utf8_path(url)?, 1)
+}
+
+/// The path of a `sqlite://` URL as text, which is what the connection manager takes.
+fn utf8_path(url: &str) -> Result<String, StoreError> {
+    let path = path_of(url);
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| StoreError::Unavailable(format!("{} is not a UTF-8 path", path.display())))
+}
+
+/// A pool of up to `size` connections to the (migrated) database at `path`, each set up with
+/// [`PRAGMAS`].
+fn pool(path: String, size: usize) -> Result<SqlitePool, StoreError> {
     let mut config = ManagerConfig::<SqliteConn>::default();
     config.custom_setup = Box::new(|url| {
         let url = url.to_owned();
@@ -87,9 +105,9 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<SqlitePool, StoreErr
     });
     // A local file does not drop connections: skip the test query on every checkout.
     config.recycling_method = RecyclingMethod::Fast;
-    let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path_text, config);
+    let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path, config);
     Pool::builder(manager)
-        .max_size(pool_size.max(1))
+        .max_size(size.max(1))
         .build()
         .map_err(|e| StoreError::Unavailable(format!("cannot build the SQLite pool: {e}")))
 }
