@@ -38,7 +38,7 @@ use self::models::{
 use self::schema::{DbTime, DbUuid, events, failures, flow_types, flows, phase_runs, tasks};
 
 /// The database behind the runtime: SQLite or PostgreSQL, chosen by the URL. Cheap to clone;
-/// every clone shares one pool.
+/// every clone shares the same pools (reads, commits).
 #[derive(Clone)]
 pub struct DbStore {
     pools: Arc<Pools>,
