@@ -53,6 +53,13 @@ impl FlowStore for Outage {
     fn load_active_flows(&self) -> BoxFuture<'_, Result<Vec<FlowState>, StoreError>> {
         self.inner.load_active_flows()
     }
+    fn stale_active_flows(
+        &self,
+        updated_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowId>, StoreError>> {
+        self.inner.stale_active_flows(updated_before, limit)
+    }
     fn load_flow(&self, id: FlowId) -> BoxFuture<'_, Result<Option<FlowState>, StoreError>> {
         self.inner.load_flow(id)
     }

@@ -101,8 +101,11 @@ pub struct HealthSettings {
     pub restart_window_s: u64,
     /// Deadline of a phase attempt whose phase names no `timeout_s`.
     pub phase_timeout_s: u64,
-    /// How often the database is swept for non-terminal flows that have no live actor.
+    /// How often the database is swept for non-terminal flows that have no live actor. Only
+    /// flows left unwritten for this long are read, so the sweep stays cheap.
     pub stored_sweep_s: u64,
+    /// The same in milliseconds, for a finer interval; wins over `stored_sweep_s` when set.
+    pub stored_sweep_ms: Option<u64>,
 }
 
 impl Default for HealthSettings {
@@ -114,6 +117,7 @@ impl Default for HealthSettings {
             restart_window_s: 60,
             phase_timeout_s: 300,
             stored_sweep_s: 30,
+            stored_sweep_ms: None,
         }
     }
 }
@@ -209,7 +213,10 @@ impl Settings {
             max_batch: self.database.max_batch.max(1),
             ping_interval: Duration::from_millis(self.health.ping_interval_ms.max(10)),
             ping_timeout: Duration::from_millis(self.health.ping_timeout_ms.max(10)),
-            stored_sweep_interval: Duration::from_secs(self.health.stored_sweep_s.max(1)),
+            stored_sweep_interval: match self.health.stored_sweep_ms {
+                Some(ms) => Duration::from_millis(ms.max(10)),
+                None => Duration::from_secs(self.health.stored_sweep_s.max(1)),
+            },
             restart_intensity: RestartIntensity {
                 max_restarts: self.health.max_restarts,
                 window: Duration::from_secs(self.health.restart_window_s),

@@ -32,6 +32,9 @@ pub enum RuntimeError {
     /// The caller is a replaced life of a flow actor; it must stop.
     #[error("this flow actor was replaced by a newer one")]
     Fenced,
+    /// The database refused the write for what it holds; the same request will fail again.
+    #[error("the database refused the write: {0}")]
+    WriteRefused(String),
     /// The database or an actor is unavailable; the request may be retried.
     #[error("runtime unavailable: {0}")]
     Unavailable(String),
@@ -52,9 +55,13 @@ impl From<actix::MailboxError> for RuntimeError {
 /// A commit that did not happen; the writer must not act as if it had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PersistError {
-    /// The database refused or could not take the batch.
-    #[error("commit failed: {0}")]
-    CommitFailed(String),
+    /// The database refused this write for its content (a conflict, a value it cannot store).
+    /// Only this write failed; retrying it as it is cannot succeed.
+    #[error("write refused by the database: {0}")]
+    Refused(String),
+    /// The database was unavailable; nothing was written and the caller may try again.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The persistence actor stopped before answering.
     #[error("persistence actor stopped")]
     Stopped,
@@ -67,7 +74,10 @@ impl From<PersistError> for RuntimeError {
     fn from(error: PersistError) -> Self {
         match error {
             PersistError::Fenced => Self::Fenced,
-            other => Self::Unavailable(other.to_string()),
+            PersistError::Refused(reason) => Self::WriteRefused(reason),
+            PersistError::Stopped | PersistError::Unavailable(_) => {
+                Self::Unavailable(error.to_string())
+            }
         }
     }
 }

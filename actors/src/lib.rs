@@ -10,6 +10,7 @@
 //! - [`events`]: flow events and their fan-out to subscribers.
 //! - [`store`]: the storage contract; [`memory_store`]: an in-memory store for tests.
 //! - [`task`]: external tasks that remote workers lease from queues.
+//! - [`storable`]: what every backend can store (no NUL in text).
 //! - [`error`]: the runtime's errors; [`faults`]: test-only fault injection.
 //! - Actors, one folder each with its messages: [`supervisor`], [`flow`], [`registry`],
 //!   [`persistence`], [`health`], [`queue`] (external tasks).
@@ -33,6 +34,7 @@ pub mod persistence;
 pub mod queue;
 pub mod registry;
 pub mod runtime;
+pub mod storable;
 pub mod store;
 pub mod supervisor;
 pub mod task;

@@ -159,6 +159,23 @@ impl FlowStore for MemoryStore {
         async move { Ok(flows) }.boxed()
     }
 
+    fn stale_active_flows(
+        &self,
+        updated_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowId>, StoreError>> {
+        let ids = self
+            .tables
+            .lock()
+            .flows
+            .values()
+            .filter(|f| !f.status.is_terminal() && f.updated_at < updated_before)
+            .map(|f| f.id)
+            .take(limit as usize)
+            .collect();
+        async move { Ok(ids) }.boxed()
+    }
+
     fn load_flow(&self, id: FlowId) -> BoxFuture<'_, Result<Option<FlowState>, StoreError>> {
         let flow = self.tables.lock().flows.get(&id).cloned();
         async move { Ok(flow) }.boxed()

@@ -79,6 +79,7 @@ pub struct RuntimeMetrics {
     events_committed: AtomicU64,
     commit_seconds: Mutex<Histogram>,
     batch_writes: Mutex<Histogram>,
+    handler_queued_seconds: Mutex<Histogram>,
 }
 
 impl Default for RuntimeMetrics {
@@ -92,6 +93,7 @@ impl Default for RuntimeMetrics {
             events_committed: AtomicU64::new(0),
             commit_seconds: Mutex::new(Histogram::new(&SECONDS)),
             batch_writes: Mutex::new(Histogram::new(&BATCH)),
+            handler_queued_seconds: Mutex::new(Histogram::new(&SECONDS)),
         }
     }
 }
@@ -135,6 +137,11 @@ impl RuntimeMetrics {
     /// A flow actor did not answer its ping in time.
     pub fn ping_missed(&self) {
         self.pings_missed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A phase attempt waited `seconds` for a handler thread before its handler started.
+    pub fn handler_queued(&self, seconds: f64) {
+        self.handler_queued_seconds.lock().observe(seconds);
     }
 
     /// A batch of `writes` holding `events` committed in `seconds`.
@@ -235,6 +242,10 @@ impl RuntimeMetrics {
             );
             histogram.render(&mut out, "flowd_phase_duration_seconds", &labels);
         }
+        out.push_str("# HELP flowd_handler_queued_seconds Time a phase attempt waited for a handler thread; its timeout starts after it.\n# TYPE flowd_handler_queued_seconds histogram\n");
+        self.handler_queued_seconds
+            .lock()
+            .render(&mut out, "flowd_handler_queued_seconds", "");
         out.push_str("# HELP flowd_persistence_commit_seconds Latency of one batch commit.\n# TYPE flowd_persistence_commit_seconds histogram\n");
         self.commit_seconds
             .lock()

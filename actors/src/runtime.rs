@@ -150,7 +150,7 @@ impl Runtime {
         for definition in flow_types {
             registry.send(RegisterFlowType(definition)).await??;
         }
-        supervisor.send(RecoverFlows).await??;
+        supervisor.send(RecoverFlows::all()).await??;
         let health = HealthActor::new(
             supervisor.clone(),
             config.ping_interval,

@@ -20,6 +20,10 @@ pub enum StoreError {
     /// A uniqueness rule was broken (e.g. an idempotency key raced): the write is refused.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The database refused the statement for the values it holds (out of range for a column,
+    /// a character it cannot store): this write fails, retrying it as it is cannot succeed.
+    #[error("value refused by the database: {0}")]
+    Rejected(String),
     /// Stored data could not be read back (a bug or a manual edit): do not retry.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
@@ -100,6 +104,14 @@ pub trait FlowStore: Send + Sync + 'static {
 
     /// Every flow that is not terminal, with its phases: what must be resumed at boot.
     fn load_active_flows(&self) -> BoxFuture<'_, Result<Vec<FlowState>, StoreError>>;
+
+    /// Ids of non-terminal flows whose row was last written before `updated_before`, at most
+    /// `limit`: the candidates of the stored-flow sweep. Cheap however many flows have ended.
+    fn stale_active_flows(
+        &self,
+        updated_before: DateTime<Utc>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowId>, StoreError>>;
 
     /// One flow with its phases.
     fn load_flow(&self, id: FlowId) -> BoxFuture<'_, Result<Option<FlowState>, StoreError>>;

@@ -374,7 +374,7 @@ async fn idempotent_creates_share_one_flow() {
 }
 
 #[actix::test]
-async fn an_outage_longer_than_commit_retries_restarts_the_actor_and_loses_nothing() {
+async fn a_long_outage_is_waited_out_and_the_finished_phase_is_kept() {
     let store = Arc::new(MemoryStore::new());
     let types = vec![flow_type(
         "two",
@@ -386,10 +386,23 @@ async fn an_outage_longer_than_commit_retries_restarts_the_actor_and_loses_nothi
     let runtime = start(store.clone(), types).await;
     let id = runtime.create_flow(request("two")).await.unwrap().flow.id;
     store.set_fail_commits(true);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(
+        !runtime.is_writable().await.unwrap_or(false),
+        "an outage shows in readiness"
+    );
     store.set_fail_commits(false);
     let flow = wait_for(&store, id, terminal).await;
     assert_eq!(flow.status, FlowStatus::Completed);
+    assert_eq!(flow.phases[0].attempt, 1, "phase a ran again");
+    assert!(
+        runtime
+            .metrics()
+            .render(&Default::default())
+            .contains("flowd_actor_restarts_total 0"),
+        "the flow actor was restarted instead of waiting"
+    );
+    assert!(runtime.is_writable().await.expect("ready"));
     let events = store.flow_events(id, 0, 100).await.unwrap();
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(

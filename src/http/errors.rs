@@ -147,6 +147,7 @@ impl From<RuntimeError> for ApiError {
                 "Conflict",
                 detail,
             ),
+            RuntimeError::WriteRefused(_) => Self::unprocessable("write-refused", detail),
             RuntimeError::Unavailable(_) | RuntimeError::Fenced => Self::unavailable(detail),
         }
     }

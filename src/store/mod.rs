@@ -152,6 +152,26 @@ impl DbStore {
         }
     }
 
+    async fn stale_active(
+        &self,
+        updated_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<Vec<FlowId>, StoreError> {
+        let active = active_statuses();
+        let ids: Vec<DbUuid> = with_conn!(self, |conn: Db| {
+            flows::table
+                .filter(flows::status.eq_any(&active))
+                .filter(flows::updated_at.lt(DbTime(updated_before)))
+                .order(flows::id)
+                .limit(i64::from(limit))
+                .select(flows::id)
+                .load(conn)
+                .await
+                .map_err(db_error)?
+        });
+        Ok(ids.into_iter().map(|id| FlowId(id.0)).collect())
+    }
+
     async fn load_one(&self, id: FlowId) -> Result<Option<FlowState>, StoreError> {
         with_conn!(self, |conn: Db| {
             let row = flows::table
@@ -441,15 +461,25 @@ impl FlowStore for DbStore {
     }
 
     fn load_flow_types(&self) -> BoxFuture<'_, Result<Vec<FlowType>, StoreError>> {
-        Box::pin(self.flow_types())
+        Box::pin(read_retrying(move || self.flow_types()))
     }
 
     fn load_active_flows(&self) -> BoxFuture<'_, Result<Vec<FlowState>, StoreError>> {
-        Box::pin(self.active())
+        Box::pin(read_retrying(move || self.active()))
+    }
+
+    fn stale_active_flows(
+        &self,
+        updated_before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowId>, StoreError>> {
+        Box::pin(read_retrying(move || {
+            self.stale_active(updated_before, limit)
+        }))
     }
 
     fn load_flow(&self, id: FlowId) -> BoxFuture<'_, Result<Option<FlowState>, StoreError>> {
-        Box::pin(self.load_one(id))
+        Box::pin(read_retrying(move || self.load_one(id)))
     }
 
     fn find_by_idempotency_key<'a>(
@@ -457,14 +487,14 @@ impl FlowStore for DbStore {
         tenant: &'a Tenant,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<FlowState>, StoreError>> {
-        Box::pin(self.by_idempotency_key(tenant, key))
+        Box::pin(read_retrying(move || self.by_idempotency_key(tenant, key)))
     }
 
     fn list_flows<'a>(
         &'a self,
         query: &'a FlowQuery,
     ) -> BoxFuture<'a, Result<Vec<FlowState>, StoreError>> {
-        Box::pin(self.list(query))
+        Box::pin(read_retrying(move || self.list(query)))
     }
 
     fn flow_events(
@@ -473,7 +503,9 @@ impl FlowStore for DbStore {
         after: u64,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
-        Box::pin(self.events_of_flow(flow_id, after, limit))
+        Box::pin(read_retrying(move || {
+            self.events_of_flow(flow_id, after, limit)
+        }))
     }
 
     fn tree_events(
@@ -482,11 +514,13 @@ impl FlowStore for DbStore {
         after: i64,
         limit: u32,
     ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
-        Box::pin(self.events_of_tree(master_flow_id, after, limit))
+        Box::pin(read_retrying(move || {
+            self.events_of_tree(master_flow_id, after, limit)
+        }))
     }
 
     fn load_task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>, StoreError>> {
-        Box::pin(self.task_by_id(id))
+        Box::pin(read_retrying(move || self.task_by_id(id)))
     }
 
     fn find_task<'a>(
@@ -495,7 +529,9 @@ impl FlowStore for DbStore {
         phase: &'a str,
         attempt: u32,
     ) -> BoxFuture<'a, Result<Option<TaskRecord>, StoreError>> {
-        Box::pin(self.task_of_attempt(flow_id, phase, attempt))
+        Box::pin(read_retrying(move || {
+            self.task_of_attempt(flow_id, phase, attempt)
+        }))
     }
 
     fn tenant_events<'a>(
@@ -504,19 +540,21 @@ impl FlowStore for DbStore {
         after: i64,
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<FlowEvent>, StoreError>> {
-        Box::pin(self.events_of_tenant(tenant, after, limit))
+        Box::pin(read_retrying(move || {
+            self.events_of_tenant(tenant, after, limit)
+        }))
     }
 
     fn failures(&self, flow_id: FlowId) -> BoxFuture<'_, Result<Vec<FailureRecord>, StoreError>> {
-        Box::pin(self.failures_of(flow_id))
+        Box::pin(read_retrying(move || self.failures_of(flow_id)))
     }
 
     fn max_event_id(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
-        Box::pin(self.max_id())
+        Box::pin(read_retrying(move || self.max_id()))
     }
 
     fn count_by_status(&self) -> BoxFuture<'_, Result<Vec<(FlowStatus, u64)>, StoreError>> {
-        Box::pin(self.status_counts())
+        Box::pin(read_retrying(move || self.status_counts()))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -648,8 +686,9 @@ impl TxError {
 }
 
 /// Sorts diesel errors by what the caller can do: constraint violations are refused writes,
-/// undecodable values are corrupt data, everything else (closed connections, a locked SQLite
-/// file, serialization failures) may succeed on a retry.
+/// undecodable values are corrupt data, a database that cannot work now (closed connections,
+/// a locked or full SQLite file, a server shutting down) is unavailable and worth a retry, and
+/// any other error the server answered with refused the statement's values.
 fn db_error(error: DieselError) -> StoreError {
     match error {
         DieselError::DatabaseError(
@@ -659,12 +698,68 @@ fn db_error(error: DieselError) -> StoreError {
             | DatabaseErrorKind::CheckViolation),
             info,
         ) => StoreError::Conflict(format!("{kind:?}: {}", info.message())),
-        DieselError::DatabaseError(_, info) => StoreError::Unavailable(info.message().to_owned()),
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::SerializationFailure
+            | DatabaseErrorKind::ReadOnlyTransaction,
+            info,
+        ) => StoreError::Unavailable(info.message().to_owned()),
+        DieselError::DatabaseError(_, info) if is_outage(info.message()) => {
+            StoreError::Unavailable(info.message().to_owned())
+        }
+        DieselError::DatabaseError(_, info) => StoreError::Rejected(info.message().to_owned()),
         DieselError::DeserializationError(e) => StoreError::Corrupt(e.to_string()),
         DieselError::SerializationError(e) => {
             StoreError::Conflict(format!("value not storable: {e}"))
         }
         other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Whether an error the database answered with says it cannot work now, rather than that it
+/// refuses the statement: SQLite's full, locked or failing file; PostgreSQL's full disk, a
+/// backend being terminated, a server shutting down, starting or recovering, no free slots.
+/// Neither backend gives diesel a code for these, so the messages are read.
+fn is_outage(message: &str) -> bool {
+    const OUTAGES: [&str; 17] = [
+        // SQLite
+        "disk is full",
+        "disk i/o error",
+        "database is locked",
+        "table is locked",
+        "unable to open",
+        "readonly database",
+        "out of memory",
+        // PostgreSQL
+        "no space left",
+        "could not extend file",
+        "could not write",
+        "terminating connection",
+        "shutting down",
+        "starting up",
+        "recovery mode",
+        "too many clients",
+        "deadlock detected",
+        "canceling statement",
+    ];
+    let message = message.to_ascii_lowercase();
+    OUTAGES.iter().any(|outage| message.contains(outage))
+}
+
+/// Runs a read, and once more if the database seemed unavailable: a pooled connection that the
+/// server closed (a restart, `pg_terminate_backend`) fails its first query, and the second try
+/// takes a fresh connection. Only one retry: a database that is really down answers at once.
+async fn read_retrying<T, Read, Reading>(read: Read) -> Result<T, StoreError>
+where
+    Read: Fn() -> Reading,
+    Reading: std::future::Future<Output = Result<T, StoreError>>,
+{
+    match read().await {
+        Err(StoreError::Unavailable(message)) => {
+            tracing::debug!(%message, "read failed on a pooled connection; trying a fresh one");
+            read().await
+        }
+        other => other,
     }
 }
 

@@ -24,6 +24,7 @@ use crate::machine::{self, Effect, Rejected, Step};
 use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, PhaseStatus, now};
 use crate::persistence::{Persist, PersistenceActor};
+use crate::storable;
 use crate::store::{TransitionWrite, Write};
 use crate::supervisor::messages::{FlowStopped, StopCause};
 pub use messages::{Control, ControlCommand, PhaseFinished, PhaseProgress, Ping, Pong, StopFlow};
@@ -188,7 +189,12 @@ impl FlowActor {
                     ctx.stop();
                 }
                 Err(error) => {
-                    act.stop_cause = StopCause::StoreUnavailable(error.to_string());
+                    act.stop_cause = match &error {
+                        // Refused for what it holds: the same write would be refused again, so
+                        // the restart counts toward the flow's restart intensity (no loop).
+                        RuntimeError::WriteRefused(reason) => StopCause::Fault(format!("write refused: {reason}")),
+                        _ => StopCause::StoreUnavailable(error.to_string()),
+                    };
                     // The stored state is the truth: stop and let the supervisor rebuild from it.
                     error!(flow_id = %act.flow.id, %error, "transition not committed; restarting from stored state");
                     if let Some((reply, _)) = reply {
@@ -314,17 +320,29 @@ impl FlowActor {
         let timeout = definition
             .timeout_s
             .map_or(self.env.default_timeout, Duration::from_secs);
-        let task = self
-            .env
-            .handler_pool
-            .handle()
-            .spawn(handler.run(context).instrument(span.clone()));
+        // The deadline counts from when the handler starts running, not from when it was
+        // queued for a handler thread: a backlog costs latency, never a timed-out attempt.
+        let (running, started) = oneshot::channel();
+        let queued_at = std::time::Instant::now();
+        let run = handler.run(context);
+        let task = self.env.handler_pool.handle().spawn(
+            async move {
+                let _ = running.send(());
+                run.await
+            }
+            .instrument(span.clone()),
+        );
         let abort = task.abort_handle();
         let on_timeout = (cancellation.clone(), task.abort_handle());
         let flow = ctx.address();
         let reported_phase = phase.clone();
+        let metrics = self.env.metrics.clone();
         tokio::spawn(
             async move {
+                // Dropped unsent only if the task was aborted before it ran; the join says how.
+                if started.await.is_ok() {
+                    metrics.handler_queued(queued_at.elapsed().as_secs_f64());
+                }
                 let result = match tokio::time::timeout(timeout, task).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(join)) if join.is_panic() => {
@@ -490,6 +508,23 @@ impl Handler<PhaseFinished> for FlowActor {
                 .phase_finished(&self.flow.flow_type, &phase, seconds);
         }
         let now = now();
+        // An output the database cannot store would be refused at every commit: it fails the
+        // attempt instead, with a journal row, and never makes the phase run again and again.
+        let result = match result {
+            Ok(output) => match storable::check_json(&output.output) {
+                Ok(()) => Ok(output),
+                Err(refused) => Err(HandlerError::fatal(
+                    "output_not_storable",
+                    format!("the phase's output cannot be stored: {refused}"),
+                )),
+            },
+            // Error texts go to the journal: keep them storable too.
+            Err(mut error) => {
+                storable::escape_nul(&mut error.kind);
+                storable::escape_nul(&mut error.message);
+                Err(error)
+            }
+        };
         let step = match result {
             Ok(output) => machine::phase_succeeded(
                 &mut self.flow,

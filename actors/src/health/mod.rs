@@ -57,15 +57,20 @@ impl HealthActor {
         let timeout = self.timeout;
         let pings = async move {
             let flows = supervisor.send(LiveFlows).await.unwrap_or_default();
-            let answers = join_all(flows.into_iter().map(|(flow_id, addr)| async move {
-                let answer = addr.send(Ping).timeout(timeout).await;
-                (flow_id, answer)
+            let answers = join_all(flows.into_iter().map(|live| async move {
+                let answer = live.addr.send(Ping).timeout(timeout).await;
+                (live.flow_id, live.generation, answer)
             }))
             .await;
             let total = answers.len() as u64;
             let silent: Vec<_> = answers
                 .into_iter()
-                .filter_map(|(flow_id, answer)| answer.err().map(|error| (flow_id, error)))
+                .filter_map(|(flow_id, generation, answer)| match answer {
+                    // Stopped on its own since the list was taken: the supervisor has its
+                    // stop notice and acts on it; nothing is silent.
+                    Err(MailboxError::Closed) | Ok(_) => None,
+                    Err(MailboxError::Timeout) => Some((flow_id, generation)),
+                })
                 .collect();
             (total, silent)
         };
@@ -74,13 +79,14 @@ impl HealthActor {
             act.stats.sweeps += 1;
             act.stats.pings += total;
             act.stats.pings_missed += silent.len() as u64;
-            for (flow_id, error) in silent {
-                warn!(flow_id = %flow_id, %error, "flow actor did not answer its ping");
+            for (flow_id, generation) in silent {
+                warn!(flow_id = %flow_id, "flow actor did not answer its ping");
                 act.metrics.ping_missed();
                 act.stats.restarts_requested += 1;
                 act.supervisor.do_send(RestartFlow {
                     flow_id,
-                    reason: format!("no answer to ping: {error}"),
+                    generation,
+                    reason: format!("no answer to ping within {:?}", act.timeout),
                 });
             }
         }));
@@ -96,8 +102,11 @@ impl Actor for HealthActor {
         // bug, or its restart given up while the database was away) is found and resumed.
         ctx.run_interval(self.stored_sweep, |act, _| {
             let supervisor = act.supervisor.clone();
+            // A flow written within the last sweep interval is not orphaned: busy flows are
+            // never even read.
+            let quiet_for = act.stored_sweep;
             actix::spawn(async move {
-                match supervisor.send(RecoverFlows).await {
+                match supervisor.send(RecoverFlows::quiet_for(quiet_for)).await {
                     Ok(Ok(0)) => {}
                     Ok(Ok(adopted)) => {
                         warn!(adopted, "stored flows without a live actor re-adopted")

@@ -52,8 +52,12 @@ pub struct PersistenceStats {
     pub batches: u64,
     pub writes: u64,
     pub events: u64,
+    /// Batches that met an unavailable database and waited it out before committing.
     pub failed_batches: u64,
-    /// Batches failed since the last one that committed: non-zero means it cannot write now.
+    /// Writes the database refused for their content; each failed alone, its batch committed.
+    pub refused_writes: u64,
+    /// Failed tries of the current batch while the database is unavailable: non-zero means it
+    /// cannot write now. A refused write does not count: the database is fine.
     pub consecutive_failures: u64,
     pub largest_batch: u64,
     /// Sum of commit durations, for the mean commit latency.

@@ -6,11 +6,12 @@ pub mod messages;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::error::PersistError;
 use crate::events::EventFanout;
@@ -19,11 +20,17 @@ use crate::metrics::RuntimeMetrics;
 use crate::store::{FlowStore, StoreError, Write};
 pub use messages::{Fence, GetStats, Persist, PersistenceStats, Release};
 
-/// Attempts of one batch while the database is unavailable, before its writers are told it failed.
-const COMMIT_ATTEMPTS: u32 = 5;
+/// First wait before a batch is tried again while the database is unavailable; it doubles up to
+/// [`OUTAGE_BACKOFF_MAX`] and the batch is tried for as long as the outage lasts.
+const OUTAGE_BACKOFF_START: Duration = Duration::from_millis(50);
+/// Longest wait between two tries of a batch during an outage.
+const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 struct Pending {
     write: Write,
+    /// A flow actor's write holds finished work: it waits out an outage. Anyone else's (a
+    /// create, a registration, a task report) is answered "unavailable" and may try again.
+    waits_out_outage: bool,
     ack: oneshot::Sender<Result<(), PersistError>>,
 }
 
@@ -39,6 +46,9 @@ pub struct PersistenceActor {
     metrics: Arc<RuntimeMetrics>,
     /// Per live flow, which actor generation may write (see [`Fence`]).
     fences: HashMap<FlowId, Option<u64>>,
+    /// Failed tries of the batch being committed while the database is unavailable; 0 when
+    /// the last try reached it. Shared with the commit task, read by [`GetStats`].
+    outage_tries: Arc<AtomicU64>,
 }
 
 impl PersistenceActor {
@@ -60,6 +70,7 @@ impl PersistenceActor {
             stats: PersistenceStats::default(),
             metrics,
             fences: HashMap::new(),
+            outage_tries: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -70,10 +81,15 @@ impl PersistenceActor {
         }
         self.committing = true;
         let take = self.queue.len().min(self.max_batch);
-        let first_event_id = self.last_event_id;
         let mut writes = Vec::with_capacity(take);
         let mut acks = Vec::with_capacity(take);
-        for Pending { mut write, ack } in self.queue.drain(..take) {
+        let mut waits = Vec::with_capacity(take);
+        for Pending {
+            mut write,
+            waits_out_outage,
+            ack,
+        } in self.queue.drain(..take)
+        {
             if let Write::Transition(transition) = &mut write {
                 for event in &mut transition.events {
                     self.last_event_id += 1;
@@ -82,74 +98,163 @@ impl PersistenceActor {
             }
             writes.push(write);
             acks.push(ack);
+            waits.push(waits_out_outage);
         }
         let store = self.store.clone();
+        let outage_tries = self.outage_tries.clone();
         let commit = async move {
             let started = Instant::now();
-            let result = commit_with_retry(store.as_ref(), &writes).await;
-            (result, writes, started.elapsed())
+            let outcome = commit_isolating(store.as_ref(), &writes, &waits, &outage_tries).await;
+            (outcome, writes, started.elapsed())
         };
         ctx.spawn(
             commit
                 .into_actor(self)
-                .map(move |(result, writes, took), act, ctx| {
+                .map(move |(outcome, writes, took), act, ctx| {
+                    let Committed {
+                        outcomes,
+                        outage_tries,
+                    } = outcome;
                     act.committing = false;
+                    if outage_tries > 0 {
+                        act.stats.failed_batches += 1;
+                    }
                     act.stats.batches += 1;
                     act.stats.commit_micros += took.as_micros() as u64;
-                    match result {
-                        Ok(()) => {
-                            act.stats.consecutive_failures = 0;
-                            act.stats.writes += writes.len() as u64;
-                            act.stats.largest_batch =
-                                act.stats.largest_batch.max(writes.len() as u64);
-                            let events = writes.into_iter().flat_map(|write| match write {
-                                Write::Transition(t) => t.events,
-                                Write::FlowType(_) | Write::Task(_) => Vec::new(),
-                            });
-                            let events: Vec<_> = events.collect();
-                            act.stats.events += events.len() as u64;
-                            act.metrics.batch_committed(
-                                acks.len(),
-                                events.len(),
-                                took.as_secs_f64(),
-                            );
-                            // Acked only after commit; published only after commit.
-                            for ack in acks {
-                                let _ = ack.send(Ok(()));
+                    let mut committed = 0;
+                    let mut events = Vec::new();
+                    // Acked only after commit; published only after commit. A write that did
+                    // not commit is answered alone: the rest of its batch committed.
+                    for ((write, ack), outcome) in writes.into_iter().zip(acks).zip(outcomes) {
+                        let answer = match outcome {
+                            Outcome::Committed => {
+                                committed += 1;
+                                if let Write::Transition(t) = write {
+                                    events.extend(t.events);
+                                }
+                                Ok(())
                             }
-                            act.fanout.publish(events);
-                        }
-                        Err(error) => {
-                            error!(%error, writes = writes.len(), "batch commit failed");
-                            act.stats.failed_batches += 1;
-                            act.stats.consecutive_failures += 1;
-                            act.last_event_id = first_event_id;
-                            let error = PersistError::CommitFailed(error.to_string());
-                            for ack in acks {
-                                let _ = ack.send(Err(error.clone()));
+                            Outcome::Refused(error) => {
+                                act.stats.refused_writes += 1;
+                                Err(PersistError::Refused(error.to_string()))
                             }
-                        }
+                            Outcome::Unavailable(message) => {
+                                Err(PersistError::Unavailable(message))
+                            }
+                        };
+                        let _ = ack.send(answer);
                     }
+                    act.stats.writes += committed as u64;
+                    act.stats.largest_batch = act.stats.largest_batch.max(committed as u64);
+                    act.stats.events += events.len() as u64;
+                    act.metrics
+                        .batch_committed(committed, events.len(), took.as_secs_f64());
+                    act.fanout.publish(events);
                     act.flush(ctx);
                 }),
         );
     }
 }
 
-/// Retries a batch while the database is unavailable; conflicts and corruption fail at once.
-async fn commit_with_retry(store: &dyn FlowStore, writes: &[Write]) -> Result<(), StoreError> {
-    let mut delay = Duration::from_millis(50);
-    let mut attempt = 1;
-    loop {
-        match store.commit(writes).await {
-            Err(StoreError::Unavailable(message)) if attempt < COMMIT_ATTEMPTS => {
-                warn!(%message, attempt, "database unavailable; retrying the batch");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
+/// What became of one write of a batch.
+enum Outcome {
+    Committed,
+    /// The database refused this write for its content; its neighbours committed.
+    Refused(StoreError),
+    /// The database was down and the writer of this write was told to try again itself.
+    Unavailable(String),
+}
+
+/// What became of one batch.
+struct Committed {
+    /// One per write, in batch order.
+    outcomes: Vec<Outcome>,
+    /// Tries that found the database unavailable.
+    outage_tries: u64,
+}
+
+/// Commits `writes`, isolating the ones the database refuses: a group that fails for a reason
+/// other than an unavailable database is split in halves until each refused write stands
+/// alone, so one bad or conflicting write never fails its neighbours. While the database is
+/// unavailable, the writes that `waits` marks are tried again with capped backoff for as long
+/// as the outage lasts (no finished work is thrown away); the others are answered at once.
+async fn commit_isolating(
+    store: &dyn FlowStore,
+    writes: &[Write],
+    waits: &[bool],
+    outage_tries: &AtomicU64,
+) -> Committed {
+    let mut outcomes: Vec<Option<Outcome>> = writes.iter().map(|_| None).collect();
+    let mut waited = 0;
+    // Depth first, left half before right: writes commit in the order they were queued.
+    let mut pending: Vec<Vec<usize>> = vec![(0..writes.len()).collect()];
+    while let Some(mut group) = pending.pop() {
+        let mut delay = OUTAGE_BACKOFF_START;
+        let mut refusals = 0;
+        while !group.is_empty() {
+            let result = if group.len() == writes.len() {
+                store.commit(writes).await
+            } else {
+                let subset: Vec<Write> = group.iter().map(|&i| writes[i].clone()).collect();
+                store.commit(&subset).await
+            };
+            let message = match result {
+                Ok(()) => {
+                    outage_tries.store(0, Ordering::Relaxed);
+                    for &i in &group {
+                        outcomes[i] = Some(Outcome::Committed);
+                    }
+                    break;
+                }
+                Err(StoreError::Unavailable(message)) => message,
+                Err(refusal) if group.len() > 1 => {
+                    warn!(error = %refusal, writes = group.len(), "batch refused; splitting it to find the bad write");
+                    let right = group.split_off(group.len() / 2);
+                    pending.push(right);
+                    pending.push(group);
+                    break;
+                }
+                // A connection killed mid-commit can look like a refusal: a lone write is
+                // failed for its content only once its refusal repeats and the database
+                // answers a ping.
+                Err(refusal) => match store.ping().await {
+                    Err(down) => down.to_string(),
+                    Ok(()) if refusals == 0 => {
+                        refusals += 1;
+                        continue;
+                    }
+                    Ok(()) => {
+                        warn!(error = %refusal, "write refused by the database; the rest of its batch goes on");
+                        outage_tries.store(0, Ordering::Relaxed);
+                        outcomes[group[0]] = Some(Outcome::Refused(refusal));
+                        break;
+                    }
+                },
+            };
+            group.retain(|&i| {
+                if !waits[i] {
+                    outcomes[i] = Some(Outcome::Unavailable(message.clone()));
+                }
+                waits[i]
+            });
+            waited += 1;
+            let tries = outage_tries.fetch_add(1, Ordering::Relaxed) + 1;
+            if group.is_empty() {
+                break;
             }
-            other => return other,
+            if tries == 1 || tries.is_power_of_two() {
+                warn!(%message, tries, writes = group.len(), "database unavailable; flow transitions wait and are tried again");
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(OUTAGE_BACKOFF_MAX);
         }
+    }
+    Committed {
+        outcomes: outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Outcome::Unavailable("not committed".into())))
+            .collect(),
+        outage_tries: waited,
     }
 }
 
@@ -175,6 +280,7 @@ impl Handler<Persist> for PersistenceActor {
         let (ack, committed) = oneshot::channel();
         self.queue.push(Pending {
             write: message.write,
+            waits_out_outage: message.writer.is_some(),
             ack,
         });
         self.flush(ctx);
@@ -202,6 +308,9 @@ impl Handler<GetStats> for PersistenceActor {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.stats)
+        MessageResult(PersistenceStats {
+            consecutive_failures: self.outage_tries.load(Ordering::Relaxed),
+            ..self.stats
+        })
     }
 }

@@ -1,5 +1,7 @@
 //! Messages of the supervisor.
 
+use std::time::Duration;
+
 use actix::{Addr, Message};
 
 use crate::error::RuntimeError;
@@ -23,7 +25,25 @@ pub struct CreatedFlow {
 /// Starts an actor for every stored non-terminal flow that has none. Answers how many started.
 #[derive(Message)]
 #[rtype(result = "Result<usize, RuntimeError>")]
-pub struct RecoverFlows;
+pub struct RecoverFlows {
+    /// `None` at boot: every non-terminal flow. For the periodic sweep, only flows whose row
+    /// has not been written for this long: a flow that could be orphaned, never a busy one.
+    pub quiet_for: Option<Duration>,
+}
+
+impl RecoverFlows {
+    /// Boot recovery: resume every stored non-terminal flow.
+    pub fn all() -> Self {
+        Self { quiet_for: None }
+    }
+
+    /// The stored-flow sweep: adopt non-terminal flows left quiet for `quiet_for`.
+    pub fn quiet_for(quiet_for: Duration) -> Self {
+        Self {
+            quiet_for: Some(quiet_for),
+        }
+    }
+}
 
 /// A flow actor stopped; a fault or an outage triggers a restart.
 #[derive(Message)]
@@ -57,10 +77,18 @@ pub struct ControlFlow {
     pub command: ControlCommand,
 }
 
-/// The live flow actors, for the health actor's pings.
+/// The live flow actors with their generations, for the health actor's pings.
 #[derive(Message)]
-#[rtype(result = "Vec<(FlowId, Addr<FlowActor>)>")]
+#[rtype(result = "Vec<LiveFlow>")]
 pub struct LiveFlows;
+
+/// One live flow actor: which life of the flow it is, and its address.
+#[derive(Clone, Debug)]
+pub struct LiveFlow {
+    pub flow_id: FlowId,
+    pub generation: u64,
+    pub addr: Addr<FlowActor>,
+}
 
 /// Stops a flow's actor (it did not answer) and starts it again from stored state, within the
 /// restart intensity limit.
@@ -68,5 +96,8 @@ pub struct LiveFlows;
 #[rtype(result = "()")]
 pub struct RestartFlow {
     pub flow_id: FlowId,
+    /// The life that did not answer: a restart request about any other life is void (it
+    /// stopped on its own, or was already replaced).
+    pub generation: u64,
     pub reason: String,
 }

@@ -27,9 +27,12 @@ use crate::persistence::{Fence, Persist, PersistenceActor, Release};
 use crate::registry::{GetFlowType, Registry};
 use crate::store::{FlowQuery, FlowStore, FlowUpdate, TransitionWrite, Write};
 pub use messages::{
-    ControlFlow, CreateFlow, CreatedFlow, FlowStopped, LiveFlows, RecoverFlows, RestartFlow,
-    StopCause,
+    ControlFlow, CreateFlow, CreatedFlow, FlowStopped, LiveFlow, LiveFlows, RecoverFlows,
+    RestartFlow, StopCause,
 };
+
+/// Most flows one stored-flow sweep adopts; the next sweep takes the rest.
+const SWEEP_LIMIT: u32 = 1000;
 
 /// How often a flow may be restarted before it is failed instead.
 #[derive(Clone, Copy, Debug)]
@@ -38,16 +41,67 @@ pub struct RestartIntensity {
     pub window: Duration,
 }
 
-struct LiveFlow {
+struct Live {
     addr: Addr<FlowActor>,
     generation: u64,
+}
+
+/// Guards against reviving a flow from a stale read. A read of stored flows (the sweep, a
+/// restart, a control request) can see a flow as running while a live actor finishes it; by
+/// the time the read returns that actor may have committed `completed` and stopped. Every
+/// stop is numbered; a read remembers the number it began at, and a flow whose actor stopped
+/// after that is not started from that read. Stops are kept only while a read that could need
+/// them is in flight, so nothing per flow outlives its flow.
+#[derive(Default)]
+struct StaleReads {
+    stops: u64,
+    /// The stop number at which each flow's actor last stopped, while reads are in flight.
+    stopped_at: HashMap<FlowId, u64>,
+    /// Reads in flight, by the stop number they began at.
+    reads: std::collections::BTreeMap<u64, usize>,
+}
+
+impl StaleReads {
+    /// A read of stored flows begins; pass the answer to [`Self::is_stale`] and [`Self::end`].
+    fn begin(&mut self) -> u64 {
+        *self.reads.entry(self.stops).or_default() += 1;
+        self.stops
+    }
+
+    /// A flow's actor stopped (or was stopped).
+    fn stopped(&mut self, flow_id: FlowId) {
+        self.stops += 1;
+        if !self.reads.is_empty() {
+            self.stopped_at.insert(flow_id, self.stops);
+        }
+    }
+
+    /// Whether what a read that began at `began` saw of this flow may predate its last stop.
+    fn is_stale(&self, flow_id: FlowId, began: u64) -> bool {
+        self.stopped_at.get(&flow_id).is_some_and(|at| *at > began)
+    }
+
+    /// A read is over; forgets the stops no read in flight can need.
+    fn end(&mut self, began: u64) {
+        if let Some(count) = self.reads.get_mut(&began) {
+            *count -= 1;
+            if *count == 0 {
+                self.reads.remove(&began);
+            }
+        }
+        match self.reads.keys().next() {
+            None => self.stopped_at.clear(),
+            Some(&oldest) => self.stopped_at.retain(|_, at| *at > oldest),
+        }
+    }
 }
 
 type Waiter = oneshot::Sender<Result<CreatedFlow, RuntimeError>>;
 
 /// Owns every live flow actor.
 pub struct Supervisor {
-    flows: HashMap<FlowId, LiveFlow>,
+    flows: HashMap<FlowId, Live>,
+    stale_reads: StaleReads,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     generation: u64,
@@ -87,6 +141,7 @@ impl Supervisor {
     pub fn new(parts: SupervisorParts) -> Self {
         Self {
             flows: HashMap::new(),
+            stale_reads: StaleReads::default(),
             arbiters: parts.arbiters,
             next_arbiter: 0,
             generation: 0,
@@ -152,7 +207,7 @@ impl Supervisor {
         };
         self.flows.insert(
             flow_id,
-            LiveFlow {
+            Live {
                 addr: addr.clone(),
                 generation,
             },
@@ -200,6 +255,7 @@ impl Supervisor {
         let persistence = self.persistence.clone();
         let metrics = self.metrics.clone();
         ctx.run_later(delay, move |act, ctx| {
+            let began = act.stale_reads.begin();
             let load = async move {
                 let Some(mut flow) = store.load_flow(flow_id).await? else {
                     return Ok(None);
@@ -221,26 +277,38 @@ impl Supervisor {
                 let definition = definition_of(&registry, &flow).await?;
                 Ok::<_, RuntimeError>(Some((flow, definition)))
             };
-            ctx.spawn(
-                load.into_actor(act)
-                    .map(move |result, act, ctx| match result {
-                        Ok(Some((flow, definition))) if !act.flows.contains_key(&flow_id) => {
-                            info!(flow_id = %flow_id, "flow actor restarted from stored state");
-                            act.metrics.actor_restart();
-                            act.spawn_flow(flow, definition, StartMode::Recover, ctx);
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            warn!(flow_id = %flow_id, %error, "restart failed; trying again");
-                            act.restart(
-                                flow_id,
-                                StopCause::StoreUnavailable(error.to_string()),
-                                ctx,
-                            );
-                        }
-                    }),
-            );
+            ctx.spawn(load.into_actor(act).map(move |result, act, ctx| {
+                let stale = act.stale_reads.is_stale(flow_id, began);
+                act.stale_reads.end(began);
+                match result {
+                    _ if act.flows.contains_key(&flow_id) => {}
+                    // Another life ran and stopped while this one was read: read it again.
+                    Ok(_) if stale => act.restart(
+                        flow_id,
+                        StopCause::StoreUnavailable("stale read".into()),
+                        ctx,
+                    ),
+                    Ok(Some((flow, definition))) => {
+                        info!(flow_id = %flow_id, "flow actor restarted from stored state");
+                        act.metrics.actor_restart();
+                        act.spawn_flow(flow, definition, StartMode::Recover, ctx);
+                    }
+                    // Ended: nothing of it is kept.
+                    Ok(None) => act.forget(flow_id),
+                    Err(error) => {
+                        warn!(flow_id = %flow_id, %error, "restart failed; trying again");
+                        act.restart(flow_id, StopCause::StoreUnavailable(error.to_string()), ctx);
+                    }
+                }
+            }));
         });
+    }
+
+    /// Drops every entry kept for a flow that has ended or has no actor to come.
+    fn forget(&mut self, flow_id: FlowId) {
+        self.restarts.remove(&flow_id);
+        self.store_retries.remove(&flow_id);
+        self.persistence.do_send(Release(flow_id));
     }
 }
 
@@ -459,69 +527,134 @@ impl Handler<CreateFlow> for Supervisor {
 impl Handler<RecoverFlows> for Supervisor {
     type Result = ResponseActFuture<Self, Result<usize, RuntimeError>>;
 
-    fn handle(&mut self, _: RecoverFlows, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, message: RecoverFlows, _: &mut Self::Context) -> Self::Result {
+        let began = self.stale_reads.begin();
+        let store = self.store.clone();
+        let candidates = async move {
+            match message.quiet_for {
+                None => Ok(None),
+                Some(quiet) => {
+                    let before = now() - chrono::Duration::from_std(quiet).unwrap_or_default();
+                    Ok(Some(store.stale_active_flows(before, SWEEP_LIMIT).await?))
+                }
+            }
+        };
         let store = self.store.clone();
         let registry = self.registry.clone();
-        let load = async move {
-            let flows = store.load_active_flows().await?;
-            let active: std::collections::HashSet<FlowId> = flows.iter().map(|f| f.id).collect();
-            let mut definitions: HashMap<(String, u32), Arc<FlowType>> = HashMap::new();
-            let mut ready = Vec::with_capacity(flows.len());
-            let mut cancelled_parents: HashMap<FlowId, bool> = HashMap::new();
-            for flow in flows {
-                // A crash between a master's cancel and its children's leaves them active:
-                // finish the cascade now.
-                let orphaned = match flow.parent_flow_id {
-                    Some(parent) if !active.contains(&parent) => {
-                        match cancelled_parents.get(&parent) {
-                            Some(cancelled) => *cancelled,
-                            None => {
-                                let cancelled = store
-                                    .load_flow(parent)
-                                    .await?
-                                    .is_some_and(|p| p.status == FlowStatus::Cancelled);
-                                cancelled_parents.insert(parent, cancelled);
-                                cancelled
-                            }
-                        }
-                    }
-                    _ => false,
-                };
-                let key = (flow.flow_type.clone(), flow.flow_type_version);
-                let definition = match definitions.get(&key) {
-                    Some(definition) => definition.clone(),
-                    None => {
-                        let definition = definition_of(&registry, &flow).await?;
-                        definitions.insert(key, definition.clone());
-                        definition
-                    }
-                };
-                ready.push((flow, definition, orphaned));
-            }
-            Ok::<_, RuntimeError>(ready)
-        };
-        Box::pin(load.into_actor(self).map(|result, act, ctx| {
-            let mut started = 0;
-            for (flow, definition, orphaned) in result? {
-                let (flow_id, tenant) = (flow.id, flow.tenant());
-                if !act.flows.contains_key(&flow_id) {
-                    act.spawn_flow(flow, definition, StartMode::Recover, ctx);
-                    started += 1;
-                }
-                if orphaned {
-                    // Also catches a child created while its master's cancel was cascading.
-                    info!(flow_id = %flow_id, "parent was cancelled; cancelling the child");
-                    ctx.address().do_send(ControlFlow {
-                        flow_id,
-                        tenant,
-                        command: ControlCommand::Cancel,
+        Box::pin(
+            candidates
+                .into_actor(self)
+                .then(move |candidates: Result<_, RuntimeError>, act, _| {
+                    // Flows with a live actor are not read at all.
+                    let wanted = candidates.map(|ids| {
+                        ids.map(|ids: Vec<FlowId>| {
+                            ids.into_iter()
+                                .filter(|id| !act.flows.contains_key(id))
+                                .collect::<Vec<_>>()
+                        })
                     });
+                    load_recoverable(store, registry, wanted).into_actor(act)
+                })
+                .map(move |result, act, ctx| {
+                    let result = result.map(|ready| act.adopt(ready, began, ctx));
+                    act.stale_reads.end(began);
+                    result
+                }),
+        )
+    }
+}
+
+impl Supervisor {
+    /// Starts actors for recovered flows that still have none, unless what was read of a flow
+    /// may be stale (see [`StaleReads`]): the next sweep reads it again.
+    fn adopt(
+        &mut self,
+        ready: Vec<(FlowState, Arc<FlowType>, bool)>,
+        began: u64,
+        ctx: &mut Context<Self>,
+    ) -> usize {
+        let mut started = 0;
+        for (flow, definition, orphaned) in ready {
+            let (flow_id, tenant) = (flow.id, flow.tenant());
+            if self.stale_reads.is_stale(flow_id, began) {
+                info!(flow_id = %flow_id, "flow stopped while it was read; not revived");
+                continue;
+            }
+            if !self.flows.contains_key(&flow_id) {
+                self.spawn_flow(flow, definition, StartMode::Recover, ctx);
+                started += 1;
+            }
+            if orphaned {
+                // Also catches a child created while its master's cancel was cascading.
+                info!(flow_id = %flow_id, "parent was cancelled; cancelling the child");
+                ctx.address().do_send(ControlFlow {
+                    flow_id,
+                    tenant,
+                    command: ControlCommand::Cancel,
+                });
+            }
+        }
+        if started > 0 {
+            info!(flows = started, "non-terminal flows resumed");
+        }
+        started
+    }
+}
+
+/// Reads the flows to recover (`None`: every non-terminal one; otherwise these ids, if still
+/// non-terminal) with their definitions, and whether each is a child of a cancelled parent.
+async fn load_recoverable(
+    store: Arc<dyn FlowStore>,
+    registry: Addr<Registry>,
+    wanted: Result<Option<Vec<FlowId>>, RuntimeError>,
+) -> Result<Vec<(FlowState, Arc<FlowType>, bool)>, RuntimeError> {
+    let flows = match wanted? {
+        None => store.load_active_flows().await?,
+        Some(ids) => {
+            let mut flows = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(flow) = store.load_flow(id).await?
+                    && !flow.status.is_terminal()
+                {
+                    flows.push(flow);
                 }
             }
-            info!(flows = started, "non-terminal flows resumed");
-            Ok(started)
-        }))
+            flows
+        }
+    };
+    let active: std::collections::HashSet<FlowId> = flows.iter().map(|f| f.id).collect();
+    let mut definitions: HashMap<(String, u32), Arc<FlowType>> = HashMap::new();
+    let mut ready = Vec::with_capacity(flows.len());
+    let mut cancelled_parents: HashMap<FlowId, bool> = HashMap::new();
+    for flow in flows {
+        // A crash between a master's cancel and its children's leaves them active:
+        // finish the cascade now.
+        let orphaned = match flow.parent_flow_id {
+            Some(parent) if !active.contains(&parent) => match cancelled_parents.get(&parent) {
+                Some(cancelled) => *cancelled,
+                None => {
+                    let cancelled = store
+                        .load_flow(parent)
+                        .await?
+                        .is_some_and(|p| p.status == FlowStatus::Cancelled);
+                    cancelled_parents.insert(parent, cancelled);
+                    cancelled
+                }
+            },
+            _ => false,
+        };
+        let key = (flow.flow_type.clone(), flow.flow_type_version);
+        let definition = match definitions.get(&key) {
+            Some(definition) => definition.clone(),
+            None => {
+                let definition = definition_of(&registry, &flow).await?;
+                definitions.insert(key, definition.clone());
+                definition
+            }
+        };
+        ready.push((flow, definition, orphaned));
     }
+    Ok(ready)
 }
 
 impl Handler<FlowStopped> for Supervisor {
@@ -533,12 +666,9 @@ impl Handler<FlowStopped> for Supervisor {
             return;
         }
         self.flows.remove(&message.flow_id);
+        self.stale_reads.stopped(message.flow_id);
         match message.cause {
-            StopCause::Finished => {
-                self.restarts.remove(&message.flow_id);
-                self.store_retries.remove(&message.flow_id);
-                self.persistence.do_send(Release(message.flow_id));
-            }
+            StopCause::Finished => self.forget(message.flow_id),
             // Its successor is live (or being restarted) under the fence already set for it.
             StopCause::Replaced => {}
             cause => {
@@ -553,7 +683,13 @@ impl Handler<RestartFlow> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, message: RestartFlow, ctx: &mut Self::Context) {
+        // Only the life that was found silent is restarted: one that stopped on its own, or was
+        // replaced meanwhile, is left to the stop notice and its successor.
+        if self.flows.get(&message.flow_id).map(|f| f.generation) != Some(message.generation) {
+            return;
+        }
         if let Some(live) = self.flows.remove(&message.flow_id) {
+            self.stale_reads.stopped(message.flow_id);
             // The silent life may wake up later: from now on none of its writes are taken.
             self.persistence.do_send(Fence {
                 flow_id: message.flow_id,
@@ -574,7 +710,11 @@ impl Handler<LiveFlows> for Supervisor {
         MessageResult(
             self.flows
                 .iter()
-                .map(|(id, f)| (*id, f.addr.clone()))
+                .map(|(id, f)| LiveFlow {
+                    flow_id: *id,
+                    generation: f.generation,
+                    addr: f.addr.clone(),
+                })
                 .collect(),
         )
     }
@@ -584,6 +724,7 @@ impl Handler<ControlFlow> for Supervisor {
     type Result = ResponseActFuture<Self, Result<FlowState, RuntimeError>>;
 
     fn handle(&mut self, message: ControlFlow, _: &mut Self::Context) -> Self::Result {
+        let began = self.stale_reads.begin();
         let store = self.store.clone();
         let registry = self.registry.clone();
         let ControlFlow {
@@ -601,8 +742,20 @@ impl Handler<ControlFlow> for Supervisor {
             Ok::<_, RuntimeError>((flow, definition))
         };
         Box::pin(load.into_actor(self).then(move |loaded, act, ctx| {
+            let stale = act.stale_reads.is_stale(flow_id, began);
+            act.stale_reads.end(began);
             let routed: ResponseActFuture<Self, Result<FlowState, RuntimeError>> = match loaded {
                 Err(error) => Box::pin(fut::ready(Err(error))),
+                // Its actor stopped while the flow was read: what was read may be stale, so
+                // read it again rather than start an actor from it.
+                Ok((flow, _)) if stale && !act.flows.contains_key(&flow_id) => {
+                    let again = ctx.address().send(ControlFlow {
+                        flow_id,
+                        tenant: flow.tenant(),
+                        command,
+                    });
+                    Box::pin(async move { again.await? }.into_actor(act))
+                }
                 Ok((flow, definition)) => {
                     let addr = match act.flows.get(&flow_id) {
                         Some(live) => Some(live.addr.clone()),
@@ -667,5 +820,34 @@ impl Handler<ControlFlow> for Supervisor {
             };
             routed
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_during_a_read_makes_that_read_stale_for_that_flow_only() {
+        let mut reads = StaleReads::default();
+        let (finished, other) = (FlowId::new(), FlowId::new());
+        let began = reads.begin();
+        reads.stopped(finished);
+        assert!(reads.is_stale(finished, began));
+        assert!(!reads.is_stale(other, began));
+        // A read that begins after the stop sees the committed end: it is not stale.
+        let later = reads.begin();
+        assert!(!reads.is_stale(finished, later));
+        reads.end(began);
+        reads.end(later);
+        assert!(reads.stopped_at.is_empty(), "nothing outlives the reads");
+        assert!(reads.reads.is_empty());
+    }
+
+    #[test]
+    fn stops_with_no_read_in_flight_are_not_kept() {
+        let mut reads = StaleReads::default();
+        reads.stopped(FlowId::new());
+        assert!(reads.stopped_at.is_empty());
     }
 }
