@@ -108,7 +108,9 @@ async fn a_refused_write_fails_alone(backend: Backend) {
     assert_eq!(refused, 1);
     for id in flow_ids {
         let flow = store.load_flow(id).await.expect("read").expect("stored");
-        assert_eq!(flow.last_seq, 2, "flow {id} lost events");
+        let events = store.flow_events(id, 0, 100).await.expect("events");
+        assert_eq!(events.len() as u64, flow.last_seq, "flow {id} lost events");
+        assert_eq!(events.len(), first.events.len(), "flow {id} lost events");
     }
     let stats = persistence.send(GetStats).await.expect("stats");
     assert_eq!(stats.refused_writes, 1);
