@@ -22,6 +22,10 @@
 //! - `ws_fanout`: the server in-process with C websocket subscribers on the tenant stream; N
 //!   flows of K `sleep 20 ms` phases created `--rate` per second; delay from each event's
 //!   commit to its arrival at every subscriber (`examples/ws_fanout.rs`, included as a module).
+//! - `soak`: the real server under `--rate` creates per second (default 100) of a mixed 6-phase
+//!   flow with three `command` phases and a 1 s stored-flow sweep, until N were sent; create
+//!   latency, live flows and resident memory over time, failed flows and phases that ran
+//!   twice (`examples/harness/soak.rs`, included as a module).
 //! - `suspended_memory`: N flows parked on an `external` phase no worker serves, C creates at a
 //!   time; the process's RSS before and after, and the difference per flow
 //!   (`examples/suspended_memory.rs`, included as a module).
@@ -54,6 +58,8 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+#[path = "harness/soak.rs"]
+mod soak;
 #[path = "suspended_memory.rs"]
 mod suspended_memory;
 #[path = "ws_fanout.rs"]
@@ -120,6 +126,7 @@ impl Args {
     fn rate(&self) -> f64 {
         self.rate.unwrap_or(match self.scenario {
             Scenario::WsFanout => 40.0,
+            Scenario::Soak => 100.0,
             _ => 1000.0,
         })
     }
@@ -128,7 +135,7 @@ impl Args {
     fn paced(&self) -> bool {
         matches!(
             self.scenario,
-            Scenario::HttpStartLatency | Scenario::WsFanout
+            Scenario::HttpStartLatency | Scenario::WsFanout | Scenario::Soak
         )
     }
 }
@@ -158,6 +165,7 @@ enum Scenario {
     HttpStartLatency,
     SuspendedMemory,
     WsFanout,
+    Soak,
 }
 
 impl Scenario {
@@ -170,6 +178,7 @@ impl Scenario {
             Self::HttpStartLatency => "http_start_latency",
             Self::SuspendedMemory => "suspended_memory",
             Self::WsFanout => "ws_fanout",
+            Self::Soak => "soak",
         }
     }
 }
@@ -258,6 +267,7 @@ fn run_once(args: &Args) -> Result<Figures, String> {
                 Scenario::Recovery => return recovery(args, &url).await,
                 Scenario::HttpStartLatency => return http_start_latency(args, &url).await,
                 Scenario::WsFanout => return ws_fanout(args, &url).await,
+                Scenario::Soak => return soak::run(args, &url).await,
                 Scenario::Throughput
                 | Scenario::StartLatency
                 | Scenario::DbLimit
@@ -907,48 +917,15 @@ async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
     let n = args.flows();
     let rate = args.rate();
     let before = scrape(&client, &server.base).await?;
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let in_flight = Rc::new(Cell::new(0usize));
-    let max_in_flight = Rc::new(Cell::new(0usize));
     let start = Instant::now();
-    let due = |i: usize| start + Duration::from_secs_f64(i as f64 / rate);
-    let mut next = 0;
-    while next < n {
-        // Everything due by now goes out; a late wake-up sends the backlog at once, and those
-        // requests' latency includes the wait.
-        let now = Instant::now();
-        while next < n && due(next) <= now {
-            let scheduled = due(next);
-            let request = client.post(&endpoint);
-            let (done_tx, in_flight, max_in_flight) =
-                (done_tx.clone(), in_flight.clone(), max_in_flight.clone());
-            actix_web::rt::spawn(async move {
-                let sent = Instant::now();
-                in_flight.set(in_flight.get() + 1);
-                max_in_flight.set(max_in_flight.get().max(in_flight.get()));
-                let answer = create_over_http(request).await;
-                let answered = Instant::now();
-                in_flight.set(in_flight.get() - 1);
-                let _ = done_tx.send(answer.and_then(check_running).map(|()| HttpCreate {
-                    scheduled,
-                    sent,
-                    answered,
-                }));
-            });
-            next += 1;
-        }
-        if next < n {
-            tokio::time::sleep_until(due(next).into()).await;
-        }
-    }
-    drop(done_tx);
-    let mut creates = Vec::with_capacity(n);
-    while let Some(create) = done_rx.recv().await {
-        creates.push(create?);
-    }
-    if creates.len() < n {
-        return Err(format!("only {} of {n} creates answered", creates.len()));
-    }
+    let OpenLoop {
+        creates,
+        max_in_flight,
+    } = open_loop_creates(&client, &endpoint, "bench_noop", n, rate, start).await?;
+    let creates = creates
+        .into_iter()
+        .map(|create| create.and_then(|(answer, timing)| check_running(answer).map(|()| timing)))
+        .collect::<Result<Vec<_>, _>>()?;
     let last = creates
         .iter()
         .map(|c| c.answered)
@@ -982,7 +959,7 @@ async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
         ("max_ms", max.as_secs_f64() * 1e3),
         ("achieved_rate", n as f64 / (last - start).as_secs_f64()),
         ("send_lag_p99_ms", lag_p99),
-        ("max_in_flight", max_in_flight.get() as f64),
+        ("max_in_flight", max_in_flight as f64),
         ("drain_s", drain_s),
         ("commit_busy", commit_s / window_s),
         ("mean_commit_ms", commit_s * 1e3 / batches),
@@ -993,12 +970,83 @@ async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
     ]))
 }
 
+/// What [`open_loop_creates`] saw: each create's answer and timing, in answer order.
+struct OpenLoop {
+    creates: Vec<Result<(CreateAnswer, HttpCreate), String>>,
+    /// The most requests in flight at once (sent, or waiting for a pooled connection).
+    max_in_flight: usize,
+}
+
+/// A create's status and body.
+type CreateAnswer = (awc::http::StatusCode, actix_web::web::Bytes);
+
+/// Sends `n` creates of `flow_type`, due at fixed intervals of 1/rate from `start` whatever the
+/// answers take, each by its own task (open loop: no coordinated omission).
+async fn open_loop_creates(
+    client: &awc::Client,
+    endpoint: &str,
+    flow_type: &'static str,
+    n: usize,
+    rate: f64,
+    start: Instant,
+) -> Result<OpenLoop, String> {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let in_flight = Rc::new(Cell::new(0usize));
+    let max_in_flight = Rc::new(Cell::new(0usize));
+    let due = |i: usize| start + Duration::from_secs_f64(i as f64 / rate);
+    let mut next = 0;
+    while next < n {
+        // Everything due by now goes out; a late wake-up sends the backlog at once, and those
+        // requests' latency includes the wait.
+        let now = Instant::now();
+        while next < n && due(next) <= now {
+            let scheduled = due(next);
+            let request = client.post(endpoint);
+            let (done_tx, in_flight, max_in_flight) =
+                (done_tx.clone(), in_flight.clone(), max_in_flight.clone());
+            actix_web::rt::spawn(async move {
+                let sent = Instant::now();
+                in_flight.set(in_flight.get() + 1);
+                max_in_flight.set(max_in_flight.get().max(in_flight.get()));
+                let answer = create_over_http(request, flow_type).await;
+                let answered = Instant::now();
+                in_flight.set(in_flight.get() - 1);
+                let _ = done_tx.send(answer.map(|answer| {
+                    let timing = HttpCreate {
+                        scheduled,
+                        sent,
+                        answered,
+                    };
+                    (answer, timing)
+                }));
+            });
+            next += 1;
+        }
+        if next < n {
+            tokio::time::sleep_until(due(next).into()).await;
+        }
+    }
+    drop(done_tx);
+    let mut creates = Vec::with_capacity(n);
+    while let Some(create) = done_rx.recv().await {
+        creates.push(create);
+    }
+    if creates.len() < n {
+        return Err(format!("only {} of {n} creates answered", creates.len()));
+    }
+    Ok(OpenLoop {
+        creates,
+        max_in_flight: max_in_flight.get(),
+    })
+}
+
 /// Sends one create and reads the whole answer: its status and body.
 async fn create_over_http(
     request: awc::ClientRequest,
-) -> Result<(awc::http::StatusCode, actix_web::web::Bytes), String> {
+    flow_type: &str,
+) -> Result<CreateAnswer, String> {
     let mut response = request
-        .send_json(&json!({ "flow_type": "bench_noop" }))
+        .send_json(&json!({ "flow_type": flow_type }))
         .await
         .map_err(|e| format!("create failed: {e}"))?;
     let body = response
@@ -1009,9 +1057,7 @@ async fn create_over_http(
 }
 
 /// A create must answer `201` with the flow already `running`.
-fn check_running(
-    (status, body): (awc::http::StatusCode, actix_web::web::Bytes),
-) -> Result<(), String> {
+fn check_running((status, body): CreateAnswer) -> Result<(), String> {
     if status.as_u16() != 201 {
         return Err(format!(
             "create answered {status}: {}",
