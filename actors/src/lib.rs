@@ -4,6 +4,7 @@
 //! - [`definition`]: flow types, their phases and validation.
 //! - [`model`]: flow and phase state, as stored and served.
 //! - [`machine`]: the pure state machine of a flow's lifecycle.
+//! - [`limits`]: bounds on definitions and flows; which JSON values every store can keep.
 //! - [`handler`]: the phase handler trait; [`builtin`]: `noop`, `sleep`, `fail`;
 //!   [`external`] and [`child_flows`]: the kinds that need the runtime itself;
 //!   [`handler_pool`]: the threads handlers run on.
@@ -26,6 +27,7 @@ pub mod handler;
 pub mod handler_pool;
 pub mod health;
 pub mod ids;
+pub mod limits;
 pub mod machine;
 pub mod memory_store;
 pub mod model;

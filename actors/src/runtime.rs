@@ -18,6 +18,7 @@ use crate::handler::HandlerSet;
 use crate::handler_pool::HandlerPool;
 use crate::health::{GetHealthStats, HealthActor, HealthStats};
 use crate::ids::{FlowId, Tenant};
+use crate::limits::Limits;
 use crate::metrics::{Gauges, RuntimeMetrics};
 use crate::model::{FailureRecord, FlowState, NewFlow};
 use crate::persistence::{GetStats, PersistenceActor, PersistenceStats};
@@ -50,6 +51,10 @@ pub struct RuntimeConfig {
     /// How often the database is swept for non-terminal flows with no live actor.
     pub stored_sweep_interval: Duration,
     pub restart_intensity: RestartIntensity,
+    /// Bounds on definitions and on what one flow may do.
+    pub limits: Limits,
+    /// Most distinct label sets per metric family (flow type × phase, failure kind).
+    pub max_metric_series: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -67,6 +72,40 @@ impl Default for RuntimeConfig {
                 max_restarts: 3,
                 window: Duration::from_secs(60),
             },
+            limits: Limits::default(),
+            max_metric_series: 200,
+        }
+    }
+}
+
+/// Registers `flow_types` so that a child type comes before the types that fan out to it,
+/// whatever order the configuration lists them in.
+async fn register_in_order(
+    registry: &Addr<Registry>,
+    flow_types: Vec<FlowType>,
+) -> Result<(), RuntimeError> {
+    let mut pending = flow_types;
+    loop {
+        let mut waiting = Vec::new();
+        let mut first_error = None;
+        let before = pending.len();
+        for definition in pending {
+            match registry.send(RegisterFlowType(definition.clone())).await? {
+                Ok(_) => {}
+                Err(RuntimeError::InvalidDefinition(error))
+                    if error.field.ends_with(".params.flow_type")
+                        && error.message.starts_with("no flow type") =>
+                {
+                    first_error.get_or_insert(RuntimeError::InvalidDefinition(error));
+                    waiting.push(definition);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        match first_error {
+            None => return Ok(()),
+            Some(error) if waiting.len() == before => return Err(error),
+            Some(_) => pending = waiting,
         }
     }
 }
@@ -84,6 +123,7 @@ pub struct Runtime {
     handlers: Arc<HandlerSet>,
     metrics: Arc<RuntimeMetrics>,
     faults: Arc<FaultPlan>,
+    limits: Limits,
 }
 
 impl Runtime {
@@ -95,7 +135,7 @@ impl Runtime {
         handlers: HandlerSet,
         flow_types: Vec<FlowType>,
     ) -> Result<Self, RuntimeError> {
-        let metrics = Arc::new(RuntimeMetrics::default());
+        let metrics = Arc::new(RuntimeMetrics::with_max_series(config.max_metric_series));
         let faults = Arc::new(FaultPlan::default());
         let fanout = EventFanout::new(config.event_buffer);
         let last_event_id = store.max_event_id().await?;
@@ -122,14 +162,25 @@ impl Runtime {
         let supervisor = Supervisor::create(|ctx| {
             handlers.register(
                 "child_flows",
-                ChildFlowsHandler::new(ctx.address(), store.clone(), fanout.clone()),
+                ChildFlowsHandler::new(
+                    ctx.address(),
+                    store.clone(),
+                    fanout.clone(),
+                    config.limits.max_children,
+                ),
             );
             handlers.register(
                 "external",
                 ExternalHandler::new(queue.clone(), store.clone()),
             );
             let handlers = Arc::new(handlers);
-            let started = Registry::new(stored, handlers.clone(), persistence.clone()).start();
+            let started = Registry::new(
+                stored,
+                handlers.clone(),
+                persistence.clone(),
+                config.limits.clone(),
+            )
+            .start();
             registry = Some((started.clone(), handlers.clone()));
             Supervisor::new(SupervisorParts {
                 arbiters,
@@ -138,6 +189,7 @@ impl Runtime {
                 registry: started,
                 store: store.clone(),
                 default_timeout: config.default_phase_timeout,
+                max_transitions: config.limits.max_transitions_per_flow,
                 intensity: config.restart_intensity,
                 handler_pool: handler_pool.clone(),
                 metrics: metrics.clone(),
@@ -147,9 +199,7 @@ impl Runtime {
         let Some((registry, handlers)) = registry else {
             return Err(RuntimeError::Unavailable("supervisor did not start".into()));
         };
-        for definition in flow_types {
-            registry.send(RegisterFlowType(definition)).await??;
-        }
+        register_in_order(&registry, flow_types).await?;
         supervisor.send(RecoverFlows).await??;
         let health = HealthActor::new(
             supervisor.clone(),
@@ -170,6 +220,7 @@ impl Runtime {
             handlers,
             metrics,
             faults,
+            limits: config.limits.clone(),
         })
     }
 
@@ -311,6 +362,11 @@ impl Runtime {
     /// The store, for reads.
     pub fn store(&self) -> &Arc<dyn FlowStore> {
         &self.store
+    }
+
+    /// The bounds this runtime was started with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The handlers this runtime knows.

@@ -36,6 +36,8 @@ pub struct FlowEnv {
     pub stopped: Recipient<FlowStopped>,
     /// Deadline of an attempt whose phase names no `timeout_s`.
     pub default_timeout: Duration,
+    /// Phase attempts one flow may start in all: a `next_phase` loop fails the flow past it.
+    pub max_transitions: u32,
     /// Where handler tasks run: never on a flow actor's arbiter.
     pub handler_pool: Arc<HandlerPool>,
     pub metrics: Arc<RuntimeMetrics>,
@@ -491,12 +493,12 @@ impl Handler<PhaseFinished> for FlowActor {
         }
         let now = now();
         let step = match result {
-            Ok(output) => machine::phase_succeeded(
+            Ok(output) => machine::phase_succeeded_within(
                 &mut self.flow,
                 &self.definition,
-                &phase,
-                attempt,
+                (&phase, attempt),
                 output,
+                self.env.max_transitions,
                 now,
             ),
             Err(error) if !fallback && is_unavailable(&error) => {
