@@ -3,8 +3,14 @@
 //!
 //! Plain `http://` only: flowd is built without a TLS stack (no system libraries needed), so
 //! phases reach services on a trusted network or through a local TLS-terminating proxy.
+//!
+//! Targets pass the operator's allowlist (see [`super::targets`]) on the URL and on every
+//! resolved address; redirects are not followed. Header values may be `{"env": "NAME"}`
+//! references, resolved here at run time, so secrets never sit in a stored definition.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flowd_actors::handler::{HandlerError, PhaseContext, PhaseHandler, PhaseResult};
@@ -15,6 +21,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tracing::{debug, instrument};
 
+use super::targets::{GuardedResolver, TargetPolicy};
 use super::{DEFAULT_MAX_OUTPUT_BYTES, bad_params, context_body, excerpt, parse_reply};
 
 /// The `http` phase's `params`.
@@ -26,9 +33,17 @@ struct HttpParams {
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: BTreeMap<String, HeaderSpec>,
     #[serde(default = "default_max_output_bytes")]
     max_output_bytes: usize,
+}
+
+/// A header value: literal, or read from flowd's environment when the request is made.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum HeaderSpec {
+    Literal(String),
+    Env { env: String },
 }
 
 fn default_timeout_ms() -> u64 {
@@ -43,20 +58,69 @@ fn default_max_output_bytes() -> usize {
 #[derive(Clone)]
 pub(super) struct HttpHandler {
     client: Client,
+    policy: Arc<TargetPolicy>,
 }
 
 impl HttpHandler {
-    /// A handler with its own connection pool.
-    pub(super) fn new() -> Self {
-        Self {
-            client: Client::new(),
-        }
+    /// A handler with its own connection pool, reaching only what `policy` allows.
+    pub(super) fn new(policy: Arc<TargetPolicy>) -> Self {
+        let client = Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+            .build()
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "http client with a guarded resolver; none reachable");
+                Client::new()
+            });
+        Self { client, policy }
     }
 }
 
 impl PhaseHandler for HttpHandler {
     fn run(&self, context: PhaseContext) -> BoxFuture<'static, PhaseResult> {
-        Box::pin(post(self.client.clone(), context))
+        Box::pin(post(self.client.clone(), self.policy.clone(), context))
+    }
+}
+
+/// Refuses a target outside the allowlist before anything is sent: an IP literal is checked
+/// here (the resolver never sees it), a name's current addresses too.
+async fn check_target(policy: &TargetPolicy, url: &Url) -> Result<(), HandlerError> {
+    let refused = |why: String| {
+        HandlerError::fatal("target_refused", why)
+            .with_diagnostic(json!({ "url": url.as_str(), "allowlist": "[security] http_allow" }))
+    };
+    let port = url.port_or_known_default().unwrap_or(80);
+    let Some(host) = url.host_str() else {
+        return Err(refused(format!("{url} names no host")));
+    };
+    if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return check_ip(policy, ip, port).map_err(refused);
+    }
+    if policy.trusts_name(host, port) {
+        return Ok(());
+    }
+    let addresses = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|error| {
+            HandlerError::fatal(
+                "handler_unavailable",
+                format!("cannot resolve `{host}`: {error}"),
+            )
+        })?;
+    for address in addresses {
+        check_ip(policy, address.ip(), port).map_err(refused)?;
+    }
+    Ok(())
+}
+
+fn check_ip(policy: &TargetPolicy, ip: IpAddr, port: u16) -> Result<(), String> {
+    if policy.allows(ip, Some(port)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{ip}:{port} is not a public address and not in [security] http_allow"
+        ))
     }
 }
 
@@ -69,7 +133,7 @@ struct Reply {
 
 /// Runs one attempt: POSTs the context and turns the reply into the phase's result.
 #[instrument(skip_all, fields(flow_id = %ctx.flow_id, phase = %ctx.phase, attempt = ctx.attempt))]
-async fn post(client: Client, ctx: PhaseContext) -> PhaseResult {
+async fn post(client: Client, policy: Arc<TargetPolicy>, ctx: PhaseContext) -> PhaseResult {
     let params: HttpParams = super::params("http", &ctx)?;
     let url = Url::parse(&params.url).map_err(|error| bad_params("http", error))?;
     if url.scheme() != "http" {
@@ -78,6 +142,7 @@ async fn post(client: Client, ctx: PhaseContext) -> PhaseResult {
             format!("`url` must be http:// (this build has no TLS), not {url}"),
         ));
     }
+    check_target(&policy, &url).await?;
     let headers = headers(&params.headers)?;
     let body = context_body(&ctx)?;
     let timeout = Duration::from_millis(params.timeout_ms);
@@ -157,15 +222,31 @@ async fn exchange(
 }
 
 /// `content-type: application/json`, then the phase's own headers (which may replace it).
-fn headers(extra: &BTreeMap<String, String>) -> Result<HeaderMap, HandlerError> {
+fn headers(extra: &BTreeMap<String, HeaderSpec>) -> Result<HeaderMap, HandlerError> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    for (name, value) in extra {
-        let name = HeaderName::from_bytes(name.as_bytes())
+    for (name, spec) in extra {
+        let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|error| bad_params("http", format!("header `{name}`: {error}")))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|error| bad_params("http", format!("header `{name}`: {error}")))?;
-        headers.insert(name, value);
+        let value = match spec {
+            HeaderSpec::Literal(value) => HeaderValue::from_str(value),
+            HeaderSpec::Env { env } => {
+                // The value is a secret: it goes on the wire and nowhere else.
+                let secret = std::env::var(env).map_err(|_| {
+                    bad_params(
+                        "http",
+                        format!("header `{name}`: environment variable `{env}` is not set"),
+                    )
+                })?;
+                let mut value = HeaderValue::from_str(&secret);
+                if let Ok(value) = &mut value {
+                    value.set_sensitive(true);
+                }
+                value
+            }
+        }
+        .map_err(|error| bad_params("http", format!("header `{name}`: {error}")))?;
+        headers.insert(header, value);
     }
     Ok(headers)
 }
