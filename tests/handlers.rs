@@ -326,10 +326,7 @@ async fn http_phases_post_the_context_and_classify_failures(backend: Backend) {
     let db = TestDatabase::new(backend);
     let target = start_target();
     let allow = "[security]\nhttp_allow = [\"127.0.0.1\"]\n";
-    let server = TestServer::start(config_for(
-        &db,
-        &format!("{allow}{}", http_types(&target)),
-    ));
+    let server = TestServer::start(config_for(&db, &format!("{allow}{}", http_types(&target))));
     let echoes = create(&server, "echoes", json!({ "word": "hello" })).await;
     let whole = create(&server, "whole", json!({})).await;
     let broken = create(&server, "broken", json!({})).await;

@@ -140,39 +140,97 @@ async fn tenants_reach_neither_the_host_nor_each_other(backend: Backend) {
         let seen = call(&server, "GET", "/v1/flow-types/calls_out", Some(key), None).await;
         assert_eq!(seen.status, 200);
         let text = seen.body.to_string();
-        assert!(!text.contains("FLOWD_TEST_UNSET_SECRET") && !text.contains("svc.example"), "{text}");
-        let listed = call(&server, "GET", "/v1/flow-types", Some(key), None).await.body;
+        assert!(
+            !text.contains("FLOWD_TEST_UNSET_SECRET") && !text.contains("svc.example"),
+            "{text}"
+        );
+        let listed = call(&server, "GET", "/v1/flow-types", Some(key), None)
+            .await
+            .body;
         assert!(!listed.to_string().contains("svc.example"), "{listed}");
     }
-    let admin_view = call(&server, "GET", "/v1/flow-types/calls_out", Some("adm"), None).await;
-    assert!(admin_view.body.to_string().contains("FLOWD_TEST_UNSET_SECRET"));
+    let admin_view = call(
+        &server,
+        "GET",
+        "/v1/flow-types/calls_out",
+        Some("adm"),
+        None,
+    )
+    .await;
+    assert!(
+        admin_view
+            .body
+            .to_string()
+            .contains("FLOWD_TEST_UNSET_SECRET")
+    );
 
     // 3. Even the operator's http phase cannot reach loopback unless it is allowlisted, and
     //    nothing of the reply lands in the flow or the journal.
-    let reply = call(&server, "PUT", "/v1/flow-types/probe", Some("adm"), Some(&loopback)).await;
+    let reply = call(
+        &server,
+        "PUT",
+        "/v1/flow-types/probe",
+        Some("adm"),
+        Some(&loopback),
+    )
+    .await;
     assert_eq!(reply.status, 201, "{}", reply.body);
     let id = create(&server, "ta", "probe").await;
     let flow = wait_terminal(&server, "ta", &id).await;
     assert_eq!(flow["status"], "failed", "{flow}");
-    let journal = call(&server, "GET", &format!("/v1/flows/{id}/failures"), Some("ta"), None).await;
+    let journal = call(
+        &server,
+        "GET",
+        &format!("/v1/flows/{id}/failures"),
+        Some("ta"),
+        None,
+    )
+    .await;
     assert_eq!(journal.body["failures"][0]["error_kind"], "target_refused");
     let everything = format!("{flow}{}", journal.body);
-    assert!(!everything.contains("loopback-secret-reply"), "{everything}");
+    assert!(
+        !everything.contains("loopback-secret-reply"),
+        "{everything}"
+    );
 
     // 4. Versions stay within the column: the top one is fine, the next is a 422, not a 503.
-    let top = json!({ "version": 2_147_483_647u64, "phases": [{ "name": "a", "handler": "noop" }] });
+    let top =
+        json!({ "version": 2_147_483_647u64, "phases": [{ "name": "a", "handler": "noop" }] });
     assert_eq!(
-        call(&server, "PUT", "/v1/flow-types/simple", Some("adm"), Some(&top)).await.status,
+        call(
+            &server,
+            "PUT",
+            "/v1/flow-types/simple",
+            Some("adm"),
+            Some(&top)
+        )
+        .await
+        .status,
         201
     );
     assert_problem(
-        &call(&server, "PUT", "/v1/flow-types/simple", Some("adm"), Some(&plain)).await,
+        &call(
+            &server,
+            "PUT",
+            "/v1/flow-types/simple",
+            Some("adm"),
+            Some(&plain),
+        )
+        .await,
         422,
         "version past the top",
     );
-    let over = json!({ "version": 2_147_483_648u64, "phases": [{ "name": "a", "handler": "noop" }] });
+    let over =
+        json!({ "version": 2_147_483_648u64, "phases": [{ "name": "a", "handler": "noop" }] });
     assert_problem(
-        &call(&server, "PUT", "/v1/flow-types/other", Some("adm"), Some(&over)).await,
+        &call(
+            &server,
+            "PUT",
+            "/v1/flow-types/other",
+            Some("adm"),
+            Some(&over),
+        )
+        .await,
         422,
         "version 2^31",
     );
@@ -184,10 +242,21 @@ async fn tenants_reach_neither_the_host_nor_each_other(backend: Backend) {
         format!("/v1/flows/{id}/events"),
         format!("/v1/flows/{id}/failures"),
     ] {
-        assert_problem(&call(&server, "GET", &path, Some("tb"), None).await, 404, &path);
+        assert_problem(
+            &call(&server, "GET", &path, Some("tb"), None).await,
+            404,
+            &path,
+        );
     }
     assert_problem(
-        &call(&server, "POST", &format!("/v1/flows/{id}/cancel"), Some("tb"), None).await,
+        &call(
+            &server,
+            "POST",
+            &format!("/v1/flows/{id}/cancel"),
+            Some("tb"),
+            None,
+        )
+        .await,
         404,
         "cross-tenant cancel",
     );
@@ -202,7 +271,14 @@ async fn tenants_reach_neither_the_host_nor_each_other(backend: Backend) {
         .expect("request");
     assert_eq!(lower.status().as_u16(), 200);
     assert_problem(
-        &call(&server, "PUT", "/v1/flow-types/ws?access_token=adm", None, Some(&plain)).await,
+        &call(
+            &server,
+            "PUT",
+            "/v1/flow-types/ws?access_token=adm",
+            None,
+            Some(&plain),
+        )
+        .await,
         401,
         "query token on a non-stream route",
     );
@@ -212,14 +288,39 @@ async fn tenants_reach_neither_the_host_nor_each_other(backend: Backend) {
         "query token on a plain GET",
     );
     assert_problem(
-        &call(&server, "POST", "/v1/flows", Some("ta"), Some(&json!(["simple", {}]))).await,
+        &call(
+            &server,
+            "POST",
+            "/v1/flows",
+            Some("ta"),
+            Some(&json!(["simple", {}])),
+        )
+        .await,
         422,
         "an array for an object",
     );
-    assert_problem(&call(&server, "GET", "/metrics", None, None).await, 401, "metrics without key");
-    assert_problem(&call(&server, "GET", "/metrics", Some("ta"), None).await, 403, "metrics, tenant");
-    assert_eq!(call(&server, "GET", "/metrics", Some("scrape"), None).await.status, 200);
-    assert_eq!(call(&server, "GET", "/metrics", Some("adm"), None).await.status, 200);
+    assert_problem(
+        &call(&server, "GET", "/metrics", None, None).await,
+        401,
+        "metrics without key",
+    );
+    assert_problem(
+        &call(&server, "GET", "/metrics", Some("ta"), None).await,
+        403,
+        "metrics, tenant",
+    );
+    assert_eq!(
+        call(&server, "GET", "/metrics", Some("scrape"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(&server, "GET", "/metrics", Some("adm"), None)
+            .await
+            .status,
+        200
+    );
 
     // 7. One Idempotency-Key, two different bodies at once: one flow, one 409.
     let send = |input: Value| {
@@ -268,17 +369,41 @@ async fn runaway_definitions_are_refused_and_loops_stopped(backend: Backend) {
         .map(|i| json!({ "name": format!("p{i}"), "handler": "noop" }))
         .collect();
     let cases = vec![
-        ("retries 4e9", json!([{ "name": "p", "handler": "noop", "retries": 4_000_000_000u64 }])),
+        (
+            "retries 4e9",
+            json!([{ "name": "p", "handler": "noop", "retries": 4_000_000_000u64 }]),
+        ),
         ("sleep ms -1", one("sleep", json!({ "ms": -1 }))),
         ("sleep ms 1e30", one("sleep", json!({ "ms": 1e30 }))),
         ("sleep ms abc", one("sleep", json!({ "ms": "abc" }))),
         ("fail times 1e30", one("fail", json!({ "times": 1e30 }))),
-        ("command without program", one("command", json!({ "args": ["x"] }))),
-        ("http to ftp", one("http", json!({ "url": "ftp://example.com/x" }))),
-        ("unknown child type", one("child_flows", json!({ "flow_type": "nope", "count": 1 }))),
-        ("own child type", one("child_flows", json!({ "flow_type": "selfish", "count": 1 }))),
-        ("huge fan-out", one("child_flows", json!({ "flow_type": "leaf", "count": 100_000_000_000u64 }))),
-        ("heartbeat 2^63", json!([{ "name": "p", "handler": "noop", "heartbeat_timeout_s": 9_223_372_036_854_775_808u64 }])),
+        (
+            "command without program",
+            one("command", json!({ "args": ["x"] })),
+        ),
+        (
+            "http to ftp",
+            one("http", json!({ "url": "ftp://example.com/x" })),
+        ),
+        (
+            "unknown child type",
+            one("child_flows", json!({ "flow_type": "nope", "count": 1 })),
+        ),
+        (
+            "own child type",
+            one("child_flows", json!({ "flow_type": "selfish", "count": 1 })),
+        ),
+        (
+            "huge fan-out",
+            one(
+                "child_flows",
+                json!({ "flow_type": "leaf", "count": 100_000_000_000u64 }),
+            ),
+        ),
+        (
+            "heartbeat 2^63",
+            json!([{ "name": "p", "handler": "noop", "heartbeat_timeout_s": 9_223_372_036_854_775_808u64 }]),
+        ),
         ("10,000 phases", Value::Array(many)),
     ];
     for (what, phases) in cases {
@@ -292,7 +417,9 @@ async fn runaway_definitions_are_refused_and_loops_stopped(backend: Backend) {
         assert_eq!(reply.content_type, "application/problem+json", "{what}");
     }
     assert_eq!(
-        call(&server, "GET", "/v1/flow-types/selfish", None, None).await.status,
+        call(&server, "GET", "/v1/flow-types/selfish", None, None)
+            .await
+            .status,
         404,
         "nothing was registered"
     );
@@ -303,9 +430,18 @@ async fn runaway_definitions_are_refused_and_loops_stopped(backend: Backend) {
     assert_eq!(put("top", fan("mid")).await.status, 201);
     let back = put("mid", fan("top")).await;
     assert_problem(&back, 422, "mid → top → mid");
-    assert!(back.body["detail"].as_str().unwrap().contains("phases[0].params.flow_type"));
+    assert!(
+        back.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("phases[0].params.flow_type")
+    );
     // Too deep: top → mid → leaf is 3 levels; a type fanning out to top would make 4.
-    assert_problem(&put("above", fan("top")).await, 422, "nesting past max_child_depth");
+    assert_problem(
+        &put("above", fan("top")).await,
+        422,
+        "nesting past max_child_depth",
+    );
 
     // A next_phase cycle runs until the per-flow cap, then fails with a journal row.
     let cycle = json!([
@@ -321,10 +457,20 @@ async fn runaway_definitions_are_refused_and_loops_stopped(backend: Backend) {
         .to_owned();
     let flow = common::wait_for_flow(&server, &id, Duration::from_secs(30), is_terminal).await;
     assert_eq!(flow["status"], "failed", "{flow}");
-    let journal = common::get(&server, &format!("/v1/flows/{id}/failures")).await.body;
-    assert_eq!(journal["failures"][0]["error_kind"], "too_many_transitions", "{journal}");
-    let events = common::get(&server, &format!("/v1/flows/{id}/events?limit=10000")).await.body;
-    assert!(events["events"].as_array().unwrap().len() < 200, "bounded: {events}");
+    let journal = common::get(&server, &format!("/v1/flows/{id}/failures"))
+        .await
+        .body;
+    assert_eq!(
+        journal["failures"][0]["error_kind"], "too_many_transitions",
+        "{journal}"
+    );
+    let events = common::get(&server, &format!("/v1/flows/{id}/events?limit=10000"))
+        .await
+        .body;
+    assert!(
+        events["events"].as_array().unwrap().len() < 200,
+        "bounded: {events}"
+    );
 }
 
 async fn a_filtered_stream_catches_up_and_follows(backend: Backend) {
@@ -350,13 +496,20 @@ async fn a_filtered_stream_catches_up_and_follows(backend: Backend) {
     for id in &ids {
         common::wait_for_flow(&server, id, Duration::from_secs(60), is_terminal).await;
     }
-    let stored = common::get(&server, &format!("/v1/flows/{}/events", ids[0])).await.body;
+    let stored = common::get(&server, &format!("/v1/flows/{}/events", ids[0]))
+        .await
+        .body;
     assert!(stored["events"].as_array().unwrap().len() >= 5);
 
     let mut socket =
         EventSocket::connect(&server, "/v1/events/ws?flow_type=rare&after=0", None).await;
     // Nothing matches: the stream must stay quiet, and the server keep answering promptly.
-    assert!(socket.next_event(Duration::from_millis(500)).await.is_none());
+    assert!(
+        socket
+            .next_event(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
     let started = Instant::now();
     assert_eq!(common::get(&server, "/healthz").await.status, 200);
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -389,7 +542,10 @@ async fn a_filtered_stream_catches_up_and_follows(backend: Backend) {
         if subscribers == Some(0.0) {
             break;
         }
-        assert!(Instant::now() < deadline, "the subscriber lingers: {subscribers:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber lingers: {subscribers:?}"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
