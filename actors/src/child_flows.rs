@@ -110,12 +110,9 @@ fn child_inputs(
     max: usize,
 ) -> Result<Vec<Value>, HandlerError> {
     let too_many = |asked: usize| bad_params(format!("{asked} children asked for; at most {max}"));
-    let asked = if let Some(inputs) = &params.inputs {
-        inputs.len()
-    } else if let Some(count) = params.count {
-        count
-    } else {
-        0
+    let asked = match &params.inputs {
+        Some(inputs) => inputs.len(),
+        None => params.count.unwrap_or_default(),
     };
     if asked > max {
         return Err(too_many(asked));
@@ -158,6 +155,14 @@ impl PhaseHandler for ChildFlowsHandler {
         Box::pin(async move {
             let params: ChildParams = serde_json::from_value(ctx.params.clone())
                 .map_err(|e| bad_params(format!("invalid `child_flows` params: {e}")))?;
+            if params.flow_type == ctx.flow_type {
+                // Registration refuses this; a definition stored before that rule still must
+                // not fan out forever.
+                return Err(bad_params(format!(
+                    "`{}` cannot start children of its own type",
+                    ctx.flow_type
+                )));
+            }
             let inputs = child_inputs(&params, &ctx, max_children)?;
             // Subscribed before the children exist, so none of their events is missed.
             let mut events = fanout.subscribe();

@@ -409,10 +409,10 @@ fn validate_kind(
                 &["program", "args", "env", "cwd", "max_output_bytes"],
                 at,
             )?;
-            if !params
+            if params
                 .get("program")
                 .and_then(Value::as_str)
-                .is_some_and(|p| !p.trim().is_empty())
+                .is_none_or(|p| p.trim().is_empty())
             {
                 return Err(DefinitionError::new(
                     at("program"),
@@ -649,6 +649,75 @@ mod tests {
         assert_eq!(
             field(flow_type(vec![orphan_delay])),
             "phases[0].fallback_after_s"
+        );
+    }
+
+    #[test]
+    fn runaway_numbers_and_params_are_refused_naming_the_field() {
+        let known = |h: &str| {
+            matches!(
+                h,
+                "noop" | "sleep" | "fail" | "command" | "http" | "child_flows"
+            )
+        };
+        let field = |t: FlowType| t.validate(known).unwrap_err().field;
+        let with = |handler: &str, params: Value| {
+            flow_type(vec![PhaseDefinition {
+                params,
+                ..phase("p", handler)
+            }])
+        };
+        let mut t = flow_type(vec![phase("a", "noop")]);
+        t.version = MAX_VERSION + 1;
+        assert_eq!(field(t), "version");
+        let mut retries = phase("p", "noop");
+        retries.retries = 4_000_000_000;
+        assert_eq!(field(flow_type(vec![retries])), "phases[0].retries");
+        let mut heartbeat = phase("p", "noop");
+        heartbeat.heartbeat_timeout_s = Some(1 << 63);
+        assert_eq!(
+            field(flow_type(vec![heartbeat])),
+            "phases[0].heartbeat_timeout_s"
+        );
+        let many = (0..101).map(|i| phase(&format!("p{i}"), "noop")).collect();
+        assert_eq!(field(flow_type(many)), "phases");
+        for ms in [
+            serde_json::json!(-1),
+            serde_json::json!(1e30),
+            serde_json::json!("abc"),
+        ] {
+            assert_eq!(
+                field(with("sleep", serde_json::json!({ "ms": ms }))),
+                "phases[0].params.ms"
+            );
+        }
+        assert_eq!(
+            field(with("fail", serde_json::json!({ "times": 1e30 }))),
+            "phases[0].params.times"
+        );
+        assert_eq!(
+            field(with("command", serde_json::json!({ "args": [] }))),
+            "phases[0].params.program"
+        );
+        assert_eq!(
+            field(with("http", serde_json::json!({ "url": "ftp://x/y" }))),
+            "phases[0].params.url"
+        );
+        assert_eq!(
+            field(with(
+                "child_flows",
+                serde_json::json!({ "flow_type": "c", "count": 100_000_000_000u64 })
+            )),
+            "phases[0].params.count"
+        );
+        assert_eq!(
+            field(with("noop", serde_json::json!({ "k": "a\u{0}b" }))),
+            "phases[0].params"
+        );
+        assert!(
+            with("http", serde_json::json!({ "url": "https://x.example/y", "headers": { "A": { "env": "TOKEN" } } }))
+                .validate(known)
+                .is_ok()
         );
     }
 

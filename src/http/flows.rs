@@ -169,13 +169,13 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    if let Some(flow_type) = &query.flow_type {
-        if flow_type.len() > 100 || !flowd_actors::limits::text_storable(flow_type) {
-            return Err(ApiError::bad_request(
-                "invalid-query",
-                "flow_type must be a flow type name",
-            ));
-        }
+    if let Some(flow_type) = &query.flow_type
+        && (flow_type.len() > 100 || !flowd_actors::limits::text_storable(flow_type))
+    {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "flow_type must be a flow type name",
+        ));
     }
     let status = query
         .status
