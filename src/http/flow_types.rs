@@ -100,7 +100,19 @@ pub async fn put(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin("registering a flow type")?;
     let name = name.into_inner();
-    let body: PutFlowTypeBody = object_body(body.into_inner())?;
+    let body = body.into_inner();
+    // serde reads a struct from an array too; a phase must be an object, like the body.
+    if let Some(index) = body
+        .get("phases")
+        .and_then(Value::as_array)
+        .and_then(|phases| phases.iter().position(|p| !p.is_object()))
+    {
+        return Err(ApiError::unprocessable(
+            "invalid-body",
+            format!("phases[{index}] must be an object"),
+        ));
+    }
+    let body: PutFlowTypeBody = object_body(body)?;
     let latest = runtime.flow_type(&name, None).await?;
     let version = match body.version {
         Some(version) => version,
