@@ -258,11 +258,7 @@ pub fn phase_failed(
     now: DateTime<Utc>,
 ) -> Result<Step, Rejected> {
     let index = check_current_attempt(flow, phase, attempt)?;
-    // Whatever the handler wrote, the journal row must be storable by every backend.
-    let mut error = error;
-    error.kind = storable_text(&error.kind);
-    error.message = storable_text(&error.message);
-    error.diagnostic = make_storable(std::mem::take(&mut error.diagnostic));
+    let error = storable_error(error);
     let policy = definition.phase(phase);
     let retries = policy.map_or(0, |p| p.retries);
     let mut step = Step::new();
@@ -350,6 +346,7 @@ pub fn phase_fallback(
         return phase_failed(flow, definition, phase, attempt, error, now);
     };
     check_current_attempt(flow, phase, attempt)?;
+    let error = storable_error(error);
     let mut step = Step::new();
     let primary = definition.phase(phase).map_or("", |p| p.handler.as_str());
     let message = format!("{primary} unavailable, falling back to {fallback}: {error}");
@@ -526,6 +523,15 @@ pub fn abort(
     );
     step.effect = Effect::Stop;
     Ok(step)
+}
+
+/// Whatever a handler wrote, its journal row must be storable by every backend: NULs in the
+/// kind, message and diagnostic are replaced.
+fn storable_error(mut error: HandlerError) -> HandlerError {
+    error.kind = storable_text(&error.kind);
+    error.message = storable_text(&error.message);
+    error.diagnostic = make_storable(std::mem::take(&mut error.diagnostic));
+    error
 }
 
 fn merge(mut first: Step, rest: Step) -> Step {
