@@ -389,6 +389,27 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
+    fn keys_carry_a_role_and_allow_entries_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[[auth.keys]]\nkey = \"a\"\nclient_account_id = \"o\"\nengagement_id = \"o\"\nrole = \"admin\"\n[[auth.keys]]\nkey = \"t\"\nclient_account_id = \"c\"\nengagement_id = \"e\"\n[security]\nhttp_allow = [\"10.0.0.0/8\", \"svc:8080\"]\n[limits]\nmax_transitions_per_flow = 7\n",
+            )?;
+            let settings = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(settings.auth.keys[0].role, Role::Admin);
+            assert_eq!(settings.auth.keys[1].role, Role::Tenant);
+            assert_eq!(settings.runtime_config().limits.max_transitions_per_flow, 7);
+            jail.create_file("bad.toml", "[security]\nhttp_allow = [\"host:port\"]\n")?;
+            assert!(matches!(
+                Settings::load(Some(Path::new("bad.toml"))),
+                Err(ConfigError::BadAllowEntry(_))
+            ));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_missing_explicit_file_is_an_error() {
         assert!(matches!(
             Settings::load(Some(Path::new("/nonexistent/c.toml"))),

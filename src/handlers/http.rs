@@ -277,3 +277,38 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(entries: &[&str]) -> TargetPolicy {
+        TargetPolicy::new(&entries.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
+            .expect("valid entries")
+    }
+
+    #[actix_web::test]
+    async fn disguised_loopback_targets_are_refused() {
+        let none = policy(&[]);
+        for url in [
+            "http://127.0.0.1:8080/x",
+            "http://2130706433/x",
+            "http://0x7f.1/x",
+            "http://[::1]/x",
+            "http://[::ffff:127.0.0.1]/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://localhost:9/x",
+        ] {
+            let url = Url::parse(url).expect("a URL");
+            let error = check_target(&none, &url).await.expect_err(url.as_str());
+            assert_eq!(error.kind, "target_refused", "{url}");
+        }
+        let listed = policy(&["127.0.0.1:8080", "localhost"]);
+        for url in ["http://127.0.0.1:8080/x", "http://localhost:9/x"] {
+            let url = Url::parse(url).expect("a URL");
+            assert!(check_target(&listed, &url).await.is_ok(), "{url}");
+        }
+        let url = Url::parse("http://127.0.0.1:22/x").expect("a URL");
+        assert!(check_target(&listed, &url).await.is_err());
+    }
+}
