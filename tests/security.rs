@@ -550,8 +550,62 @@ async fn a_filtered_stream_catches_up_and_follows(backend: Backend) {
     }
 }
 
+/// The `flowd_event_subscribers` gauge.
+async fn subscribers(server: &TestServer) -> Option<f64> {
+    let mut response = common::client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .ok()?;
+    let text = response.body().limit(16 << 20).await.ok()?;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find(|l| l.starts_with("flowd_event_subscribers"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn a_subscriber_that_never_reads_is_dropped(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    // Long names make big events: megabytes of history that no socket buffer holds.
+    let type_name = "t".repeat(100);
+    let names: Vec<String> = (0..100)
+        .map(|i| format!("{i:0>3}{}", "p".repeat(97)))
+        .collect();
+    let phases: Vec<(&str, &str, &str, u32)> = names
+        .iter()
+        .map(|n| (n.as_str(), "noop", "{}", 0))
+        .collect();
+    let server = TestServer::start(config_for(&db, &flow_type_toml(&type_name, &phases)));
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        let reply = common::post(&server, "/v1/flows", &json!({ "flow_type": type_name })).await;
+        ids.push(reply.body["id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        common::wait_for_flow(&server, id, Duration::from_secs(120), is_terminal).await;
+    }
+    assert_eq!(subscribers(&server).await, Some(0.0));
+    // Connected, and then never read from: the server must give up on it by itself.
+    let socket = EventSocket::connect(&server, "/v1/events/ws?after=0", None).await;
+    let started = Instant::now();
+    loop {
+        let now = subscribers(&server).await;
+        if now == Some(0.0) && started.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "a subscriber that never reads is still held: {now:?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(socket);
+}
+
 on_both_backends!(
     tenants_reach_neither_the_host_nor_each_other,
     runaway_definitions_are_refused_and_loops_stopped,
     a_filtered_stream_catches_up_and_follows,
+    a_subscriber_that_never_reads_is_dropped,
 );
