@@ -1,6 +1,7 @@
 //! The runtime handle: what HTTP handlers, the CLI and embedding programs hold. It starts the
 //! actors and turns requests into messages, mailbox failures into [`RuntimeError`]s.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,35 +80,52 @@ impl Default for RuntimeConfig {
 }
 
 /// Registers `flow_types` so that a child type comes before the types that fan out to it,
-/// whatever order the configuration lists them in.
+/// whatever order the configuration lists them in (the registry refuses unknown child types).
 async fn register_in_order(
     registry: &Addr<Registry>,
     flow_types: Vec<FlowType>,
 ) -> Result<(), RuntimeError> {
-    let mut pending = flow_types;
-    loop {
-        let mut waiting = Vec::new();
-        let mut first_error = None;
-        let before = pending.len();
-        for definition in pending {
-            match registry.send(RegisterFlowType(definition.clone())).await? {
-                Ok(_) => {}
-                Err(RuntimeError::InvalidDefinition(error))
-                    if error.field.ends_with(".params.flow_type")
-                        && error.message.starts_with("no flow type") =>
-                {
-                    first_error.get_or_insert(RuntimeError::InvalidDefinition(error));
-                    waiting.push(definition);
-                }
-                Err(error) => return Err(error),
+    for definition in children_first(flow_types) {
+        registry.send(RegisterFlowType(definition)).await??;
+    }
+    Ok(())
+}
+
+/// `types` ordered depth-first so that every type follows the types it starts as children.
+/// A cycle is left in some order: the registry refuses it.
+fn children_first(types: Vec<FlowType>) -> Vec<FlowType> {
+    let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (index, definition) in types.iter().enumerate() {
+        by_name.entry(&definition.name).or_default().push(index);
+    }
+    fn visit(
+        index: usize,
+        types: &[FlowType],
+        by_name: &HashMap<&str, Vec<usize>>,
+        seen: &mut [bool],
+        order: &mut Vec<usize>,
+    ) {
+        if seen[index] {
+            return;
+        }
+        seen[index] = true;
+        for child in types[index].child_types() {
+            for &next in by_name.get(child).map_or(&[][..], Vec::as_slice) {
+                visit(next, types, by_name, seen, order);
             }
         }
-        match first_error {
-            None => return Ok(()),
-            Some(error) if waiting.len() == before => return Err(error),
-            Some(_) => pending = waiting,
-        }
+        order.push(index);
     }
+    let mut seen = vec![false; types.len()];
+    let mut order = Vec::with_capacity(types.len());
+    for index in 0..types.len() {
+        visit(index, &types, &by_name, &mut seen, &mut order);
+    }
+    let mut slots: Vec<Option<FlowType>> = types.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|index| slots[index].take())
+        .collect()
 }
 
 /// A cheap-to-clone handle on a running runtime.
@@ -428,5 +446,38 @@ impl Runtime {
     /// Live event subscribers.
     pub fn subscriber_count(&self) -> usize {
         self.fanout.subscriber_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::PhaseDefinition;
+
+    fn fan_out(name: &str, child: Option<&str>) -> FlowType {
+        let phase = match child {
+            Some(child) => PhaseDefinition {
+                params: serde_json::json!({ "flow_type": child, "count": 1 }),
+                ..PhaseDefinition::new("p", "child_flows")
+            },
+            None => PhaseDefinition::new("p", "noop"),
+        };
+        FlowType {
+            name: name.into(),
+            version: 1,
+            phases: vec![phase],
+        }
+    }
+
+    #[test]
+    fn children_are_registered_before_their_parents() {
+        let types = vec![
+            fan_out("top", Some("mid")),
+            fan_out("mid", Some("leaf")),
+            fan_out("leaf", None),
+            fan_out("alone", None),
+        ];
+        let names: Vec<String> = children_first(types).into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["leaf", "mid", "top", "alone"]);
     }
 }
