@@ -86,13 +86,14 @@ impl PhaseHandler for HttpHandler {
 /// Refuses a target outside the allowlist before anything is sent: an IP literal is checked
 /// here (the resolver never sees it), a name's current addresses too.
 async fn check_target(policy: &TargetPolicy, url: &Url) -> Result<(), HandlerError> {
+    let shown = shown(url);
     let refused = |why: String| {
         HandlerError::fatal("target_refused", why)
-            .with_diagnostic(json!({ "url": url.as_str(), "allowlist": "[security] http_allow" }))
+            .with_diagnostic(json!({ "url": shown, "allowlist": "[security] http_allow" }))
     };
     let port = url.port_or_known_default().unwrap_or(80);
     let Some(host) = url.host_str() else {
-        return Err(refused(format!("{url} names no host")));
+        return Err(refused(format!("{shown} names no host")));
     };
     if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
         return check_ip(policy, ip, port).map_err(refused);
@@ -112,6 +113,17 @@ async fn check_target(policy: &TargetPolicy, url: &Url) -> Result<(), HandlerErr
         check_ip(policy, address.ip(), port).map_err(refused)?;
     }
     Ok(())
+}
+
+/// The URL as journals and messages show it (a tenant reads its flows' journals): without
+/// credentials, query or fragment, where operators sometimes put secrets.
+fn shown(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
 }
 
 fn check_ip(policy: &TargetPolicy, ip: IpAddr, port: u16) -> Result<(), String> {
@@ -136,10 +148,11 @@ struct Reply {
 async fn post(client: Client, policy: Arc<TargetPolicy>, ctx: PhaseContext) -> PhaseResult {
     let params: HttpParams = super::params("http", &ctx)?;
     let url = Url::parse(&params.url).map_err(|error| bad_params("http", error))?;
+    let shown = shown(&url);
     if url.scheme() != "http" {
         return Err(bad_params(
             "http",
-            format!("`url` must be http:// (this build has no TLS), not {url}"),
+            format!("`url` must be http:// (this build has no TLS), not {shown}"),
         ));
     }
     check_target(&policy, &url).await?;
@@ -157,19 +170,19 @@ async fn post(client: Client, policy: Arc<TargetPolicy>, ctx: PhaseContext) -> P
         Err(_elapsed) => {
             return Err(HandlerError::retryable(
                 "timeout",
-                format!("no reply from {url} within {}ms", params.timeout_ms),
+                format!("no reply from {shown} within {}ms", params.timeout_ms),
             )
-            .with_diagnostic(json!({ "url": url.as_str(), "timeout_ms": params.timeout_ms })));
+            .with_diagnostic(json!({ "url": shown, "timeout_ms": params.timeout_ms })));
         }
         Ok(reply) => reply.map_err(|error| request_error(&url, &error))?,
     };
     debug!(status = %reply.status, bytes = reply.body.len(), "reply received");
     let mut diagnostic = Map::new();
-    diagnostic.insert("url".into(), Value::String(url.to_string()));
+    diagnostic.insert("url".into(), Value::String(shown.clone()));
     diagnostic.insert("status".into(), json!(reply.status.as_u16()));
     if !reply.status.is_success() {
         diagnostic.insert("body_excerpt".into(), Value::String(excerpt(&reply.body)));
-        let message = format!("{url} answered {}", reply.status);
+        let message = format!("{shown} answered {}", reply.status);
         let retryable =
             reply.status.is_server_error() || reply.status == StatusCode::TOO_MANY_REQUESTS;
         let error = if retryable {
@@ -184,7 +197,7 @@ async fn post(client: Client, policy: Arc<TargetPolicy>, ctx: PhaseContext) -> P
         return Err(HandlerError::retryable(
             "bad_output",
             format!(
-                "the reply from {url} is larger than max_output_bytes ({})",
+                "the reply from {shown} is larger than max_output_bytes ({})",
                 params.max_output_bytes
             ),
         )
@@ -254,14 +267,16 @@ fn headers(extra: &BTreeMap<String, HeaderSpec>) -> Result<HeaderMap, HandlerErr
 /// A target that cannot be reached is *unavailable* (a fallback can take over); a request that
 /// broke midway may work next time.
 fn request_error(url: &Url, error: &reqwest::Error) -> HandlerError {
-    let diagnostic = json!({ "url": url.as_str(), "error": error_chain(error) });
+    let shown = shown(url);
+    let chain = error_chain(error).replace(url.as_str(), &shown);
+    let diagnostic = json!({ "url": shown, "error": chain });
     if error.is_timeout() {
-        HandlerError::retryable("timeout", format!("{url} timed out")).with_diagnostic(diagnostic)
+        HandlerError::retryable("timeout", format!("{shown} timed out")).with_diagnostic(diagnostic)
     } else if error.is_connect() {
-        HandlerError::fatal("handler_unavailable", format!("cannot connect to {url}"))
+        HandlerError::fatal("handler_unavailable", format!("cannot connect to {shown}"))
             .with_diagnostic(diagnostic)
     } else {
-        HandlerError::retryable("http_error", format!("the request to {url} failed"))
+        HandlerError::retryable("http_error", format!("the request to {shown} failed"))
             .with_diagnostic(diagnostic)
     }
 }
@@ -310,5 +325,11 @@ mod tests {
         }
         let url = Url::parse("http://127.0.0.1:22/x").expect("a URL");
         assert!(check_target(&listed, &url).await.is_err());
+    }
+
+    #[test]
+    fn journals_show_urls_without_secrets() {
+        let url = Url::parse("http://user:pw@svc.example:8080/p?api_key=s3cret#f").expect("a URL");
+        assert_eq!(shown(&url), "http://svc.example:8080/p");
     }
 }
