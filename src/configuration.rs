@@ -8,6 +8,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use flowd_actors::RuntimeConfig;
 use flowd_actors::definition::FlowType;
+use flowd_actors::limits::Limits;
 use flowd_actors::supervisor::RestartIntensity;
 use serde::{Deserialize, Serialize};
 
@@ -20,11 +21,16 @@ pub enum ConfigError {
     /// A value is malformed or of the wrong type.
     #[error("invalid configuration: {0}")]
     Invalid(#[from] Box<figment::Error>),
+    /// An `[security] http_allow` entry is not understood.
+    #[error("invalid configuration: {0}")]
+    BadAllowEntry(#[from] crate::handlers::targets::BadEntry),
 }
 
 /// Sections that `FLOWD_<SECTION>__<KEY>` variables may override; other `FLOWD_*` variables
 /// (e.g. `FLOWD_CONFIG`, `FLOWD_TEST_POSTGRES_URL`) are not configuration keys.
-const SECTIONS: [&str; 6] = ["server", "database", "health", "auth", "log", "faults"];
+const SECTIONS: [&str; 9] = [
+    "server", "database", "health", "auth", "log", "faults", "limits", "security", "metrics",
+];
 
 /// Everything flowd reads from its configuration.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -41,6 +47,12 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub faults: FaultSettings,
+    #[serde(default)]
+    pub limits: LimitsSettings,
+    #[serde(default)]
+    pub security: SecuritySettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// Flow types registered at start; a flow pins the version it started with.
     #[serde(default)]
     pub flow_types: Vec<FlowType>,
@@ -138,6 +150,79 @@ pub struct ApiKey {
     pub key: String,
     pub client_account_id: String,
     pub engagement_id: String,
+    /// What the key may do; `tenant` when absent.
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// The two kinds of principal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An operator: manages flow types (including `command` and `http` phases), reads
+    /// `/metrics`. With auth off the local caller is an admin.
+    Admin,
+    /// Runs and reads its own flows, reads a redacted view of the flow types.
+    #[default]
+    Tenant,
+}
+
+/// Bounds on definitions and on what one flow may do (see the README's "Security model").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSettings {
+    /// Most phases per flow type.
+    pub max_phases: usize,
+    /// Most `retries` per phase.
+    pub max_retries: u32,
+    /// Most children per `child_flows` phase.
+    pub max_children: usize,
+    /// Deepest nesting of fan-outs (children starting children …).
+    pub max_child_depth: usize,
+    /// Phase attempts one flow may start in all; a `next_phase` loop fails the flow past it.
+    pub max_transitions_per_flow: u32,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            max_phases: limits.max_phases,
+            max_retries: limits.max_retries,
+            max_children: limits.max_children,
+            max_child_depth: limits.max_child_depth,
+            max_transitions_per_flow: limits.max_transitions_per_flow,
+        }
+    }
+}
+
+/// What flowd may reach on the operator's behalf.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySettings {
+    /// Targets `http` phases may reach besides public addresses: `host`, `host:port`, an IP
+    /// or a CIDR (`10.0.0.0/8`). Loopback, link-local, private and other special ranges are
+    /// refused unless listed; checked on the resolved addresses of every request.
+    pub http_allow: Vec<String>,
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// When set, `/metrics` needs `Authorization: Bearer KEY` with this key or an admin key.
+    pub key: Option<String>,
+    /// Distinct `flow_type` and `phase` label values kept; later ones count as `other`.
+    pub max_label_values: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            key: None,
+            max_label_values: 200,
+        }
+    }
 }
 
 /// Fault injection, for chaos runs and fault tests; never on in production.
@@ -202,6 +287,7 @@ impl Settings {
                 .split("__"),
         );
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        crate::handlers::targets::TargetPolicy::new(&settings.security.http_allow)?;
         settings.database.url = resolve_sqlite_path(&settings.database.url, &base);
         Ok(settings)
     }
@@ -221,6 +307,15 @@ impl Settings {
                 max_restarts: self.health.max_restarts,
                 window: Duration::from_secs(self.health.restart_window_s),
             },
+            limits: Limits {
+                max_phases: self.limits.max_phases.max(1),
+                max_retries: self.limits.max_retries,
+                max_children: self.limits.max_children,
+                max_child_depth: self.limits.max_child_depth.max(1),
+                max_transitions_per_flow: self.limits.max_transitions_per_flow.max(1),
+                ..Limits::default()
+            },
+            max_metric_series: self.metrics.max_label_values.max(1),
             ..RuntimeConfig::default()
         }
     }
@@ -296,6 +391,27 @@ mod tests {
             let settings = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(settings.server.bind, "127.0.0.1:2");
             assert_eq!(settings.database.url, "postgres://u@h/db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
+    fn keys_carry_a_role_and_allow_entries_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[[auth.keys]]\nkey = \"a\"\nclient_account_id = \"o\"\nengagement_id = \"o\"\nrole = \"admin\"\n[[auth.keys]]\nkey = \"t\"\nclient_account_id = \"c\"\nengagement_id = \"e\"\n[security]\nhttp_allow = [\"10.0.0.0/8\", \"svc:8080\"]\n[limits]\nmax_transitions_per_flow = 7\n",
+            )?;
+            let settings = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(settings.auth.keys[0].role, Role::Admin);
+            assert_eq!(settings.auth.keys[1].role, Role::Tenant);
+            assert_eq!(settings.runtime_config().limits.max_transitions_per_flow, 7);
+            jail.create_file("bad.toml", "[security]\nhttp_allow = [\"host:port\"]\n")?;
+            assert!(matches!(
+                Settings::load(Some(Path::new("bad.toml"))),
+                Err(ConfigError::BadAllowEntry(_))
+            ));
             Ok(())
         });
     }

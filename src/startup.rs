@@ -41,7 +41,7 @@ impl Application {
     /// Starts flowd with the built-in handlers (and the fault-injection ones when enabled).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let mut handlers = HandlerSet::with_builtins();
-        crate::handlers::register(&mut handlers);
+        crate::handlers::register(&mut handlers, &settings.security);
         if settings.faults.enabled {
             tracing::warn!("fault injection is enabled: never do this in production");
             flowd_actors::builtin::register_faults(&mut handlers);
@@ -64,12 +64,12 @@ impl Application {
         )
         .await?;
         let runtime_data = web::Data::new(runtime.clone());
-        let keys = web::Data::new(KeyRing::new(&settings.auth));
+        let keys = web::Data::new(KeyRing::new(&settings));
         let max_body = settings.server.max_body_bytes;
         let faults_enabled = settings.faults.enabled;
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<http::auth::RedactedRootSpan>::new())
                 .app_data(runtime_data.clone())
                 .app_data(keys.clone())
                 .app_data(

@@ -20,6 +20,8 @@ const FINISHER: &str =
     r#"import json; print(json.dumps({"output": {"done": True}, "next_phase": None}))"#;
 const FAILER: &str = r#"import sys; sys.stderr.write("the crew lost its way\n"); sys.exit(3)"#;
 const NOT_JSON: &str = r#"print("certainly not json")"#;
+/// Valid JSON that no backend can store: a NUL inside a string.
+const NUL_OUTPUT: &str = r#"import json; print(json.dumps({"s": "a" + chr(0) + "b"}))"#;
 /// Writes its PID to the file named by its first argument, then hangs.
 const HANGER: &str = r#"import os, sys, time, pathlib; pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(600)"#;
 
@@ -67,7 +69,19 @@ fn command_types(dir: &Path) -> String {
                 2,
             )],
         ),
-        flow_type_toml("no_params", &[("crew", "command", "{}", 2)]),
+        flow_type_toml(
+            "no_params",
+            &[(
+                "crew",
+                "command",
+                "{ program = \"python3\", cwd = \"/flowd/no/such/dir\" }",
+                2,
+            )],
+        ),
+        flow_type_toml(
+            "nul_output",
+            &[("crew", "command", &python(NUL_OUTPUT, &[]), 1)],
+        ),
         with_timeout(
             flow_type_toml(
                 "hangs",
@@ -144,6 +158,7 @@ async fn command_failures_land_in_the_journal(backend: Backend) {
     let not_json = create(&server, "not_json", json!({})).await;
     let missing = create(&server, "missing_program", json!({})).await;
     let no_params = create(&server, "no_params", json!({})).await;
+    let nul_output = create(&server, "nul_output", json!({})).await;
 
     let flow = finish(&server, &exits).await;
     assert_eq!(flow["status"], "failed");
@@ -192,6 +207,15 @@ async fn command_failures_land_in_the_journal(backend: Backend) {
             "{kind} is not retried despite retries = 2"
         );
         assert_eq!(journal[0]["error_kind"], kind);
+    }
+
+    // An output no backend can store fails its attempt (journaled), not the whole commit.
+    let flow = finish(&server, &nul_output).await;
+    assert_eq!(flow["status"], "failed", "{flow}");
+    let journal = failures(&server, &nul_output).await;
+    assert_eq!(journal.len(), 2, "retried once, then failed: {journal:?}");
+    for row in &journal {
+        assert_eq!(row["error_kind"], "bad_output", "{row}");
     }
 }
 
@@ -301,7 +325,8 @@ fn http_types(target: &str) -> String {
 async fn http_phases_post_the_context_and_classify_failures(backend: Backend) {
     let db = TestDatabase::new(backend);
     let target = start_target();
-    let server = TestServer::start(config_for(&db, &http_types(&target)));
+    let allow = "[security]\nhttp_allow = [\"127.0.0.1\"]\n";
+    let server = TestServer::start(config_for(&db, &format!("{allow}{}", http_types(&target))));
     let echoes = create(&server, "echoes", json!({ "word": "hello" })).await;
     let whole = create(&server, "whole", json!({})).await;
     let broken = create(&server, "broken", json!({})).await;

@@ -28,8 +28,6 @@ use crate::model::{FlowStatus, NewFlow, PhaseStatus};
 use crate::store::FlowStore;
 use crate::supervisor::{ControlFlow, CreateFlow, Supervisor};
 
-/// Most children one phase may start.
-const MAX_CHILDREN: usize = 10_000;
 /// Children created concurrently.
 const CREATE_CONCURRENCY: usize = 32;
 /// Without any event for this long, the children are re-read from the store.
@@ -42,19 +40,23 @@ pub struct ChildFlowsHandler {
     supervisor: Addr<Supervisor>,
     store: Arc<dyn FlowStore>,
     fanout: EventFanout,
+    max_children: usize,
 }
 
 impl ChildFlowsHandler {
-    /// Children are created by `supervisor` and watched on `fanout`, with `store` as the truth.
+    /// Children are created by `supervisor` and watched on `fanout`, with `store` as the truth;
+    /// one phase starts at most `max_children`.
     pub fn new(
         supervisor: Addr<Supervisor>,
         store: Arc<dyn FlowStore>,
         fanout: EventFanout,
+        max_children: usize,
     ) -> Self {
         Self {
             supervisor,
             store,
             fanout,
+            max_children,
         }
     }
 }
@@ -100,8 +102,21 @@ fn unavailable(error: impl std::fmt::Display) -> HandlerError {
     HandlerError::retryable("runtime_unavailable", error.to_string())
 }
 
-/// The children's inputs, from the params or from an earlier phase's output.
-fn child_inputs(params: &ChildParams, ctx: &PhaseContext) -> Result<Vec<Value>, HandlerError> {
+/// The children's inputs, from the params or from an earlier phase's output. The count is
+/// checked against `max` before any input is built, so a huge fan-out costs nothing.
+fn child_inputs(
+    params: &ChildParams,
+    ctx: &PhaseContext,
+    max: usize,
+) -> Result<Vec<Value>, HandlerError> {
+    let too_many = |asked: usize| bad_params(format!("{asked} children asked for; at most {max}"));
+    let asked = match &params.inputs {
+        Some(inputs) => inputs.len(),
+        None => params.count.unwrap_or_default(),
+    };
+    if asked > max {
+        return Err(too_many(asked));
+    }
     let inputs = if let Some(inputs) = &params.inputs {
         inputs.clone()
     } else if let Some(source) = &params.inputs_from {
@@ -115,6 +130,7 @@ fn child_inputs(params: &ChildParams, ctx: &PhaseContext) -> Result<Vec<Value>, 
             ))
         })?;
         match output.pointer(&pointer) {
+            Some(Value::Array(items)) if items.len() > max => return Err(too_many(items.len())),
             Some(Value::Array(items)) => items.clone(),
             _ => {
                 return Err(bad_params(format!(
@@ -127,12 +143,6 @@ fn child_inputs(params: &ChildParams, ctx: &PhaseContext) -> Result<Vec<Value>, 
     } else {
         return Err(bad_params("give one of `inputs`, `inputs_from` or `count`"));
     };
-    if inputs.len() > MAX_CHILDREN {
-        return Err(bad_params(format!(
-            "{} children asked for; at most {MAX_CHILDREN}",
-            inputs.len()
-        )));
-    }
     Ok(inputs)
 }
 
@@ -141,10 +151,19 @@ impl PhaseHandler for ChildFlowsHandler {
         let supervisor = self.supervisor.clone();
         let store = self.store.clone();
         let fanout = self.fanout.clone();
+        let max_children = self.max_children;
         Box::pin(async move {
             let params: ChildParams = serde_json::from_value(ctx.params.clone())
                 .map_err(|e| bad_params(format!("invalid `child_flows` params: {e}")))?;
-            let inputs = child_inputs(&params, &ctx)?;
+            if params.flow_type == ctx.flow_type {
+                // Registration refuses this; a definition stored before that rule still must
+                // not fan out forever.
+                return Err(bad_params(format!(
+                    "`{}` cannot start children of its own type",
+                    ctx.flow_type
+                )));
+            }
+            let inputs = child_inputs(&params, &ctx, max_children)?;
             // Subscribed before the children exist, so none of their events is missed.
             let mut events = fanout.subscribe();
             let mut children = start_children(&supervisor, &ctx, &params.flow_type, inputs).await?;

@@ -5,6 +5,8 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::limits::{Limits, MAX_VERSION, json_storable};
+
 /// A named, versioned list of phases. A flow pins the version it started with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -107,21 +109,41 @@ impl DefinitionError {
 }
 
 impl FlowType {
-    /// Checks everything a running flow relies on, so that no flow can fail for a bad definition.
+    /// Checks everything a running flow relies on, so that no flow can fail for a bad definition,
+    /// against the default [`Limits`].
     pub fn validate(&self, is_known_handler: impl Fn(&str) -> bool) -> Result<(), DefinitionError> {
+        self.validate_with(is_known_handler, &Limits::default())
+    }
+
+    /// Like [`FlowType::validate`], within `limits`. Child flow types are checked by the
+    /// registry, which knows the other types.
+    pub fn validate_with(
+        &self,
+        is_known_handler: impl Fn(&str) -> bool,
+        limits: &Limits,
+    ) -> Result<(), DefinitionError> {
         if !is_valid_name(&self.name) {
             return Err(DefinitionError::new(
                 "name",
                 "must be 1–100 characters of letters, digits, `_`, `-` or `.`",
             ));
         }
-        if self.version == 0 {
-            return Err(DefinitionError::new("version", "must be at least 1"));
+        if self.version == 0 || self.version > MAX_VERSION {
+            return Err(DefinitionError::new(
+                "version",
+                format!("must be 1–{MAX_VERSION}"),
+            ));
         }
         if self.phases.is_empty() {
             return Err(DefinitionError::new(
                 "phases",
                 "a flow type needs at least one phase",
+            ));
+        }
+        if self.phases.len() > limits.max_phases {
+            return Err(DefinitionError::new(
+                "phases",
+                format!("at most {} phases per flow type", limits.max_phases),
             ));
         }
         let mut names = HashSet::new();
@@ -150,13 +172,20 @@ impl FlowType {
                     "must be an object",
                 ));
             }
-            if phase.timeout_s == Some(0) {
+            if let Err(error) = json_storable(&phase.params) {
                 return Err(DefinitionError::new(
-                    format!("phases[{i}].timeout_s"),
-                    "must be at least 1",
+                    format!("phases[{i}].params"),
+                    error.to_string(),
                 ));
             }
-            validate_kind(i, &phase.handler, &phase.params, "params")?;
+            if let Some(Err(error)) = phase.fallback_params.as_ref().map(json_storable) {
+                return Err(DefinitionError::new(
+                    format!("phases[{i}].fallback_params"),
+                    error.to_string(),
+                ));
+            }
+            validate_bounds(i, phase, limits)?;
+            validate_kind(i, &phase.handler, &phase.params, "params", limits)?;
             if let Some(fallback) = &phase.fallback {
                 if !is_known_handler(fallback) {
                     return Err(DefinitionError::new(
@@ -183,7 +212,7 @@ impl FlowType {
                 } else {
                     "params"
                 };
-                validate_kind(i, fallback, params, field)?;
+                validate_kind(i, fallback, params, field, limits)?;
             }
             if phase.fallback_after_s == Some(0) {
                 return Err(DefinitionError::new(
@@ -217,6 +246,26 @@ impl FlowType {
         Ok(())
     }
 
+    /// The flow types this type's phases start as children (primary and fallback handlers).
+    pub fn child_types(&self) -> impl Iterator<Item = &str> {
+        self.phases.iter().flat_map(|phase| {
+            let primary = (phase.handler == "child_flows")
+                .then(|| phase.params.get("flow_type").and_then(Value::as_str))
+                .flatten();
+            let fallback = (phase.fallback.as_deref() == Some("child_flows"))
+                .then(|| {
+                    phase
+                        .fallback_params
+                        .as_ref()
+                        .unwrap_or(&phase.params)
+                        .get("flow_type")
+                        .and_then(Value::as_str)
+                })
+                .flatten();
+            primary.into_iter().chain(fallback)
+        })
+    }
+
     /// The phase named `name`.
     pub fn phase(&self, name: &str) -> Option<&PhaseDefinition> {
         self.phases.iter().find(|p| p.name == name)
@@ -237,6 +286,105 @@ impl FlowType {
     }
 }
 
+/// Numbers that would make a flow spin, wait forever or overflow a column.
+fn validate_bounds(
+    index: usize,
+    phase: &PhaseDefinition,
+    limits: &Limits,
+) -> Result<(), DefinitionError> {
+    let at = |key: &str| format!("phases[{index}].{key}");
+    let seconds = |key: &str, value: Option<u64>| match value {
+        Some(s) if s == 0 || s > limits.max_duration_s => Err(DefinitionError::new(
+            at(key),
+            format!("must be 1–{} seconds", limits.max_duration_s),
+        )),
+        _ => Ok(()),
+    };
+    seconds("timeout_s", phase.timeout_s)?;
+    seconds("heartbeat_timeout_s", phase.heartbeat_timeout_s)?;
+    seconds("fallback_after_s", phase.fallback_after_s)?;
+    if phase.retries > limits.max_retries {
+        return Err(DefinitionError::new(
+            at("retries"),
+            format!("at most {}", limits.max_retries),
+        ));
+    }
+    if phase
+        .retry_backoff_ms
+        .is_some_and(|ms| ms > limits.max_delay_ms)
+    {
+        return Err(DefinitionError::new(
+            at("retry_backoff_ms"),
+            format!("at most {} ms", limits.max_delay_ms),
+        ));
+    }
+    if phase.weight > 1_000_000 {
+        return Err(DefinitionError::new(at("weight"), "at most 1000000"));
+    }
+    Ok(())
+}
+
+/// An optional integer param within `0..=max`.
+fn integer_param(params: &Value, key: &str, max: u64, at: &str) -> Result<(), DefinitionError> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(value) if value.as_u64().is_some_and(|n| n <= max) => Ok(()),
+        Some(_) => Err(DefinitionError::new(
+            at,
+            format!("must be an integer 0–{max}"),
+        )),
+    }
+}
+
+/// A param that must be absent or an object whose values are strings (or, for `http`
+/// headers, `{"env": "NAME"}` references).
+fn string_map_param(
+    params: &Value,
+    key: &str,
+    allow_env_refs: bool,
+    at: &str,
+) -> Result<(), DefinitionError> {
+    let Some(value) = params.get(key) else {
+        return Ok(());
+    };
+    let ok = value.as_object().is_some_and(|map| {
+        map.values().all(|v| {
+            v.is_string()
+                || (allow_env_refs
+                    && v.as_object().is_some_and(|r| {
+                        r.len() == 1 && r.get("env").and_then(Value::as_str).is_some()
+                    }))
+        })
+    });
+    if ok {
+        Ok(())
+    } else if allow_env_refs {
+        Err(DefinitionError::new(
+            at,
+            "must map names to strings or to `{\"env\": \"NAME\"}` references",
+        ))
+    } else {
+        Err(DefinitionError::new(at, "must map names to strings"))
+    }
+}
+
+/// Rejects keys a kind does not know, so a typo is a 422 and not a surprise at run time.
+fn known_keys(
+    params: &Value,
+    keys: &[&str],
+    at: impl Fn(&str) -> String,
+) -> Result<(), DefinitionError> {
+    if let Some(map) = params.as_object()
+        && let Some(unknown) = map.keys().find(|k| !keys.contains(&k.as_str()))
+    {
+        return Err(DefinitionError::new(
+            at(unknown),
+            format!("unknown param; expected one of {}", keys.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
 /// The params the runtime's own kinds cannot run without, checked up front so that a flow
 /// never fails for a typo in its definition.
 fn validate_kind(
@@ -244,9 +392,79 @@ fn validate_kind(
     handler: &str,
     params: &Value,
     field: &str,
+    limits: &Limits,
 ) -> Result<(), DefinitionError> {
     let at = |key: &str| format!("phases[{index}].{field}.{key}");
     match handler {
+        "sleep" => integer_param(params, "ms", limits.max_delay_ms, &at("ms")),
+        "fail" => integer_param(
+            params,
+            "times",
+            u64::from(limits.max_retries) + 1,
+            &at("times"),
+        ),
+        "command" => {
+            known_keys(
+                params,
+                &["program", "args", "env", "cwd", "max_output_bytes"],
+                at,
+            )?;
+            if params
+                .get("program")
+                .and_then(Value::as_str)
+                .is_none_or(|p| p.trim().is_empty())
+            {
+                return Err(DefinitionError::new(
+                    at("program"),
+                    "a `command` phase names the program to run",
+                ));
+            }
+            if params.get("args").is_some_and(|args| {
+                !args
+                    .as_array()
+                    .is_some_and(|items| items.iter().all(Value::is_string))
+            }) {
+                return Err(DefinitionError::new(
+                    at("args"),
+                    "must be an array of strings",
+                ));
+            }
+            string_map_param(params, "env", false, &at("env"))?;
+            if params.get("cwd").is_some_and(|cwd| !cwd.is_string()) {
+                return Err(DefinitionError::new(at("cwd"), "must be a path"));
+            }
+            integer_param(
+                params,
+                "max_output_bytes",
+                64 << 20,
+                &at("max_output_bytes"),
+            )
+        }
+        "http" => {
+            known_keys(
+                params,
+                &["url", "timeout_ms", "headers", "max_output_bytes"],
+                at,
+            )?;
+            let url = params.get("url").and_then(Value::as_str).unwrap_or("");
+            let scheme_ok = url.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") && !rest.is_empty()
+            });
+            if !scheme_ok {
+                return Err(DefinitionError::new(
+                    at("url"),
+                    "an `http` phase needs an http:// or https:// URL",
+                ));
+            }
+            integer_param(params, "timeout_ms", 600_000, &at("timeout_ms"))?;
+            integer_param(
+                params,
+                "max_output_bytes",
+                64 << 20,
+                &at("max_output_bytes"),
+            )?;
+            string_map_param(params, "headers", true, &at("headers"))
+        }
         "external" => match params.get("queue").and_then(Value::as_str) {
             Some(queue) if is_valid_name(queue) => Ok(()),
             _ => Err(DefinitionError::new(
@@ -284,10 +502,23 @@ fn validate_kind(
                     "must name an earlier phase",
                 ));
             }
-            if params.get("count").is_some_and(|v| v.as_u64().is_none()) {
+            if params
+                .get("count")
+                .is_some_and(|v| v.as_u64().is_none_or(|n| n > limits.max_children as u64))
+            {
                 return Err(DefinitionError::new(
                     at("count"),
-                    "must be a non-negative integer",
+                    format!("must be an integer 0–{}", limits.max_children),
+                ));
+            }
+            if params
+                .get("inputs")
+                .and_then(Value::as_array)
+                .is_some_and(|inputs| inputs.len() > limits.max_children)
+            {
+                return Err(DefinitionError::new(
+                    at("inputs"),
+                    format!("at most {} children", limits.max_children),
                 ));
             }
             match params.get("policy").map(Value::as_str) {
@@ -418,6 +649,75 @@ mod tests {
         assert_eq!(
             field(flow_type(vec![orphan_delay])),
             "phases[0].fallback_after_s"
+        );
+    }
+
+    #[test]
+    fn runaway_numbers_and_params_are_refused_naming_the_field() {
+        let known = |h: &str| {
+            matches!(
+                h,
+                "noop" | "sleep" | "fail" | "command" | "http" | "child_flows"
+            )
+        };
+        let field = |t: FlowType| t.validate(known).unwrap_err().field;
+        let with = |handler: &str, params: Value| {
+            flow_type(vec![PhaseDefinition {
+                params,
+                ..phase("p", handler)
+            }])
+        };
+        let mut t = flow_type(vec![phase("a", "noop")]);
+        t.version = MAX_VERSION + 1;
+        assert_eq!(field(t), "version");
+        let mut retries = phase("p", "noop");
+        retries.retries = 4_000_000_000;
+        assert_eq!(field(flow_type(vec![retries])), "phases[0].retries");
+        let mut heartbeat = phase("p", "noop");
+        heartbeat.heartbeat_timeout_s = Some(1 << 63);
+        assert_eq!(
+            field(flow_type(vec![heartbeat])),
+            "phases[0].heartbeat_timeout_s"
+        );
+        let many = (0..101).map(|i| phase(&format!("p{i}"), "noop")).collect();
+        assert_eq!(field(flow_type(many)), "phases");
+        for ms in [
+            serde_json::json!(-1),
+            serde_json::json!(1e30),
+            serde_json::json!("abc"),
+        ] {
+            assert_eq!(
+                field(with("sleep", serde_json::json!({ "ms": ms }))),
+                "phases[0].params.ms"
+            );
+        }
+        assert_eq!(
+            field(with("fail", serde_json::json!({ "times": 1e30 }))),
+            "phases[0].params.times"
+        );
+        assert_eq!(
+            field(with("command", serde_json::json!({ "args": [] }))),
+            "phases[0].params.program"
+        );
+        assert_eq!(
+            field(with("http", serde_json::json!({ "url": "ftp://x/y" }))),
+            "phases[0].params.url"
+        );
+        assert_eq!(
+            field(with(
+                "child_flows",
+                serde_json::json!({ "flow_type": "c", "count": 100_000_000_000u64 })
+            )),
+            "phases[0].params.count"
+        );
+        assert_eq!(
+            field(with("noop", serde_json::json!({ "k": "a\u{0}b" }))),
+            "phases[0].params"
+        );
+        assert!(
+            with("http", serde_json::json!({ "url": "https://x.example/y", "headers": { "A": { "env": "TOKEN" } } }))
+                .validate(known)
+                .is_ok()
         );
     }
 

@@ -4,13 +4,13 @@
 //! - [`definition`]: flow types, their phases and validation.
 //! - [`model`]: flow and phase state, as stored and served.
 //! - [`machine`]: the pure state machine of a flow's lifecycle.
+//! - [`limits`]: bounds on definitions and flows; which JSON values every store can keep.
 //! - [`handler`]: the phase handler trait; [`builtin`]: `noop`, `sleep`, `fail`;
 //!   [`external`] and [`child_flows`]: the kinds that need the runtime itself;
 //!   [`handler_pool`]: the threads handlers run on.
 //! - [`events`]: flow events and their fan-out to subscribers.
 //! - [`store`]: the storage contract; [`memory_store`]: an in-memory store for tests.
 //! - [`task`]: external tasks that remote workers lease from queues.
-//! - [`storable`]: what every backend can store (no NUL in text).
 //! - [`error`]: the runtime's errors; [`faults`]: test-only fault injection.
 //! - Actors, one folder each with its messages: [`supervisor`], [`flow`], [`registry`],
 //!   [`persistence`], [`health`], [`queue`] (external tasks).
@@ -27,6 +27,7 @@ pub mod handler;
 pub mod handler_pool;
 pub mod health;
 pub mod ids;
+pub mod limits;
 pub mod machine;
 pub mod memory_store;
 pub mod model;
@@ -34,7 +35,6 @@ pub mod persistence;
 pub mod queue;
 pub mod registry;
 pub mod runtime;
-pub mod storable;
 pub mod store;
 pub mod supervisor;
 pub mod task;

@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::definition::FlowType;
 use crate::events::{EventKind, FlowEvent};
 use crate::handler::{HandlerError, NextPhase, PhaseOutput};
+use crate::limits::{json_storable, make_storable, storable_text};
 use crate::model::{FailureRecord, FlowState, FlowStatus, PhaseStatus};
 use crate::store::{FlowUpdate, TransitionWrite};
 
@@ -185,7 +186,29 @@ pub fn phase_succeeded(
     result: PhaseOutput,
     now: DateTime<Utc>,
 ) -> Result<Step, Rejected> {
+    phase_succeeded_within(flow, definition, (phase, attempt), result, u32::MAX, now)
+}
+
+/// Like [`phase_succeeded`], failing the flow instead of starting another attempt once the flow
+/// has started `max_transitions` attempts in all (a `next_phase` loop), and failing the attempt
+/// when its output cannot be stored.
+pub fn phase_succeeded_within(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    (phase, attempt): (&str, u32),
+    result: PhaseOutput,
+    max_transitions: u32,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
     let index = check_current_attempt(flow, phase, attempt)?;
+    if let Err(error) = json_storable(&result.output) {
+        // Never written, so it cannot fail a whole commit; retried by the phase's policy.
+        let error = HandlerError::retryable(
+            "bad_output",
+            format!("the output cannot be stored: {error}"),
+        );
+        return phase_failed(flow, definition, phase, attempt, error, now);
+    }
     let next = match result.next_phase {
         NextPhase::ByDefinition => definition.default_next(phase).map(str::to_owned),
         NextPhase::Finish => None,
@@ -211,6 +234,15 @@ pub fn phase_succeeded(
     flow.next_phase = next.clone();
     update_progress(flow, definition);
     step.emit(flow, EventKind::PhaseSucceeded, None, now);
+    let started: u64 = flow.phases.iter().map(|p| u64::from(p.attempt)).sum();
+    if next.is_some() && started >= u64::from(max_transitions) {
+        // The loop guard: a flow cycling through `next_phase` ends here, journaled.
+        let message = format!(
+            "the flow started {started} phase attempts, the most one flow may (limits.max_transitions_per_flow); a next_phase loop?"
+        );
+        let rest = abort(flow, "too_many_transitions", &message, now)?;
+        return Ok(merge(step, rest));
+    }
     advance(flow, definition, next, now, &mut step);
     Ok(step)
 }
@@ -226,6 +258,7 @@ pub fn phase_failed(
     now: DateTime<Utc>,
 ) -> Result<Step, Rejected> {
     let index = check_current_attempt(flow, phase, attempt)?;
+    let error = storable_error(error);
     let policy = definition.phase(phase);
     let retries = policy.map_or(0, |p| p.retries);
     let mut step = Step::new();
@@ -313,6 +346,7 @@ pub fn phase_fallback(
         return phase_failed(flow, definition, phase, attempt, error, now);
     };
     check_current_attempt(flow, phase, attempt)?;
+    let error = storable_error(error);
     let mut step = Step::new();
     let primary = definition.phase(phase).map_or("", |p| p.handler.as_str());
     let message = format!("{primary} unavailable, falling back to {fallback}: {error}");
@@ -489,6 +523,15 @@ pub fn abort(
     );
     step.effect = Effect::Stop;
     Ok(step)
+}
+
+/// Whatever a handler wrote, its journal row must be storable by every backend: NULs in the
+/// kind, message and diagnostic are replaced.
+fn storable_error(mut error: HandlerError) -> HandlerError {
+    error.kind = storable_text(&error.kind);
+    error.message = storable_text(&error.message);
+    error.diagnostic = make_storable(std::mem::take(&mut error.diagnostic));
+    error
 }
 
 fn merge(mut first: Step, rest: Step) -> Step {

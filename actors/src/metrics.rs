@@ -80,11 +80,25 @@ pub struct RuntimeMetrics {
     commit_seconds: Mutex<Histogram>,
     batch_writes: Mutex<Histogram>,
     handler_queued_seconds: Mutex<Histogram>,
+    /// Most distinct label sets per family; later ones are counted under `other`, so
+    /// definitions and error kinds cannot grow the exposition without bound.
+    max_series: usize,
 }
+
+/// The label value that series past [`RuntimeMetrics::with_max_series`] are counted under.
+pub const OTHER_LABEL: &str = "other";
 
 impl Default for RuntimeMetrics {
     fn default() -> Self {
+        Self::with_max_series(200)
+    }
+}
+
+impl RuntimeMetrics {
+    /// Metrics keeping at most `max_series` distinct label sets per family.
+    pub fn with_max_series(max_series: usize) -> Self {
         Self {
+            max_series: max_series.max(1),
             phase_seconds: Mutex::default(),
             failures: Mutex::default(),
             retries: AtomicU64::new(0),
@@ -112,16 +126,26 @@ pub struct Gauges {
 impl RuntimeMetrics {
     /// One attempt of `phase` ran for `seconds`.
     pub fn phase_finished(&self, flow_type: &str, phase: &str, seconds: f64) {
-        self.phase_seconds
-            .lock()
-            .entry((flow_type.to_owned(), phase.to_owned()))
+        let mut series = self.phase_seconds.lock();
+        let mut key = (flow_type.to_owned(), phase.to_owned());
+        if !series.contains_key(&key) && series.len() >= self.max_series {
+            key = (OTHER_LABEL.to_owned(), OTHER_LABEL.to_owned());
+        }
+        series
+            .entry(key)
             .or_insert_with(|| Histogram::new(&SECONDS))
             .observe(seconds);
     }
 
     /// A failure-journal row of this kind was committed.
     pub fn failure(&self, kind: &str) {
-        *self.failures.lock().entry(kind.to_owned()).or_default() += 1;
+        let mut failures = self.failures.lock();
+        let key = if failures.contains_key(kind) || failures.len() < self.max_series {
+            kind
+        } else {
+            OTHER_LABEL
+        };
+        *failures.entry(key.to_owned()).or_default() += 1;
     }
 
     /// A phase attempt was scheduled again after a failure.
@@ -284,5 +308,23 @@ mod tests {
         ));
         assert!(text.contains("flowd_phase_duration_seconds_count{flow_type=\"t\",phase=\"a\"} 2"));
         assert!(text.contains("flowd_failures_total{kind=\"timeout\"} 1"));
+    }
+
+    #[test]
+    fn label_sets_are_bounded() {
+        let metrics = RuntimeMetrics::with_max_series(2);
+        for i in 0..10 {
+            metrics.phase_finished(&format!("t{i}"), "a", 0.1);
+            metrics.failure(&format!("k{i}"));
+        }
+        let text = metrics.render(&Gauges::default());
+        assert!(text.contains("flow_type=\"t1\""));
+        assert!(!text.contains("flow_type=\"t2\""));
+        assert!(
+            text.contains(
+                "flowd_phase_duration_seconds_count{flow_type=\"other\",phase=\"other\"} 8"
+            )
+        );
+        assert!(text.contains("flowd_failures_total{kind=\"other\"} 8"));
     }
 }

@@ -1,6 +1,7 @@
 //! The runtime handle: what HTTP handlers, the CLI and embedding programs hold. It starts the
 //! actors and turns requests into messages, mailbox failures into [`RuntimeError`]s.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::handler::HandlerSet;
 use crate::handler_pool::HandlerPool;
 use crate::health::{GetHealthStats, HealthActor, HealthStats};
 use crate::ids::{FlowId, Tenant};
+use crate::limits::Limits;
 use crate::metrics::{Gauges, RuntimeMetrics};
 use crate::model::{FailureRecord, FlowState, NewFlow};
 use crate::persistence::{GetStats, PersistenceActor, PersistenceStats};
@@ -50,6 +52,10 @@ pub struct RuntimeConfig {
     /// How often the database is swept for non-terminal flows with no live actor.
     pub stored_sweep_interval: Duration,
     pub restart_intensity: RestartIntensity,
+    /// Bounds on definitions and on what one flow may do.
+    pub limits: Limits,
+    /// Most distinct label sets per metric family (flow type × phase, failure kind).
+    pub max_metric_series: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -67,8 +73,59 @@ impl Default for RuntimeConfig {
                 max_restarts: 3,
                 window: Duration::from_secs(60),
             },
+            limits: Limits::default(),
+            max_metric_series: 200,
         }
     }
+}
+
+/// Registers `flow_types` so that a child type comes before the types that fan out to it,
+/// whatever order the configuration lists them in (the registry refuses unknown child types).
+async fn register_in_order(
+    registry: &Addr<Registry>,
+    flow_types: Vec<FlowType>,
+) -> Result<(), RuntimeError> {
+    for definition in children_first(flow_types) {
+        registry.send(RegisterFlowType(definition)).await??;
+    }
+    Ok(())
+}
+
+/// `types` ordered depth-first so that every type follows the types it starts as children.
+/// A cycle is left in some order: the registry refuses it.
+fn children_first(types: Vec<FlowType>) -> Vec<FlowType> {
+    let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (index, definition) in types.iter().enumerate() {
+        by_name.entry(&definition.name).or_default().push(index);
+    }
+    fn visit(
+        index: usize,
+        types: &[FlowType],
+        by_name: &HashMap<&str, Vec<usize>>,
+        seen: &mut [bool],
+        order: &mut Vec<usize>,
+    ) {
+        if seen[index] {
+            return;
+        }
+        seen[index] = true;
+        for child in types[index].child_types() {
+            for &next in by_name.get(child).map_or(&[][..], Vec::as_slice) {
+                visit(next, types, by_name, seen, order);
+            }
+        }
+        order.push(index);
+    }
+    let mut seen = vec![false; types.len()];
+    let mut order = Vec::with_capacity(types.len());
+    for index in 0..types.len() {
+        visit(index, &types, &by_name, &mut seen, &mut order);
+    }
+    let mut slots: Vec<Option<FlowType>> = types.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|index| slots[index].take())
+        .collect()
 }
 
 /// A cheap-to-clone handle on a running runtime.
@@ -84,6 +141,7 @@ pub struct Runtime {
     handlers: Arc<HandlerSet>,
     metrics: Arc<RuntimeMetrics>,
     faults: Arc<FaultPlan>,
+    limits: Limits,
 }
 
 impl Runtime {
@@ -95,7 +153,7 @@ impl Runtime {
         handlers: HandlerSet,
         flow_types: Vec<FlowType>,
     ) -> Result<Self, RuntimeError> {
-        let metrics = Arc::new(RuntimeMetrics::default());
+        let metrics = Arc::new(RuntimeMetrics::with_max_series(config.max_metric_series));
         let faults = Arc::new(FaultPlan::default());
         let fanout = EventFanout::new(config.event_buffer);
         let last_event_id = store.max_event_id().await?;
@@ -122,14 +180,25 @@ impl Runtime {
         let supervisor = Supervisor::create(|ctx| {
             handlers.register(
                 "child_flows",
-                ChildFlowsHandler::new(ctx.address(), store.clone(), fanout.clone()),
+                ChildFlowsHandler::new(
+                    ctx.address(),
+                    store.clone(),
+                    fanout.clone(),
+                    config.limits.max_children,
+                ),
             );
             handlers.register(
                 "external",
                 ExternalHandler::new(queue.clone(), store.clone()),
             );
             let handlers = Arc::new(handlers);
-            let started = Registry::new(stored, handlers.clone(), persistence.clone()).start();
+            let started = Registry::new(
+                stored,
+                handlers.clone(),
+                persistence.clone(),
+                config.limits.clone(),
+            )
+            .start();
             registry = Some((started.clone(), handlers.clone()));
             Supervisor::new(SupervisorParts {
                 arbiters,
@@ -138,6 +207,7 @@ impl Runtime {
                 registry: started,
                 store: store.clone(),
                 default_timeout: config.default_phase_timeout,
+                max_transitions: config.limits.max_transitions_per_flow,
                 intensity: config.restart_intensity,
                 handler_pool: handler_pool.clone(),
                 metrics: metrics.clone(),
@@ -147,9 +217,7 @@ impl Runtime {
         let Some((registry, handlers)) = registry else {
             return Err(RuntimeError::Unavailable("supervisor did not start".into()));
         };
-        for definition in flow_types {
-            registry.send(RegisterFlowType(definition)).await??;
-        }
+        register_in_order(&registry, flow_types).await?;
         supervisor.send(RecoverFlows::all()).await??;
         let health = HealthActor::new(
             supervisor.clone(),
@@ -170,6 +238,7 @@ impl Runtime {
             handlers,
             metrics,
             faults,
+            limits: config.limits.clone(),
         })
     }
 
@@ -313,6 +382,11 @@ impl Runtime {
         &self.store
     }
 
+    /// The bounds this runtime was started with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// The handlers this runtime knows.
     pub fn handlers(&self) -> &HandlerSet {
         &self.handlers
@@ -372,5 +446,38 @@ impl Runtime {
     /// Live event subscribers.
     pub fn subscriber_count(&self) -> usize {
         self.fanout.subscriber_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::PhaseDefinition;
+
+    fn fan_out(name: &str, child: Option<&str>) -> FlowType {
+        let phase = match child {
+            Some(child) => PhaseDefinition {
+                params: serde_json::json!({ "flow_type": child, "count": 1 }),
+                ..PhaseDefinition::new("p", "child_flows")
+            },
+            None => PhaseDefinition::new("p", "noop"),
+        };
+        FlowType {
+            name: name.into(),
+            version: 1,
+            phases: vec![phase],
+        }
+    }
+
+    #[test]
+    fn children_are_registered_before_their_parents() {
+        let types = vec![
+            fan_out("top", Some("mid")),
+            fan_out("mid", Some("leaf")),
+            fan_out("leaf", None),
+            fan_out("alone", None),
+        ];
+        let names: Vec<String> = children_first(types).into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["leaf", "mid", "top", "alone"]);
     }
 }

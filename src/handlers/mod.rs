@@ -6,15 +6,36 @@
 
 mod command;
 mod http;
+pub mod targets;
+
+use std::sync::Arc;
 
 use flowd_actors::handler::{HandlerError, HandlerSet, NextPhase, PhaseContext, PhaseOutput};
 use serde_json::{Map, Value, json};
 
+use crate::configuration::SecuritySettings;
+use targets::TargetPolicy;
+
 /// Adds `command` and `http` to `set`: called by `Application::build`, so every flowd server
-/// knows them; embedding programs that build their own set can call it too.
-pub fn register(set: &mut HandlerSet) {
+/// knows them; embedding programs that build their own set can call it too. `http` targets
+/// are held to `security.http_allow` (entries are checked when the configuration is loaded;
+/// one that is not understood here allows nothing).
+pub fn register(set: &mut HandlerSet, security: &SecuritySettings) {
+    let entries: Vec<String> = security
+        .http_allow
+        .iter()
+        .filter(|entry| {
+            let ok = TargetPolicy::new(std::slice::from_ref(*entry)).is_ok();
+            if !ok {
+                tracing::error!(%entry, "ignoring an [security] http_allow entry");
+            }
+            ok
+        })
+        .cloned()
+        .collect();
+    let policy = TargetPolicy::new(&entries).unwrap_or_default();
     set.register("command", command::run);
-    set.register("http", http::HttpHandler::new());
+    set.register("http", http::HttpHandler::new(Arc::new(policy)));
 }
 
 /// Default bound on a reply (stdout or HTTP body): a phase output is meant to be a small

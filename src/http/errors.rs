@@ -76,6 +76,21 @@ impl ApiError {
         )
     }
 
+    /// The request body is larger than allowed.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Payload too large",
+            detail,
+        )
+    }
+
+    /// The caller is known but its role does not allow the request.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
     /// The request is valid but the resource's state refuses it (e.g. a stale lease).
     pub fn conflict(slug: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, slug, "Conflict", detail)
@@ -187,6 +202,39 @@ pub fn json_error(error: JsonPayloadError) -> ApiError {
             ApiError::bad_request("malformed-json", inner.to_string())
         }
         other => ApiError::bad_request("malformed-body", other.to_string()),
+    }
+}
+
+/// A JSON body that must be an object, read into `T`: an array or scalar (which serde would
+/// otherwise read field by field into a struct) or a wrong field is `422`.
+pub fn object_body<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::unprocessable(
+            "invalid-body",
+            "the body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::unprocessable("invalid-body", e.to_string()))
+}
+
+/// Refuses (`422`) a value no backend can store, e.g. a NUL in a string, naming `field`.
+pub fn storable(field: &str, value: &serde_json::Value) -> Result<(), ApiError> {
+    flowd_actors::limits::json_storable(value)
+        .map_err(|error| ApiError::unprocessable("unstorable-value", format!("`{field}`{error}")))
+}
+
+/// Refuses (`422`) a string no backend can store (a NUL), naming `field`.
+pub fn storable_text(field: &str, text: &str) -> Result<(), ApiError> {
+    if flowd_actors::limits::text_storable(text) {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(
+            "unstorable-value",
+            format!("`{field}` contains a NUL character (\\u0000), which cannot be stored"),
+        ))
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tracing::instrument;
 
 use crate::http::auth::Caller;
-use crate::http::errors::{ApiError, Problem};
+use crate::http::errors::{ApiError, Problem, object_body, storable, storable_text};
 
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 const DEFAULT_PAGE: u32 = 50;
@@ -46,7 +46,7 @@ fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && !k.contains('\0'))
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid-idempotency-key",
@@ -81,31 +81,50 @@ pub struct FailureList {
     params(("Idempotency-Key" = Option<String>, Header, description = "same key and body: the same flow")),
     responses((status = 201, body = FlowState), (status = 200, body = FlowState, description = "idempotent repeat"),
         (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem)))]
-#[instrument(skip_all, fields(flow_type = %body.flow_type))]
+#[instrument(skip_all, fields(flow_type = tracing::field::Empty))]
 pub async fn create(
     runtime: web::Data<Runtime>,
     caller: Caller,
     request: HttpRequest,
-    body: web::Json<CreateFlowBody>,
+    body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let body: CreateFlowBody = object_body(body.into_inner())?;
+    tracing::Span::current().record("flow_type", body.flow_type.as_str());
     let key = idempotency_key(&request)?;
+    storable_text("flow_type", &body.flow_type)?;
+    let input = body.input.unwrap_or_else(|| json!({}));
+    storable("input", &input)?;
     let parent_flow_id = body
         .parent_flow_id
         .as_deref()
         .map(parse_flow_id)
         .transpose()?;
+    let flow_type = body.flow_type;
     let created = runtime
         .create_flow(NewFlow {
-            flow_type: body.flow_type,
-            input: body.input.unwrap_or_else(|| json!({})),
+            flow_type: flow_type.clone(),
+            input: input.clone(),
             parent_flow_id,
             master_flow_id: None,
             tenant: caller.tenant,
             created_by: caller.user,
-            idempotency_key: key,
+            idempotency_key: key.clone(),
         })
         .await?;
+    // A concurrent create with the same key may have answered with its own flow: the key
+    // stands for one request, so a different body is a conflict, not that flow.
+    let same_request = created.flow.flow_type == flow_type
+        && *created.flow.input == input
+        && created.flow.parent_flow_id == parent_flow_id;
+    if !created.created && !same_request {
+        return Err(ApiError::conflict(
+            "idempotency-key-reused",
+            format!(
+                "idempotency key `{}` was used for a different request",
+                key.unwrap_or_default()
+            ),
+        ));
+    }
     let mut response = if created.created {
         HttpResponse::Created()
     } else {
@@ -150,6 +169,14 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
+    if let Some(flow_type) = &query.flow_type
+        && (flow_type.len() > 100 || !flowd_actors::limits::text_storable(flow_type))
+    {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "flow_type must be a flow type name",
+        ));
+    }
     let status = query
         .status
         .as_deref()

@@ -30,12 +30,15 @@ pub async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(crate::http::openapi::ApiDoc::openapi())
 }
 
-/// Prometheus text exposition: flows by status, phase durations, retries, failures by kind,
+/// Prometheus text exposition (behind `[metrics] key` or an admin key when that is set): flows by status, phase durations, retries, failures by kind,
 /// restarts, missed pings, batch sizes and commit latencies, live actors, subscribers.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format 0.0.4")))]
 pub async fn metrics(
     runtime: web::Data<Runtime>,
+    keys: web::Data<crate::http::auth::KeyRing>,
+    request: actix_web::HttpRequest,
 ) -> Result<HttpResponse, crate::http::errors::ApiError> {
+    keys.may_read_metrics(&request)?;
     let text = runtime.render_metrics().await?;
     Ok(HttpResponse::Ok()
         .insert_header(("content-type", "text/plain; version=0.0.4"))

@@ -17,7 +17,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::http::auth::Caller;
-use crate::http::errors::{ApiError, Problem};
+use crate::http::errors::{ApiError, Problem, object_body, storable, storable_text};
 
 /// How long a poll waits for a task when the worker names no `wait_ms`.
 const DEFAULT_WAIT_MS: u64 = 20_000;
@@ -27,6 +27,8 @@ const MAX_WAIT_MS: u64 = 60_000;
 const DEFAULT_LEASE_S: u64 = 30;
 const MAX_LEASE_S: u64 = 3_600;
 const MAX_WORKER_ID: usize = 200;
+/// A poll body is a few small fields.
+const MAX_POLL_BODY: usize = 16 * 1024;
 
 /// Body of a poll; every field is optional and the body may be empty.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -170,9 +172,14 @@ pub async fn poll(
     runtime: web::Data<Runtime>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let queue = path.into_inner();
+    // Read here rather than by an extractor, so an oversize body is a problem+json 413 too.
+    let body = body.to_bytes_limited(MAX_POLL_BODY).await.map_err(|_| {
+        ApiError::too_large(format!("poll bodies are limited to {MAX_POLL_BODY} bytes"))
+    })?;
+    let body = body.map_err(|e| ApiError::bad_request("malformed-body", e.to_string()))?;
     if !valid_queue(&queue) {
         return Err(ApiError::bad_request(
             "invalid-queue",
@@ -182,13 +189,13 @@ pub async fn poll(
     let body: PollBody = if body.iter().all(u8::is_ascii_whitespace) {
         PollBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => {
-                ApiError::unprocessable("invalid-body", e.to_string())
-            }
-            _ => ApiError::bad_request("malformed-json", e.to_string()),
-        })?
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("malformed-json", e.to_string()))?;
+        object_body(value)?
     };
+    if let Some(worker_id) = &body.worker_id {
+        storable_text("worker_id", worker_id)?;
+    }
     let wait_ms = body.wait_ms.unwrap_or(DEFAULT_WAIT_MS);
     if wait_ms > MAX_WAIT_MS {
         return Err(ApiError::unprocessable(
@@ -231,8 +238,9 @@ pub async fn heartbeat(
     runtime: web::Data<Runtime>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<HeartbeatBody>,
+    body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
+    let body: HeartbeatBody = object_body(body.into_inner())?;
     let task_id = parse_task_id(&path)?;
     let extend = lease_length(body.lease_s)?;
     let record = runtime
@@ -255,10 +263,14 @@ pub async fn complete(
     runtime: web::Data<Runtime>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<CompleteBody>,
+    body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
+    let body: CompleteBody = object_body(body.into_inner())?;
     let task_id = parse_task_id(&path)?;
-    let body = body.into_inner();
+    storable("output", &body.output)?;
+    if let Some(Some(next)) = &body.next_phase {
+        storable_text("next_phase", next)?;
+    }
     let next_phase = match body.next_phase {
         None => NextPhase::ByDefinition,
         Some(None) => NextPhase::Finish,
@@ -283,10 +295,11 @@ pub async fn fail(
     runtime: web::Data<Runtime>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<FailBody>,
+    body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
+    let body: FailBody = object_body(body.into_inner())?;
     let task_id = parse_task_id(&path)?;
-    let body = body.into_inner();
+    storable_text("error", &body.error)?;
     let report = Report::Fail {
         error: body.error,
         retryable: body.retryable,

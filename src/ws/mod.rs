@@ -3,6 +3,10 @@
 //! order. It subscribes to the fan-out *before* reading the database, so nothing falls between
 //! the two; duplicates from the overlap are dropped by cursor. A subscriber that falls behind
 //! the fan-out's buffer is caught up from the database; the runtime never waits for it.
+//!
+//! A stream costs the server only while its client reads: a frame that cannot be handed to
+//! the connection within [`SEND_TIMEOUT`] (the client stopped reading and every buffer is
+//! full) ends the stream, and a client that leaves during catch-up stops it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +30,8 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events read from the database per catch-up query.
 const PAGE: u32 = 500;
+/// Longest wait to hand one frame to a connection; a client that does not read is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a stream is and what it wants.
 enum Cursor {
@@ -65,6 +71,14 @@ impl Cursor {
                     && event.engagement_id == tenant.engagement_id
                     && flow_type.as_ref().is_none_or(|t| *t == event.flow_type)
             }
+        }
+    }
+
+    /// Whether the cursor is at or beyond `event` already.
+    fn is_past(&self, event: &FlowEvent) -> bool {
+        match self {
+            Cursor::Flow { last_seq, .. } => *last_seq >= event.seq,
+            Cursor::Tree { last_id, .. } | Cursor::Tenant { last_id, .. } => *last_id >= event.id,
         }
     }
 
@@ -208,18 +222,29 @@ fn close_reason(code: CloseCode, text: &str) -> Option<CloseReason> {
     })
 }
 
+/// Hands `text` to the connection; false when the client is gone or has stopped reading.
+async fn send_text(session: &mut Session, text: String) -> bool {
+    match tokio::time::timeout(SEND_TIMEOUT, session.text(text)).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            debug!("subscriber not reading; dropping its stream");
+            false
+        }
+    }
+}
+
 async fn send(session: &mut Session, cursor: &mut Cursor, event: &FlowEvent) -> bool {
     let Ok(text) = serde_json::to_string(event) else {
         return false;
     };
     cursor.advance(event);
-    session.text(text).await.is_ok()
+    send_text(session, text).await
 }
 
 /// A live event: serialized once for all subscribers, copied per session.
 async fn send_live(session: &mut Session, cursor: &mut Cursor, event: &CommittedEvent) -> bool {
     cursor.advance(event);
-    session.text(event.json().to_owned()).await.is_ok()
+    send_text(session, event.json().to_owned()).await
 }
 
 /// Sends stored events after the cursor until the database has no more.
@@ -236,8 +261,39 @@ async fn catch_up(
                 return Ok(false);
             }
         }
+        // Past the whole page even when the filter wanted none of it: the next query must
+        // start after it, or a page of unwanted events would be read forever.
+        if let Some(last) = page.last()
+            && !cursor.is_past(last)
+        {
+            cursor.advance(last);
+        }
         if !full {
             return Ok(true);
+        }
+    }
+}
+
+/// Catch-up, abandoned as soon as the client closes or goes away.
+async fn catch_up_while_connected(
+    runtime: &Runtime,
+    session: &mut Session,
+    messages: &mut MessageStream,
+    cursor: &mut Cursor,
+) -> Result<bool, StoreError> {
+    let closed = async {
+        loop {
+            match messages.recv().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    tokio::select! {
+        caught_up = catch_up(runtime, session, cursor) => caught_up,
+        () = closed => {
+            debug!("client left during catch-up");
+            Ok(false)
         }
     }
 }
@@ -250,7 +306,7 @@ async fn stream(
     mut cursor: Cursor,
 ) {
     let reason = 'stream: {
-        match catch_up(&runtime, &mut session, &mut cursor).await {
+        match catch_up_while_connected(&runtime, &mut session, &mut messages, &mut cursor).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(error) => {
@@ -269,7 +325,7 @@ async fn stream(
                     }
                     Err(RecvError::Lagged(missed)) => {
                         debug!(missed, "subscriber fell behind; catching up from the database");
-                        match catch_up(&runtime, &mut session, &mut cursor).await {
+                        match catch_up_while_connected(&runtime, &mut session, &mut messages, &mut cursor).await {
                             Ok(true) => {}
                             Ok(false) => return,
                             Err(error) => break 'stream close_reason(CloseCode::Error, &format!("database: {error}")),
@@ -280,7 +336,8 @@ async fn stream(
                 message = messages.recv() => match message {
                     Some(Ok(Message::Ping(bytes))) => {
                         last_heard = Instant::now();
-                        if session.pong(&bytes).await.is_err() {
+                        let pong = tokio::time::timeout(SEND_TIMEOUT, session.pong(&bytes)).await;
+                        if !matches!(pong, Ok(Ok(()))) {
                             return;
                         }
                     }
@@ -295,12 +352,13 @@ async fn stream(
                     if last_heard.elapsed() > CLIENT_TIMEOUT {
                         break 'stream close_reason(CloseCode::Policy, "no pong within 30 s");
                     }
-                    if session.ping(b"").await.is_err() {
+                    let ping = tokio::time::timeout(SEND_TIMEOUT, session.ping(b"")).await;
+                    if !matches!(ping, Ok(Ok(()))) {
                         return;
                     }
                 }
             }
         }
     };
-    let _ = session.close(reason).await;
+    let _ = tokio::time::timeout(SEND_TIMEOUT, session.close(reason)).await;
 }

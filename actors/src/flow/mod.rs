@@ -24,7 +24,6 @@ use crate::machine::{self, Effect, Rejected, Step};
 use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, PhaseStatus, now};
 use crate::persistence::{Persist, PersistenceActor};
-use crate::storable;
 use crate::store::{TransitionWrite, Write};
 use crate::supervisor::messages::{FlowStopped, StopCause};
 pub use messages::{Control, ControlCommand, PhaseFinished, PhaseProgress, Ping, Pong, StopFlow};
@@ -37,6 +36,8 @@ pub struct FlowEnv {
     pub stopped: Recipient<FlowStopped>,
     /// Deadline of an attempt whose phase names no `timeout_s`.
     pub default_timeout: Duration,
+    /// Phase attempts one flow may start in all: a `next_phase` loop fails the flow past it.
+    pub max_transitions: u32,
     /// Where handler tasks run: never on a flow actor's arbiter.
     pub handler_pool: Arc<HandlerPool>,
     pub metrics: Arc<RuntimeMetrics>,
@@ -508,30 +509,13 @@ impl Handler<PhaseFinished> for FlowActor {
                 .phase_finished(&self.flow.flow_type, &phase, seconds);
         }
         let now = now();
-        // An output the database cannot store would be refused at every commit: it fails the
-        // attempt instead, with a journal row, and never makes the phase run again and again.
-        let result = match result {
-            Ok(output) => match storable::check_json(&output.output) {
-                Ok(()) => Ok(output),
-                Err(refused) => Err(HandlerError::fatal(
-                    "output_not_storable",
-                    format!("the phase's output cannot be stored: {refused}"),
-                )),
-            },
-            // Error texts go to the journal: keep them storable too.
-            Err(mut error) => {
-                storable::escape_nul(&mut error.kind);
-                storable::escape_nul(&mut error.message);
-                Err(error)
-            }
-        };
         let step = match result {
-            Ok(output) => machine::phase_succeeded(
+            Ok(output) => machine::phase_succeeded_within(
                 &mut self.flow,
                 &self.definition,
-                &phase,
-                attempt,
+                (&phase, attempt),
                 output,
+                self.env.max_transitions,
                 now,
             ),
             Err(error) if !fallback && is_unavailable(&error) => {

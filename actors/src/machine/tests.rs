@@ -422,3 +422,57 @@ fn without_a_fallback_an_unavailable_primary_is_a_failure() {
     assert_eq!(step.effect, Effect::Stop);
     assert_eq!(flow.status, FlowStatus::Failed);
 }
+
+#[test]
+fn a_next_phase_loop_fails_the_flow_at_the_transition_cap() {
+    let mut a = PhaseDefinition::new("a", "noop");
+    a.next_phase = Some("b".into());
+    let mut b = PhaseDefinition::new("b", "noop");
+    b.next_phase = Some("a".into());
+    let def = FlowType {
+        name: "loop".into(),
+        version: 1,
+        phases: vec![a, b],
+    };
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let mut finished = 0;
+    for _ in 0..100 {
+        let (phase, attempt) = {
+            let (_, row) = flow.current().expect("a current phase");
+            (row.name.clone(), row.attempt)
+        };
+        let step =
+            phase_succeeded_within(&mut flow, &def, (&phase, attempt), ok(json!({})), 10, now())
+                .expect("accepted");
+        finished += 1;
+        if flow.status == FlowStatus::Failed {
+            assert_eq!(step.effect, Effect::Stop);
+            let failure = step.failure.expect("journaled");
+            assert_eq!(failure.error_kind, "too_many_transitions");
+            break;
+        }
+    }
+    assert_eq!(flow.status, FlowStatus::Failed);
+    assert_eq!(finished, 10, "stopped at the cap");
+}
+
+#[test]
+fn an_unstorable_output_fails_the_attempt_instead_of_being_written() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let step = phase_succeeded(
+        &mut flow,
+        &def,
+        "a",
+        1,
+        ok(json!({ "s": "a\u{0}b" })),
+        now(),
+    )
+    .expect("accepted");
+    let failure = step.failure.expect("journaled");
+    assert_eq!(failure.error_kind, "bad_output");
+    assert!(flow.phases[0].output.is_none());
+    assert_eq!(flow.status, FlowStatus::Failed, "no retries left on `a`");
+}

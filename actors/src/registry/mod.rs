@@ -9,9 +9,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tracing::info;
 
-use crate::definition::FlowType;
+use crate::definition::{DefinitionError, FlowType};
 use crate::error::RuntimeError;
 use crate::handler::HandlerSet;
+use crate::limits::Limits;
 use crate::persistence::{Persist, PersistenceActor};
 use crate::store::Write;
 pub use messages::{GetFlowType, ListFlowTypes, RegisterFlowType};
@@ -21,14 +22,16 @@ pub struct Registry {
     types: HashMap<String, BTreeMap<u32, Arc<FlowType>>>,
     handlers: Arc<HandlerSet>,
     persistence: Addr<PersistenceActor>,
+    limits: Limits,
 }
 
 impl Registry {
-    /// A registry holding the versions already stored.
+    /// A registry holding the versions already stored; new ones must keep within `limits`.
     pub fn new(
         stored: Vec<FlowType>,
         handlers: Arc<HandlerSet>,
         persistence: Addr<PersistenceActor>,
+        limits: Limits,
     ) -> Self {
         let mut types: HashMap<String, BTreeMap<u32, Arc<FlowType>>> = HashMap::new();
         for definition in stored {
@@ -41,7 +44,71 @@ impl Registry {
             types,
             handlers,
             persistence,
+            limits,
         }
+    }
+
+    /// The child flow types of `definition` exist, and no chain of fan-outs starting from it
+    /// comes back to it or runs deeper than the limit (children of children …). The candidate
+    /// stands in for the latest version of its own name.
+    fn check_children(&self, definition: &FlowType) -> Result<(), DefinitionError> {
+        for (index, phase) in definition.phases.iter().enumerate() {
+            let own = FlowType {
+                phases: vec![phase.clone()],
+                ..definition.clone()
+            };
+            for child in own.child_types() {
+                let field = format!("phases[{index}].params.flow_type");
+                if child == definition.name {
+                    return Err(DefinitionError {
+                        field,
+                        message: "a flow type cannot start children of its own type".into(),
+                    });
+                }
+                if self.latest(child, definition).is_none() {
+                    return Err(DefinitionError {
+                        field,
+                        message: format!("no flow type `{child}` is registered"),
+                    });
+                }
+                if let Err(message) = self.depth(child, definition, 2) {
+                    return Err(DefinitionError { field, message });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn latest<'a>(&'a self, name: &str, candidate: &'a FlowType) -> Option<&'a FlowType> {
+        if name == candidate.name {
+            return Some(candidate);
+        }
+        self.types
+            .get(name)
+            .and_then(|versions| versions.values().next_back())
+            .map(|t| &**t)
+    }
+
+    /// Walks the fan-out chain below `name`, which sits at `level` under the candidate.
+    fn depth(&self, name: &str, candidate: &FlowType, level: usize) -> Result<(), String> {
+        if level > self.limits.max_child_depth {
+            return Err(format!(
+                "fan-outs nest deeper than {} levels",
+                self.limits.max_child_depth
+            ));
+        }
+        let Some(definition) = self.latest(name, candidate) else {
+            return Ok(());
+        };
+        for child in definition.child_types() {
+            if child == candidate.name {
+                return Err(format!(
+                    "`{name}` starts children of `{child}` again: fan-outs would never end"
+                ));
+            }
+            self.depth(child, candidate, level + 1)?;
+        }
+        Ok(())
     }
 }
 
@@ -58,7 +125,10 @@ impl Handler<RegisterFlowType> for Registry {
         _: &mut Self::Context,
     ) -> Self::Result {
         let handlers = self.handlers.clone();
-        if let Err(error) = definition.validate(|name| handlers.contains(name)) {
+        let checked = definition
+            .validate_with(|name| handlers.contains(name), &self.limits)
+            .and_then(|()| self.check_children(&definition));
+        if let Err(error) = checked {
             return Box::pin(fut::ready(Err(error.into())));
         }
         let versions = self.types.entry(definition.name.clone()).or_default();
