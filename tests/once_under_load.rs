@@ -224,3 +224,34 @@ async fn postgres_a_ten_second_outage_reruns_no_succeeded_phase() {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Connections the server killed are replaced: the next reads and writes succeed at once
+/// instead of answering 503.
+#[actix_web::test]
+async fn postgres_killed_connections_are_replaced_and_the_request_retried() {
+    if std::env::var("FLOWD_TEST_POSTGRES_URL").is_err() {
+        eprintln!("skipped: FLOWD_TEST_POSTGRES_URL is not set");
+        return;
+    }
+    let db = TestDatabase::new(Backend::Postgres);
+    let name = db
+        .postgres_name()
+        .expect("a PostgreSQL database")
+        .to_owned();
+    let toml = "[[flow_types]]\nname = \"one\"\nversion = 1\n[[flow_types.phases]]\nname = \"a\"\nhandler = \"noop\"\n";
+    let server = TestServer::start(config_for(&db, toml));
+    let created = post(&server, "/v1/flows", &json!({"flow_type": "one"})).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    for _ in 0..3 {
+        db.admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ));
+        for _ in 0..4 {
+            let read = get(&server, &format!("/v1/flows/{id}")).await;
+            assert_eq!(read.status, 200, "{}", read.body);
+        }
+        let another = post(&server, "/v1/flows", &json!({"flow_type": "one"})).await;
+        assert_eq!(another.status, 201, "{}", another.body);
+    }
+}

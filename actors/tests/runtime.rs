@@ -374,6 +374,26 @@ async fn idempotent_creates_share_one_flow() {
 }
 
 #[actix::test]
+async fn concurrent_creates_with_one_key_and_different_bodies_conflict() {
+    let store = Arc::new(MemoryStore::new());
+    let runtime = start(
+        store.clone(),
+        vec![flow_type("one", vec![phase("a", "noop", json!({}), 0)])],
+    )
+    .await;
+    let mut first = request("one");
+    first.idempotency_key = Some("k2".into());
+    let mut second = first.clone();
+    second.input = json!({ "n": 2 });
+    let (a, b) = futures_util::join!(runtime.create_flow(first), runtime.create_flow(second));
+    assert!(a.is_ok(), "{a:?}");
+    assert!(
+        matches!(b, Err(RuntimeError::IdempotencyMismatch(_))),
+        "the second request got {b:?}"
+    );
+}
+
+#[actix::test]
 async fn a_long_outage_is_waited_out_and_the_finished_phase_is_kept() {
     let store = Arc::new(MemoryStore::new());
     let types = vec![flow_type(

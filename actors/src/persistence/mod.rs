@@ -191,6 +191,7 @@ async fn commit_isolating(
     while let Some(mut group) = pending.pop() {
         let mut delay = OUTAGE_BACKOFF_START;
         let mut refusals = 0;
+        let mut unavailable = 0;
         while !group.is_empty() {
             let result = if group.len() == writes.len() {
                 store.commit(writes).await
@@ -231,6 +232,11 @@ async fn commit_isolating(
                     }
                 },
             };
+            unavailable += 1;
+            if unavailable == 1 {
+                // A connection the server closed fails once; a fresh one may work right away.
+                continue;
+            }
             group.retain(|&i| {
                 if !waits[i] {
                     outcomes[i] = Some(Outcome::Unavailable(message.clone()));

@@ -387,6 +387,14 @@ impl Cascade {
     }
 }
 
+/// Whether `flow` is what `request` asks for: an idempotency key names one request, and a
+/// different one under the same key is refused, not answered with the other's flow.
+fn is_same_request(flow: &FlowState, request: &crate::model::NewFlow) -> bool {
+    flow.flow_type == request.flow_type
+        && *flow.input == request.input
+        && flow.parent_flow_id == request.parent_flow_id
+}
+
 /// Checks, builds and commits a new flow; the caller starts its actor.
 async fn create(
     request: crate::model::NewFlow,
@@ -397,10 +405,7 @@ async fn create(
     if let Some(key) = &request.idempotency_key
         && let Some(existing) = store.find_by_idempotency_key(&request.tenant, key).await?
     {
-        let same = existing.flow_type == request.flow_type
-            && *existing.input == request.input
-            && existing.parent_flow_id == request.parent_flow_id;
-        if !same {
+        if !is_same_request(&existing, &request) {
             return Err(RuntimeError::IdempotencyMismatch(key.clone()));
         }
         return Ok((
@@ -477,8 +482,12 @@ impl Handler<CreateFlow> for Supervisor {
         {
             let (waiter, answer) = oneshot::channel();
             waiters.push(waiter);
+            let key = slot.1.clone();
             let answer = async move {
                 match answer.await {
+                    Ok(Ok(created)) if !is_same_request(&created.flow, &request) => {
+                        Err(RuntimeError::IdempotencyMismatch(key))
+                    }
                     Ok(Ok(created)) => Ok(CreatedFlow {
                         created: false,
                         ..created
