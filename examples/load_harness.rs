@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use actix_web::rt::System;
 use clap::{Parser, ValueEnum};
 use flowd::store::DbStore;
+use flowd::store::sqlite::SqliteSync;
 use flowd_actors::definition::{FlowType, PhaseDefinition};
 use flowd_actors::events::EventKind;
 use flowd_actors::handler::{HandlerSet, PhaseContext, PhaseOutput};
@@ -108,6 +109,9 @@ struct Args {
     /// Connections of the store's pool.
     #[arg(long, default_value_t = 8)]
     pool_size: usize,
+    /// How SQLite's commits are synced (`database.sync`): `full` (the default) or `normal`.
+    #[arg(long, value_enum, default_value = "full")]
+    sqlite_sync: SqliteSync,
     /// A run that has not finished after this long fails.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
@@ -273,7 +277,7 @@ fn run_once(args: &Args) -> Result<Figures, String> {
                 | Scenario::DbLimit
                 | Scenario::SuspendedMemory => {}
             }
-            let store = DbStore::connect(&url, args.pool_size)
+            let store = DbStore::connect_with_sync(&url, args.pool_size, args.sqlite_sync)
                 .await
                 .map_err(|e| format!("cannot open {url}: {e}"))?;
             match args.scenario {
@@ -765,6 +769,15 @@ impl Drop for Server {
     }
 }
 
+/// The `[database]` line for `--sqlite-sync`: none for the default, so that servers built
+/// before the setting existed take the same config.
+fn sync_toml(args: &Args) -> &'static str {
+    match args.sqlite_sync {
+        SqliteSync::Full => "",
+        SqliteSync::Normal => "sync = \"normal\"\n",
+    }
+}
+
 /// One sample of the server's `/metrics`, by series.
 async fn scrape(client: &awc::Client, base: &str) -> Result<HashMap<String, f64>, String> {
     let mut response = client
@@ -807,8 +820,9 @@ async fn until_metric(
 async fn recovery(args: &Args, url: &str) -> Result<Figures, String> {
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = scratch.path().join("recovery.toml");
+    let sync = sync_toml(args);
     let toml = format!(
-        "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n\
+        "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n{sync}\
          [[flow_types]]\nname = \"resume\"\nversion = 1\n\
          [[flow_types.phases]]\nname = \"before\"\nhandler = \"noop\"\n\
          [[flow_types.phases]]\nname = \"interrupted\"\nhandler = \"sleep\"\nparams = {{ ms = 10000 }}\n\
@@ -897,8 +911,9 @@ struct HttpCreate {
 async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = scratch.path().join("http_start_latency.toml");
+    let sync = sync_toml(args);
     let mut toml = format!(
-        "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n\
+        "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n{sync}\
          [[flow_types]]\nname = \"bench_noop\"\nversion = 1\n"
     );
     for i in 1..=args.phases {

@@ -90,6 +90,9 @@ pub struct DatabaseSettings {
     pub pool_size: usize,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
+    /// SQLite only: `full` (the default) fsyncs every commit before it is acked, so it
+    /// survives a power loss; `normal` is faster and survives a process crash only.
+    pub sync: crate::store::sqlite::SqliteSync,
 }
 
 impl Default for DatabaseSettings {
@@ -98,6 +101,7 @@ impl Default for DatabaseSettings {
             url: "sqlite://data/flowd.db".into(),
             pool_size: 8,
             max_batch: 4096,
+            sync: crate::store::sqlite::SqliteSync::Full,
         }
     }
 }

@@ -54,7 +54,12 @@ impl Application {
         settings: Settings,
         handlers: HandlerSet,
     ) -> Result<Self, StartupError> {
-        let store = DbStore::connect(&settings.database.url, settings.database.pool_size).await?;
+        let store = DbStore::connect_with_sync(
+            &settings.database.url,
+            settings.database.pool_size,
+            settings.database.sync,
+        )
+        .await?;
         tracing::info!(backend = store.backend_name(), "database ready");
         let runtime = Runtime::start(
             settings.runtime_config(),

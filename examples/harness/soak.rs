@@ -21,7 +21,7 @@ use super::{Args, Figures, HttpCreate, OpenLoop, Server, open_loop_creates, perc
 const FLOW_TYPE: &str = "soak_mixed";
 
 /// The config of the soak's server: the mixed flow type, a short sweep.
-fn config(url: &str, log: &Path) -> String {
+fn config(url: &str, sync: &str, log: &Path) -> String {
     let command = |name: &str| {
         format!(
             "[[flow_types.phases]]\nname = \"{name}\"\nhandler = \"command\"\nparams = {{ program = \"awk\", args = [\"-v\", \"steps={}\", \"{{ print >> steps }} END {{ print \\\"{{}}\\\" }}\"] }}\n",
@@ -29,7 +29,7 @@ fn config(url: &str, log: &Path) -> String {
         )
     };
     format!(
-        "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n[health]\nstored_sweep_s = 1\n\
+        "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{url}\"\n{sync}[health]\nstored_sweep_s = 1\n\
          [[flow_types]]\nname = \"{FLOW_TYPE}\"\nversion = 1\n{}\
          [[flow_types.phases]]\nname = \"prepare\"\nhandler = \"noop\"\n{}\
          [[flow_types.phases]]\nname = \"wait\"\nhandler = \"sleep\"\nparams = {{ ms = 20 }}\n{}\
@@ -79,7 +79,8 @@ pub async fn run(args: &Args, url: &str) -> Result<Figures, String> {
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let log = scratch.path().join("steps.log");
     let config_path = scratch.path().join("soak.toml");
-    std::fs::write(&config_path, config(url, &log)).map_err(|e| e.to_string())?;
+    std::fs::write(&config_path, config(url, super::sync_toml(args), &log))
+        .map_err(|e| e.to_string())?;
     let server = Server::start(&config_path)?;
     let pid = server.child.id();
     let client = awc::Client::builder()

@@ -88,6 +88,16 @@ impl DbStore {
     /// file's folder, builds a pool of `pool_size` connections for reads plus one for commits,
     /// and runs the embedded migrations.
     pub async fn connect(url: &str, pool_size: usize) -> Result<DbStore, StoreError> {
+        Self::connect_with_sync(url, pool_size, sqlite::SqliteSync::default()).await
+    }
+
+    /// Like [`DbStore::connect`], with SQLite's commits synced as `sync` says (PostgreSQL
+    /// keeps its own server settings).
+    pub async fn connect_with_sync(
+        url: &str,
+        pool_size: usize,
+        sync: sqlite::SqliteSync,
+    ) -> Result<DbStore, StoreError> {
         let pools = if sqlite::is_sqlite_url(url) {
             let pool = sqlite::connect(url, pool_size).await?;
             let path = sqlite::path_of(url);
@@ -95,7 +105,7 @@ impl DbStore {
                 sqlite_checkpoint::Checkpointer::start(&path.to_string_lossy(), sqlite::PRAGMAS)?;
             Pools::Sqlite {
                 pool,
-                writer: sqlite::writer(url)?,
+                writer: sqlite::writer(url, sync)?,
                 _checkpoints: checkpoints,
             }
         } else if postgres::is_postgres_url(url) {
@@ -809,6 +819,44 @@ mod tests {
     use flowd_actors::definition::{FlowType, PhaseDefinition};
 
     use super::*;
+
+    /// The commit connection syncs every commit unless told otherwise.
+    #[tokio::test]
+    async fn sqlite_commits_are_fsynced_by_default_and_normal_on_request() {
+        use diesel::sql_types::Integer;
+
+        #[derive(QueryableByName)]
+        struct Synchronous {
+            #[diesel(sql_type = Integer)]
+            synchronous: i32,
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (sync, expected) in [
+            (None, 2),
+            (Some(sqlite::SqliteSync::Full), 2),
+            (Some(sqlite::SqliteSync::Normal), 1),
+        ] {
+            let url = format!(
+                "sqlite://{}/flowd-{expected}-{}.db",
+                dir.path().display(),
+                sync.is_some()
+            );
+            let store = match sync {
+                None => DbStore::connect(&url, 1).await,
+                Some(sync) => DbStore::connect_with_sync(&url, 1, sync).await,
+            }
+            .expect("connect");
+            let Pools::Sqlite { writer, .. } = &*store.pools else {
+                unreachable!("a sqlite:// url opens SQLite");
+            };
+            let mut conn = writer.get().await.expect("writer");
+            let read: Synchronous = diesel::sql_query("PRAGMA synchronous")
+                .get_result(&mut *conn)
+                .await
+                .expect("pragma");
+            assert_eq!(read.synchronous, expected, "{sync:?}");
+        }
+    }
 
     /// Readers holding every pooled connection must not hold up the persistence actor.
     #[tokio::test]

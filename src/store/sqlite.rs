@@ -35,8 +35,8 @@ pub type SqlitePool = Pool<SqliteConn>;
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Set on every connection: WAL lets readers run beside the writer; `busy_timeout` makes a
-/// second writer wait instead of failing; `synchronous=NORMAL` is durable in WAL mode except
-/// for the last commits before a power loss. No table has a foreign key any more (the write plan
+/// second writer wait instead of failing; `synchronous=NORMAL` suits connections that never
+/// commit (readers, the checkpointer); the writer's own setting comes from [`SqliteSync`]. No table has a foreign key any more (the write plan
 /// checks a batch's flow rows; see the `plan_checks_flow_rows` migration), so `foreign_keys` stays
 /// off, SQLite's default. Checkpoints run on a thread of their own ([`super::sqlite_checkpoint`]);
 /// the large auto-checkpoint (about 40 MB of WAL) is only a safety net should that thread fall
@@ -44,6 +44,39 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 pub(super) const PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
                        PRAGMA synchronous = NORMAL; \
                        PRAGMA wal_autocheckpoint = 10000; PRAGMA cache_size = -32768;";
+
+/// How the commit connection syncs SQLite's WAL: what a commit survives once it is acked.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    /// `synchronous=FULL`: every commit is fsynced before it is acked; it survives a process
+    /// crash, an OS crash and a power loss. The default.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: commits are fsynced at checkpoints only; a commit survives a
+    /// process crash, but the last ones before an OS crash or power loss can be lost. Faster.
+    Normal,
+}
+
+impl SqliteSync {
+    /// The pragma that sets it on a connection.
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "PRAGMA synchronous = FULL;",
+            Self::Normal => "PRAGMA synchronous = NORMAL;",
+        }
+    }
+}
 
 /// The file path of a `sqlite://path` (or `sqlite:path`) URL.
 pub fn path_of(url: &str) -> PathBuf {
@@ -69,15 +102,15 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<SqlitePool, StoreErr
     tokio::task::spawn_blocking(move || migrate(&migrate_path))
         .await
         .map_err(|e| StoreError::Unavailable(format!("migration task failed: {e}")))??;
-    pool(path_text, pool_size)
+    pool(path_text, pool_size, "")
 }
 
 /// The persistence actor's connection, a pool of one beside the readers' pool of
 /// [`connect`]: readers holding every pooled connection (listings, stream catch-ups) never hold
-/// up a commit, and the commit statements stay prepared on this one connection. Call after
-/// [`connect`], which migrates.
-pub fn writer(url: &str) -> Result<SqlitePool, StoreError> {
-    pool(utf8_path(url)?, 1)
+/// up a commit, and the commit statements stay prepared on this one connection. Its commits
+/// are synced as `sync` says. Call after [`connect`], which migrates.
+pub fn writer(url: &str, sync: SqliteSync) -> Result<SqlitePool, StoreError> {
+    pool(utf8_path(url)?, 1, sync.pragma())
 }
 
 /// The path of a `sqlite://` URL as text, which is what the connection manager takes.
@@ -89,14 +122,17 @@ fn utf8_path(url: &str) -> Result<String, StoreError> {
 }
 
 /// A pool of up to `size` connections to the (migrated) database at `path`, each set up with
-/// [`PRAGMAS`].
-fn pool(path: String, size: usize) -> Result<SqlitePool, StoreError> {
+/// [`PRAGMAS`], then `extra_pragmas`.
+fn pool(path: String, size: usize, extra_pragmas: &'static str) -> Result<SqlitePool, StoreError> {
     let mut config = ManagerConfig::<SqliteConn>::default();
-    config.custom_setup = Box::new(|url| {
+    config.custom_setup = Box::new(move |url| {
         let url = url.to_owned();
         async move {
             let mut conn = SqliteConn::establish(&url).await?;
             conn.batch_execute(PRAGMAS)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            conn.batch_execute(extra_pragmas)
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)
