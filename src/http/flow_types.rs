@@ -67,9 +67,13 @@ pub async fn put(
     let name = name.into_inner();
     let body = body.into_inner();
     let latest = runtime.flow_type(&name, None).await?;
-    let version = match body.version {
-        Some(version) => version,
-        None => latest.as_ref().map_or(1, |t| t.version + 1),
+    let version = match (body.version, &latest) {
+        (Some(version), _) => version,
+        // Unchanged phases are no new version: a repeated PUT answers the version it made.
+        (None, Some(latest)) if latest.phases == body.phases => {
+            return Ok(HttpResponse::Ok().json(&**latest));
+        }
+        (None, latest) => latest.as_ref().map_or(1, |t| t.version + 1),
     };
     let existed = runtime.flow_type(&name, Some(version)).await?.is_some();
     let definition = runtime
