@@ -283,6 +283,15 @@ impl Settings {
                 )));
             }
         }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(ConfigError::BadValue {
+                key: "log.filter",
+                value: self.log.filter.clone(),
+                reason: format!(
+                    "not a tracing filter ({error}); e.g. \"info\" or \"flowd=debug,info\""
+                ),
+            });
+        }
         let url = &self.database.url;
         if !url.starts_with("sqlite:")
             && !url.starts_with("postgres://")

@@ -30,6 +30,12 @@ pub enum StartupError {
     /// The runtime could not start, e.g. a configured flow type is refused.
     #[error("{0}")]
     Runtime(RuntimeError),
+    /// A flow type in the configuration is invalid; nothing has started yet.
+    #[error("flow type `{name}` in the configuration is invalid: {error}")]
+    InvalidFlowType {
+        name: String,
+        error: flowd_actors::definition::DefinitionError,
+    },
     /// The listen address is taken, not ours or malformed.
     #[error("cannot listen on {bind}: {reason}")]
     Bind {
@@ -118,6 +124,18 @@ impl Application {
         settings: Settings,
         handlers: HandlerSet,
     ) -> Result<Self, StartupError> {
+        // Configured flow types before anything starts, so the message can name the type.
+        // `child_flows` and `external` are added by the runtime itself.
+        for flow_type in &settings.flow_types {
+            let known =
+                |name: &str| handlers.contains(name) || matches!(name, "child_flows" | "external");
+            flow_type
+                .validate(known)
+                .map_err(|error| StartupError::InvalidFlowType {
+                    name: flow_type.name.clone(),
+                    error,
+                })?;
+        }
         // The address first: when it is taken, say so before anything else has started.
         std::net::TcpListener::bind(&settings.server.bind).map_err(|reason| {
             StartupError::Bind {

@@ -79,6 +79,11 @@ fn a_port_out_of_range_is_refused() {
 fn unknown_sections_and_keys_are_refused_by_name() {
     refused("[serverr]\nbind = \"127.0.0.1:0\"\n", &["`serverr`"]);
     refused("[server]\nbnid = \"127.0.0.1:0\"\n", &["`bnid`", "server"]);
+    refused("[log]\nfilter = \"[[[=\"\n", &["log.filter"]);
+    refused(
+        &flow_type_toml("typo", &[("collect", "noopp", "{}", 0)]),
+        &["flow type `typo`", "unknown handler `noopp`"],
+    );
 }
 
 #[test]
