@@ -316,6 +316,12 @@ impl Settings {
                     .to_owned(),
             );
         }
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if let Some(unknown) = unknown_variable(name) {
+                warnings.push(unknown);
+            }
+        }
         warnings
     }
 
@@ -334,6 +340,34 @@ impl Settings {
             ..RuntimeConfig::default()
         }
     }
+}
+
+/// `FLOWD_*` variables that flowd itself reads, besides `FLOWD_<SECTION>__<KEY>`.
+const OTHER_VARIABLES: [&str; 5] = [
+    "FLOWD_CONFIG",
+    "FLOWD_URL",
+    "FLOWD_API_KEY",
+    "FLOWD_TEST_POSTGRES_URL",
+    "FLOWD_BENCH_POSTGRES_URL",
+];
+
+/// A warning for a `FLOWD_*` variable that configures nothing, e.g. `FLOWD_SERVER_BIND` (one
+/// underscore) or `FLOWD_SERVR__BIND`: without it, the typo would be ignored in silence.
+fn unknown_variable(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("FLOWD_")?;
+    if OTHER_VARIABLES.contains(&name) {
+        return None;
+    }
+    let known_section = rest
+        .split_once("__")
+        .is_some_and(|(section, _)| SECTIONS.contains(&section.to_ascii_lowercase().as_str()));
+    (!known_section).then(|| {
+        format!(
+            "the environment variable {name} configures nothing: overrides are \
+             FLOWD_<SECTION>__<KEY> (two underscores), with a section among {}",
+            SECTIONS.join(", ")
+        )
+    })
 }
 
 fn folder_of(path: &Path) -> PathBuf {
@@ -408,6 +442,16 @@ mod tests {
             assert_eq!(settings.database.url, "postgres://u@h/db");
             Ok(())
         });
+    }
+
+    #[test]
+    fn misspelled_variables_are_named() {
+        assert!(unknown_variable("FLOWD_SERVER__BIND").is_none());
+        assert!(unknown_variable("FLOWD_CONFIG").is_none());
+        assert!(unknown_variable("PATH").is_none());
+        let warning = unknown_variable("FLOWD_SERVER_BIND").expect("a warning");
+        assert!(warning.contains("FLOWD_SERVER_BIND") && warning.contains("two underscores"));
+        assert!(unknown_variable("FLOWD_SERVR__BIND").is_some());
     }
 
     #[test]

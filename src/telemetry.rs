@@ -23,8 +23,18 @@ use crate::configuration::{LogFormat, LogSettings};
 /// Installs the global subscriber, writing to stderr (stdout stays free for the CLI's output).
 /// `RUST_LOG` overrides the configured filter. Calling it twice is harmless.
 pub fn init(settings: &LogSettings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    // An unusable RUST_LOG is said out loud (below), not silently replaced.
+    let mut unusable_env = None;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => match EnvFilter::try_new(&directives) {
+            Ok(filter) => filter,
+            Err(error) => {
+                unusable_env = Some(format!("RUST_LOG={directives:?} ({error})"));
+                EnvFilter::new(&settings.filter)
+            }
+        },
+        _ => EnvFilter::new(&settings.filter),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -35,6 +45,12 @@ pub fn init(settings: &LogSettings) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    if let Some(unusable) = unusable_env {
+        tracing::warn!(
+            filter = %settings.filter,
+            "ignoring {unusable}: not a tracing filter; using log.filter instead"
+        );
+    }
     if installed.is_ok() && settings.format == LogFormat::Json {
         // A panicking handler is caught and journaled, but the default hook would still write
         // its multi-line text between the JSON lines: log it as one event instead.
