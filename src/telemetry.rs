@@ -35,8 +35,10 @@ pub fn init(settings: &LogSettings) {
         },
         _ => EnvFilter::new(&settings.filter),
     };
+    // Colours only on a terminal: a log file or pipe gets plain text, not escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let installed = match settings.format {
         LogFormat::Json => builder
