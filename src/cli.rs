@@ -312,6 +312,8 @@ fn event_text(event: &Value, own_id: &str) -> String {
         text(&event["current_phase"]),
         text(&event["kind"]),
     )
+    .trim_end()
+    .to_owned()
 }
 
 /// Builds a query string from the parameters that are set, percent-encoding their values.
