@@ -70,6 +70,7 @@ pub struct Connection {
 pub enum FlowsCommand {
     /// Create and start a flow; prints it.
     Create {
+        /// The flow type to run (see `flowd flow-types list`).
         flow_type: String,
         /// The flow's input, as JSON.
         #[arg(long, conflicts_with = "input_file")]
@@ -86,13 +87,16 @@ pub enum FlowsCommand {
     },
     /// List flows, newest first.
     List {
+        /// Only flows in this status: initialized, running, paused, completed, failed, cancelled.
         #[arg(long)]
         status: Option<String>,
+        /// Only flows of this flow type.
         #[arg(long)]
         flow_type: Option<String>,
         /// Only the children of this flow.
         #[arg(long)]
         parent: Option<String>,
+        /// At most this many flows (one page).
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// The `next_cursor` of the previous page.
@@ -100,26 +104,48 @@ pub enum FlowsCommand {
         cursor: Option<String>,
     },
     /// Show one flow with its phases.
-    Show { id: String },
+    Show {
+        /// The flow id.
+        id: String,
+    },
     /// Follow a flow live until it ends: exit 0 if completed, 1 if failed or cancelled.
-    Watch { id: String },
+    Watch {
+        /// The flow id.
+        id: String,
+    },
     /// The flow's event history.
     Events {
+        /// The flow id.
         id: String,
         /// Only events after this `seq`.
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
     /// The flow's failure journal: every failed attempt, timeout and panic.
-    Failures { id: String },
+    Failures {
+        /// The flow id.
+        id: String,
+    },
     /// Pause a running flow after its current phase.
-    Pause { id: String },
+    Pause {
+        /// The flow id.
+        id: String,
+    },
     /// Resume a paused flow.
-    Resume { id: String },
+    Resume {
+        /// The flow id.
+        id: String,
+    },
     /// Cancel a flow (and its children).
-    Cancel { id: String },
+    Cancel {
+        /// The flow id.
+        id: String,
+    },
     /// Retry a failed flow from its failed phase.
-    Retry { id: String },
+    Retry {
+        /// The flow id.
+        id: String,
+    },
 }
 
 /// `flowd flow-types …`
@@ -129,7 +155,9 @@ pub enum FlowTypesCommand {
     List,
     /// Show one flow type: the latest version, or `--version N`.
     Show {
+        /// The flow type's name.
         name: String,
+        /// A version other than the latest.
         #[arg(long)]
         version: Option<u32>,
     },
