@@ -1,13 +1,50 @@
 //! The CLI client: talks to a running flowd over HTTP and websocket, as a user would.
+//!
+//! Every read takes `--json` (the server's JSON, one document or one line per event); the
+//! exit code says how a command went, see [`CliError::exit_code`]. Output goes through
+//! [`Output`], so a closed pipe (`flowd flows list | head -1`) ends the command quietly.
 
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use actix_web::web::Bytes;
-use anyhow::{Context, bail};
 use clap::Subcommand;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+
+/// Why a client command failed; each kind has its own exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The server refused the request (4xx): fix the request, retrying will not help.
+    #[error("{status} {title}: {detail}")]
+    Refused {
+        status: u16,
+        title: String,
+        detail: String,
+    },
+    /// The server could not be reached, or failed (5xx): retrying later may help.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The command line or an input file is unusable.
+    #[error("{0}")]
+    Input(String),
+    /// Whoever read our output stopped reading (a closed pipe): not an error for the user.
+    #[error("output closed")]
+    OutputClosed,
+}
+
+impl CliError {
+    /// `0` success; `1` a watched flow failed or was cancelled; `2` the request or the
+    /// command line is wrong (4xx, bad input); `3` the server is unreachable or failed (5xx).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Refused { .. } | Self::Input(_) => 2,
+            Self::Unavailable(_) => 3,
+            Self::OutputClosed => 0,
+        }
+    }
+}
 
 /// Where the server is and who is calling.
 #[derive(Clone, Debug, clap::Args)]
@@ -21,8 +58,11 @@ pub struct Connection {
     )]
     pub server: String,
     /// API key, when the server has auth enabled.
-    #[arg(long, global = true, env = "FLOWD_API_KEY")]
+    #[arg(long, global = true, env = "FLOWD_API_KEY", hide_env_values = true)]
     pub key: Option<String>,
+    /// Print the server's JSON instead of text (one line per event for `watch`).
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 /// `flowd flows …`
@@ -30,24 +70,82 @@ pub struct Connection {
 pub enum FlowsCommand {
     /// Create and start a flow; prints it.
     Create {
+        /// The flow type to run (see `flowd flow-types list`).
         flow_type: String,
         /// The flow's input, as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "input_file")]
         input: Option<String>,
+        /// A file holding the flow's input as JSON.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// Makes a retried create return the same flow instead of a second one.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Start it as a child of this flow.
+        #[arg(long)]
+        parent: Option<String>,
     },
     /// List flows, newest first.
     List {
+        /// Only flows in this status: initialized, running, paused, completed, failed, cancelled.
         #[arg(long)]
         status: Option<String>,
+        /// Only flows of this flow type.
         #[arg(long)]
         flow_type: Option<String>,
+        /// Only the children of this flow.
+        #[arg(long)]
+        parent: Option<String>,
+        /// At most this many flows (one page).
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Show one flow with its phases.
-    Show { id: String },
+    Show {
+        /// The flow id.
+        id: String,
+    },
     /// Follow a flow live until it ends: exit 0 if completed, 1 if failed or cancelled.
-    Watch { id: String },
+    Watch {
+        /// The flow id.
+        id: String,
+    },
+    /// The flow's event history.
+    Events {
+        /// The flow id.
+        id: String,
+        /// Only events after this `seq`.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// The flow's failure journal: every failed attempt, timeout and panic.
+    Failures {
+        /// The flow id.
+        id: String,
+    },
+    /// Pause a running flow after its current phase.
+    Pause {
+        /// The flow id.
+        id: String,
+    },
+    /// Resume a paused flow.
+    Resume {
+        /// The flow id.
+        id: String,
+    },
+    /// Cancel a flow (and its children).
+    Cancel {
+        /// The flow id.
+        id: String,
+    },
+    /// Retry a failed flow from its failed phase.
+    Retry {
+        /// The flow id.
+        id: String,
+    },
 }
 
 /// `flowd flow-types …`
@@ -55,6 +153,51 @@ pub enum FlowsCommand {
 pub enum FlowTypesCommand {
     /// List the latest version of every flow type.
     List,
+    /// Show one flow type: the latest version, or `--version N`.
+    Show {
+        /// The flow type's name.
+        name: String,
+        /// A version other than the latest.
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Register a flow type from a TOML or JSON file with `phases` (and optionally `name`
+    /// and `version`, else the next version; an unchanged definition is not a new version).
+    Put {
+        /// `.json` is read as JSON, anything else as TOML (the `[[phases]]` of config.toml).
+        file: PathBuf,
+        /// The flow type's name, when the file does not say it.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// Standard output that reports a closed pipe as [`CliError::OutputClosed`] instead of
+/// panicking like `println!`.
+pub struct Output;
+
+impl Output {
+    /// Writes `text` and a newline.
+    pub fn line(text: &str) -> Result<(), CliError> {
+        Self::write(&format!("{text}\n"))
+    }
+
+    /// Writes `text` as is and flushes.
+    pub fn write(text: &str) -> Result<(), CliError> {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::BrokenPipe => CliError::OutputClosed,
+                _ => CliError::Unavailable(format!("cannot write output: {error}")),
+            })
+    }
+
+    /// Pretty JSON.
+    pub fn json(value: &Value) -> Result<(), CliError> {
+        Self::line(&serde_json::to_string_pretty(value).unwrap_or_default())
+    }
 }
 
 struct Api {
@@ -81,25 +224,56 @@ impl Api {
         }
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let method = awc::http::Method::from_bytes(method.as_bytes())?;
-        let request = self.authorize(self.client.request(method, self.url(path)));
+    async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.call("GET", path, None, &[]).await
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Value, CliError> {
+        let method = awc::http::Method::from_bytes(method.as_bytes())
+            .map_err(|e| CliError::Input(e.to_string()))?;
+        let mut request = self.authorize(self.client.request(method, self.url(path)));
+        for (name, value) in headers {
+            request = request.insert_header((*name, *value));
+        }
+        let server = &self.connection.server;
         let mut response = match body {
             Some(body) => request.send_json(&body).await,
             None => request.send().await,
         }
-        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", self.connection.server))?;
-        let bytes: Bytes = response.body().limit(64 << 20).await?;
+        .map_err(|e| CliError::Unavailable(format!("cannot reach {server}: {e}")))?;
+        let bytes: Bytes =
+            response.body().limit(64 << 20).await.map_err(|e| {
+                CliError::Unavailable(format!("reading the answer of {server}: {e}"))
+            })?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !response.status().is_success() {
-            let detail = value["detail"].as_str().unwrap_or("no detail");
-            bail!(
-                "{} {}: {detail}",
-                response.status().as_u16(),
-                value["title"].as_str().unwrap_or("error")
-            );
+        let status = response.status();
+        if status.is_success() {
+            return Ok(value);
         }
-        Ok(value)
+        let title = value["title"]
+            .as_str()
+            .or(status.canonical_reason())
+            .unwrap_or("error")
+            .to_owned();
+        let detail = value["detail"].as_str().unwrap_or("no detail").to_owned();
+        if status.is_client_error() {
+            Err(CliError::Refused {
+                status: status.as_u16(),
+                title,
+                detail,
+            })
+        } else {
+            Err(CliError::Unavailable(format!(
+                "{} {title}: {detail}",
+                status.as_u16()
+            )))
+        }
     }
 }
 
@@ -112,13 +286,17 @@ fn bar(percentage: f64) -> String {
     )
 }
 
-fn print_flow(flow: &Value) {
-    println!(
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("-")
+}
+
+fn flow_text(flow: &Value) -> String {
+    let mut out = format!(
         "{}  {} v{}  {}  {}",
-        flow["id"].as_str().unwrap_or("?"),
-        flow["flow_type"].as_str().unwrap_or("?"),
+        text(&flow["id"]),
+        text(&flow["flow_type"]),
         flow["flow_type_version"],
-        flow["status"].as_str().unwrap_or("?"),
+        text(&flow["status"]),
         bar(flow["progress_percentage"].as_f64().unwrap_or(0.0)),
     );
     for phase in flow["phases"].as_array().into_iter().flatten() {
@@ -126,149 +304,373 @@ fn print_flow(flow: &Value) {
             .as_str()
             .map(|e| format!("  ({e})"))
             .unwrap_or_default();
-        println!(
-            "  {:<28} {:<10} attempt {}{error}",
-            phase["name"].as_str().unwrap_or("?"),
-            phase["status"].as_str().unwrap_or("?"),
+        out.push_str(&format!(
+            "\n  {:<28} {:<10} attempt {}{error}",
+            text(&phase["name"]),
+            text(&phase["status"]),
             phase["attempt"],
-        );
+        ));
+    }
+    out
+}
+
+fn print_flow(flow: &Value, json: bool) -> Result<(), CliError> {
+    if json {
+        Output::json(flow)
+    } else {
+        Output::line(&flow_text(flow))
     }
 }
 
+fn event_text(event: &Value, own_id: &str) -> String {
+    // A master's stream also carries its children's events: name them.
+    let who = match event["flow_id"].as_str() {
+        Some(flow_id) if flow_id != own_id => format!(
+            "child {}",
+            flow_id
+                .get(flow_id.len().saturating_sub(8)..)
+                .unwrap_or(flow_id)
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "{} {:<10} {:<24} {} {who}",
+        bar(event["progress_percentage"].as_f64().unwrap_or(0.0)),
+        text(&event["status"]),
+        text(&event["current_phase"]),
+        text(&event["kind"]),
+    )
+    .trim_end()
+    .to_owned()
+}
+
+/// Builds a query string from the parameters that are set, percent-encoding their values.
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let encoded: Vec<String> = pairs
+        .iter()
+        .filter_map(|(name, value)| {
+            value
+                .as_ref()
+                .map(|v| format!("{name}={}", encode_component(v)))
+        })
+        .collect();
+    if encoded.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", encoded.join("&"))
+    }
+}
+
+fn encode_component(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// A path segment from the command line (an id or a name), encoded so it stays one segment.
+fn segment(value: &str) -> String {
+    encode_component(value)
+}
+
 /// Runs a `flows` subcommand; the exit code says how it went.
-pub async fn flows(connection: Connection, command: FlowsCommand) -> anyhow::Result<i32> {
+pub async fn flows(connection: Connection, command: FlowsCommand) -> Result<u8, CliError> {
+    let json = connection.json;
     let api = Api::new(connection);
     match command {
-        FlowsCommand::Create { flow_type, input } => {
-            let input: Value = match input {
-                Some(text) => serde_json::from_str(&text).context("--input is not JSON")?,
-                None => json!({}),
+        FlowsCommand::Create {
+            flow_type,
+            input,
+            input_file,
+            idempotency_key,
+            parent,
+        } => {
+            let input: Value = match (input, input_file) {
+                (Some(text), _) => serde_json::from_str(&text)
+                    .map_err(|e| CliError::Input(format!("--input is not JSON: {e}")))?,
+                (None, Some(path)) => {
+                    let text = read_file(&path)?;
+                    serde_json::from_str(&text).map_err(|e| {
+                        CliError::Input(format!("{} is not JSON: {e}", path.display()))
+                    })?
+                }
+                (None, None) => json!({}),
             };
-            let flow = api
-                .call(
-                    "POST",
-                    "/v1/flows",
-                    Some(json!({ "flow_type": flow_type, "input": input })),
-                )
-                .await?;
-            print_flow(&flow);
+            let mut body = json!({ "flow_type": flow_type, "input": input });
+            if let Some(parent) = parent {
+                body["parent_flow_id"] = Value::String(parent);
+            }
+            let headers: Vec<(&str, &str)> = idempotency_key
+                .as_deref()
+                .map(|key| ("Idempotency-Key", key))
+                .into_iter()
+                .collect();
+            let flow = api.call("POST", "/v1/flows", Some(body), &headers).await?;
+            print_flow(&flow, json)?;
         }
         FlowsCommand::List {
             status,
             flow_type,
+            parent,
             limit,
+            cursor,
         } => {
-            let mut path = format!("/v1/flows?limit={limit}");
-            if let Some(status) = status {
-                path.push_str(&format!("&status={status}"));
-            }
-            if let Some(flow_type) = flow_type {
-                path.push_str(&format!("&flow_type={flow_type}"));
-            }
-            let page = api.call("GET", &path, None).await?;
-            for flow in page["flows"].as_array().into_iter().flatten() {
-                println!(
-                    "{}  {:<20} {:<10} {:<24} {}",
-                    flow["id"].as_str().unwrap_or("?"),
-                    flow["flow_type"].as_str().unwrap_or("?"),
-                    flow["status"].as_str().unwrap_or("?"),
-                    flow["current_phase"].as_str().unwrap_or("-"),
-                    bar(flow["progress_percentage"].as_f64().unwrap_or(0.0)),
-                );
+            let path = format!(
+                "/v1/flows{}",
+                query(&[
+                    ("limit", Some(limit.to_string())),
+                    ("status", status),
+                    ("flow_type", flow_type),
+                    ("parent_flow_id", parent),
+                    ("cursor", cursor),
+                ])
+            );
+            let page = api.get(&path).await?;
+            if json {
+                Output::json(&page)?;
+            } else {
+                for flow in page["flows"].as_array().into_iter().flatten() {
+                    Output::line(&format!(
+                        "{}  {:<20} {:<10} {:<24} {}",
+                        text(&flow["id"]),
+                        text(&flow["flow_type"]),
+                        text(&flow["status"]),
+                        text(&flow["current_phase"]),
+                        bar(flow["progress_percentage"].as_f64().unwrap_or(0.0)),
+                    ))?;
+                }
+                if let Some(cursor) = page["next_cursor"].as_str() {
+                    eprintln!("more: --cursor {cursor}");
+                }
             }
         }
         FlowsCommand::Show { id } => {
-            print_flow(&api.call("GET", &format!("/v1/flows/{id}"), None).await?)
+            print_flow(
+                &api.get(&format!("/v1/flows/{}", segment(&id))).await?,
+                json,
+            )?;
         }
-        FlowsCommand::Watch { id } => return watch(&api, &id).await,
+        FlowsCommand::Watch { id } => return watch(&api, &id, json).await,
+        FlowsCommand::Events { id, after } => {
+            let list = api
+                .get(&format!("/v1/flows/{}/events?after={after}", segment(&id)))
+                .await?;
+            if json {
+                Output::json(&list)?;
+            } else {
+                for event in list["events"].as_array().into_iter().flatten() {
+                    Output::line(&format!("{:>4} {}", event["seq"], event_text(event, &id)))?;
+                }
+            }
+        }
+        FlowsCommand::Failures { id } => {
+            let list = api
+                .get(&format!("/v1/flows/{}/failures", segment(&id)))
+                .await?;
+            if json {
+                Output::json(&list)?;
+            } else {
+                for failure in list["failures"].as_array().into_iter().flatten() {
+                    Output::line(&format!(
+                        "{}  {:<24} attempt {:<3} {:<20} {}",
+                        text(&failure["at"]),
+                        text(&failure["phase"]),
+                        failure["attempt"],
+                        text(&failure["error_kind"]),
+                        text(&failure["message"]),
+                    ))?;
+                }
+            }
+        }
+        FlowsCommand::Pause { id } => control(&api, &id, "pause", json).await?,
+        FlowsCommand::Resume { id } => control(&api, &id, "resume", json).await?,
+        FlowsCommand::Cancel { id } => control(&api, &id, "cancel", json).await?,
+        FlowsCommand::Retry { id } => control(&api, &id, "retry", json).await?,
     }
     Ok(0)
 }
 
+async fn control(api: &Api, id: &str, action: &str, json: bool) -> Result<(), CliError> {
+    let path = format!("/v1/flows/{}/{action}", segment(id));
+    let flow = api.call("POST", &path, None, &[]).await?;
+    print_flow(&flow, json)
+}
+
 /// Follows the flow's websocket until a terminal status.
-async fn watch(api: &Api, id: &str) -> anyhow::Result<i32> {
-    api.call("GET", &format!("/v1/flows/{id}"), None).await?;
-    let ws_url = api.url(&format!("/v1/flows/{id}/ws?after=0"));
+async fn watch(api: &Api, id: &str, json: bool) -> Result<u8, CliError> {
+    let path = format!("/v1/flows/{}", segment(id));
+    api.get(&path).await?;
+    let ws_url = api.url(&format!("{path}/ws?after=0"));
     let mut request = api.client.ws(ws_url);
     if let Some(key) = &api.connection.key {
         request = request.bearer_auth(key);
     }
+    let lost = |e: String| CliError::Unavailable(format!("the event stream broke: {e}"));
     let (_, mut socket) = request
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("websocket: {e}"))?;
-    let live = std::io::stdout().is_terminal();
+        .map_err(|e| CliError::Unavailable(format!("websocket: {e}")))?;
+    let live = !json && std::io::stdout().is_terminal();
     let mut status = String::new();
     while let Some(frame) = socket.next().await {
-        match frame? {
+        match frame.map_err(|e| lost(e.to_string()))? {
             awc::ws::Frame::Text(bytes) => {
-                let event: Value = serde_json::from_slice(&bytes)?;
-                let event_status = event["status"].as_str().unwrap_or_default();
-                // A master's stream also carries its children's events: only its own end it.
-                let who = match event["flow_id"].as_str() {
-                    Some(flow_id) if flow_id != id => {
-                        format!(
-                            "child {}",
-                            flow_id
-                                .get(flow_id.len().saturating_sub(8)..)
-                                .unwrap_or(flow_id)
-                        )
-                    }
-                    _ => {
-                        status = event_status.to_owned();
-                        String::new()
-                    }
-                };
-                let line = format!(
-                    "{} {:<10} {:<24} {} {who}",
-                    bar(event["progress_percentage"].as_f64().unwrap_or(0.0)),
-                    event_status,
-                    event["current_phase"].as_str().unwrap_or("-"),
-                    event["kind"].as_str().unwrap_or_default(),
-                );
-                if live {
-                    print!("\r\x1b[2K{line}");
-                    std::io::stdout().flush()?;
-                } else {
-                    println!("{line}");
+                let event: Value =
+                    serde_json::from_slice(&bytes).map_err(|e| lost(e.to_string()))?;
+                // Only the flow's own events end the watch, not its children's.
+                if event["flow_id"]
+                    .as_str()
+                    .is_none_or(|flow_id| flow_id == id)
+                {
+                    event["status"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .clone_into(&mut status);
                 }
-                if matches!(status.as_str(), "completed" | "failed" | "cancelled") {
-                    break;
+                if json {
+                    Output::line(&event.to_string())?;
+                } else if live {
+                    Output::write(&format!("\r\x1b[2K{}", event_text(&event, id)))?;
+                } else {
+                    Output::line(&event_text(&event, id))?;
+                }
+                // The history may hold an earlier end (a failed run that was retried): only an
+                // end the flow is still at ends the watch.
+                if is_terminal(&status) {
+                    let now = api.get(&path).await?;
+                    if now["status"].as_str().is_some_and(is_terminal) {
+                        break;
+                    }
                 }
             }
-            awc::ws::Frame::Ping(bytes) => socket.send(awc::ws::Message::Pong(bytes)).await?,
-            awc::ws::Frame::Close(reason) => bail!("the server closed the stream: {reason:?}"),
+            awc::ws::Frame::Ping(bytes) => socket
+                .send(awc::ws::Message::Pong(bytes))
+                .await
+                .map_err(|e| lost(e.to_string()))?,
+            awc::ws::Frame::Close(reason) => {
+                return Err(lost(format!("the server closed it: {reason:?}")));
+            }
             _ => {}
         }
     }
     if live {
-        println!();
+        Output::line("")?;
     }
-    print_flow(&api.call("GET", &format!("/v1/flows/{id}"), None).await?);
-    Ok(if status == "completed" { 0 } else { 1 })
+    let flow = api.get(&path).await?;
+    if !json {
+        print_flow(&flow, false)?;
+    }
+    Ok(if flow["status"] == "completed" { 0 } else { 1 })
+}
+
+fn is_terminal(status: &str) -> bool {
+    matches!(status, "completed" | "failed" | "cancelled")
 }
 
 /// Runs a `flow-types` subcommand.
-pub async fn flow_types(connection: Connection, command: FlowTypesCommand) -> anyhow::Result<i32> {
+pub async fn flow_types(connection: Connection, command: FlowTypesCommand) -> Result<u8, CliError> {
+    let json = connection.json;
     let api = Api::new(connection);
     match command {
         FlowTypesCommand::List => {
-            let list = api.call("GET", "/v1/flow-types", None).await?;
+            let list = api.get("/v1/flow-types").await?;
+            if json {
+                return Output::json(&list).map(|()| 0);
+            }
             for flow_type in list["flow_types"].as_array().into_iter().flatten() {
-                let phases: Vec<&str> = flow_type["phases"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| p["name"].as_str())
-                    .collect();
-                println!(
-                    "{:<20} v{:<3} {}",
-                    flow_type["name"].as_str().unwrap_or("?"),
-                    flow_type["version"],
-                    phases.join(" → ")
-                );
+                Output::line(&flow_type_line(flow_type))?;
+            }
+        }
+        FlowTypesCommand::Show { name, version } => {
+            let path = format!(
+                "/v1/flow-types/{}{}",
+                segment(&name),
+                query(&[("version", version.map(|v| v.to_string()))])
+            );
+            let flow_type = api.get(&path).await?;
+            if json {
+                return Output::json(&flow_type).map(|()| 0);
+            }
+            Output::line(&flow_type_line(&flow_type))?;
+            for phase in flow_type["phases"].as_array().into_iter().flatten() {
+                let params = phase.get("params").filter(|p| !p.is_null());
+                Output::line(&format!(
+                    "  {:<28} {:<12} {}",
+                    text(&phase["name"]),
+                    text(&phase["handler"]),
+                    params.map(Value::to_string).unwrap_or_default(),
+                ))?;
+            }
+        }
+        FlowTypesCommand::Put { file, name } => {
+            let mut definition = read_definition(&file)?;
+            let name = match (name, definition.remove("name")) {
+                (Some(name), _) => name,
+                (None, Some(Value::String(name))) => name,
+                _ => {
+                    return Err(CliError::Input(format!(
+                        "{} names no flow type: add `name = \"…\"` or pass --name",
+                        file.display()
+                    )));
+                }
+            };
+            let path = format!("/v1/flow-types/{}", segment(&name));
+            let stored = api
+                .call("PUT", &path, Some(Value::Object(definition)), &[])
+                .await?;
+            if json {
+                Output::json(&stored)?;
+            } else {
+                Output::line(&flow_type_line(&stored))?;
             }
         }
     }
     Ok(0)
+}
+
+fn flow_type_line(flow_type: &Value) -> String {
+    let phases: Vec<&str> = flow_type["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    format!(
+        "{:<20} v{:<3} {}",
+        text(&flow_type["name"]),
+        flow_type["version"],
+        phases.join(" → ")
+    )
+}
+
+fn read_file(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| CliError::Input(format!("cannot read {}: {e}", path.display())))
+}
+
+/// A flow type file as a JSON object: `.json` as JSON, anything else as TOML.
+fn read_definition(path: &Path) -> Result<serde_json::Map<String, Value>, CliError> {
+    let text = read_file(path)?;
+    let is_json = path
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+    let value: Value = if is_json {
+        serde_json::from_str(&text)
+            .map_err(|e| CliError::Input(format!("{} is not JSON: {e}", path.display())))?
+    } else {
+        toml::from_str(&text)
+            .map_err(|e| CliError::Input(format!("{} is not TOML: {e}", path.display())))?
+    };
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(CliError::Input(format!(
+            "{} must hold a table with `phases`",
+            path.display()
+        ))),
+    }
 }

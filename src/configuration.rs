@@ -18,12 +18,52 @@ pub enum ConfigError {
     /// The file named by `--config` does not exist.
     #[error("config file {0} not found")]
     Missing(PathBuf),
-    /// A value is malformed or of the wrong type.
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    /// A value is malformed or of the wrong type, or a section or key is unknown (a typo is
+    /// refused rather than ignored).
+    #[error("invalid configuration: {}", figment_errors(.0))]
+    Invalid(Box<figment::Error>),
+    /// A value has the right type but cannot be used.
+    #[error("invalid configuration: {key} = {value:?}: {reason}")]
+    BadValue {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
     /// An `[security] http_allow` entry is not understood.
     #[error("invalid configuration: {0}")]
     BadAllowEntry(#[from] crate::handlers::targets::BadEntry),
+}
+
+impl From<Box<figment::Error>> for ConfigError {
+    fn from(error: Box<figment::Error>) -> Self {
+        Self::Invalid(error)
+    }
+}
+
+/// Every error figment found, once each, joined: figment's own `Display` shows only the first.
+fn figment_errors(error: &figment::Error) -> String {
+    let mut all: Vec<String> = Vec::new();
+    for one in error.clone() {
+        // Keys are shown without figment's profile (`default.server.bind` → `server.bind`).
+        let text = one.to_string().replace("for key \"default.", "for key \"");
+        if !all.contains(&text) {
+            all.push(text);
+        }
+    }
+    all.join("; ")
+}
+
+/// Which file the settings came from, so the binary can say so (or warn when there was none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigOrigin {
+    /// Read from this file.
+    File(PathBuf),
+    /// No `--config` and no `config.toml` in the working directory: defaults and the
+    /// environment only, which means no flow types.
+    Defaults {
+        /// The path that was looked for.
+        looked_for: PathBuf,
+    },
 }
 
 /// Sections that `FLOWD_<SECTION>__<KEY>` variables may override; other `FLOWD_*` variables
@@ -32,8 +72,10 @@ const SECTIONS: [&str; 9] = [
     "server", "database", "health", "auth", "log", "faults", "limits", "security", "metrics",
 ];
 
-/// Everything flowd reads from its configuration.
+/// Everything flowd reads from its configuration. Unknown sections are refused, like unknown
+/// keys inside a section.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
     pub server: ServerSettings,
@@ -267,14 +309,25 @@ pub enum LogFormat {
 impl Settings {
     /// Reads `path` (or `./config.toml` when `None` and present), then the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_origin(path).map(|(settings, _)| settings)
+    }
+
+    /// Like [`Settings::load`], and says which file was read (or where one was looked for).
+    pub fn load_with_origin(path: Option<&Path>) -> Result<(Self, ConfigOrigin), ConfigError> {
         let (file, base) = match path {
             Some(path) if !path.exists() => return Err(ConfigError::Missing(path.to_owned())),
             Some(path) => (Some(path.to_owned()), folder_of(path)),
             None => {
-                let default = PathBuf::from("config.toml");
                 let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+                let default = base.join("config.toml");
                 (default.exists().then_some(default), base)
             }
+        };
+        let origin = match &file {
+            Some(file) => ConfigOrigin::File(file.clone()),
+            None => ConfigOrigin::Defaults {
+                looked_for: base.join("config.toml"),
+            },
         };
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = &file {
@@ -293,7 +346,77 @@ impl Settings {
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         crate::handlers::targets::TargetPolicy::new(&settings.security.http_allow)?;
         settings.database.url = resolve_sqlite_path(&settings.database.url, &base);
-        Ok(settings)
+        settings.validate()?;
+        Ok((settings, origin))
+    }
+
+    /// Refuses values of the right type that cannot work, before anything starts.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bind = &self.server.bind;
+        let bad_bind = |reason: String| ConfigError::BadValue {
+            key: "server.bind",
+            value: bind.clone(),
+            reason,
+        };
+        let Some((host, port)) = bind.rsplit_once(':') else {
+            return Err(bad_bind("expected host:port, e.g. 127.0.0.1:8080".into()));
+        };
+        if host.is_empty() {
+            return Err(bad_bind("the host is missing, e.g. 127.0.0.1:8080".into()));
+        }
+        match port.parse::<u64>() {
+            Ok(port) if port <= u64::from(u16::MAX) => {}
+            Ok(port) => {
+                return Err(bad_bind(format!(
+                    "port {port} is out of range (0-65535; 0 picks a free port)"
+                )));
+            }
+            Err(_) => {
+                return Err(bad_bind(format!(
+                    "port `{port}` is not a number (0-65535; 0 picks a free port)"
+                )));
+            }
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(ConfigError::BadValue {
+                key: "log.filter",
+                value: self.log.filter.clone(),
+                reason: format!(
+                    "not a tracing filter ({error}); e.g. \"info\" or \"flowd=debug,info\""
+                ),
+            });
+        }
+        let url = &self.database.url;
+        if !url.starts_with("sqlite:")
+            && !url.starts_with("postgres://")
+            && !url.starts_with("postgresql://")
+        {
+            return Err(ConfigError::BadValue {
+                key: "database.url",
+                value: url.clone(),
+                reason: "expected sqlite://PATH or postgres://user@host:port/db".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Settings that start but are probably not what was meant, as sentences for the log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.auth.enabled && self.auth.keys.is_empty() {
+            warnings.push(
+                "auth.enabled = true but auth.keys is empty: every /v1 request will be refused \
+                 with 401 until a key is configured"
+                    .to_owned(),
+            );
+        }
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if let Some(unknown) = unknown_variable(name) {
+                warnings.push(unknown);
+            }
+        }
+        warnings
     }
 
     /// The runtime's tuning derived from these settings.
@@ -323,6 +446,34 @@ impl Settings {
             ..RuntimeConfig::default()
         }
     }
+}
+
+/// `FLOWD_*` variables that flowd itself reads, besides `FLOWD_<SECTION>__<KEY>`.
+const OTHER_VARIABLES: [&str; 5] = [
+    "FLOWD_CONFIG",
+    "FLOWD_URL",
+    "FLOWD_API_KEY",
+    "FLOWD_TEST_POSTGRES_URL",
+    "FLOWD_BENCH_POSTGRES_URL",
+];
+
+/// A warning for a `FLOWD_*` variable that configures nothing, e.g. `FLOWD_SERVER_BIND` (one
+/// underscore) or `FLOWD_SERVR__BIND`: without it, the typo would be ignored in silence.
+fn unknown_variable(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("FLOWD_")?;
+    if OTHER_VARIABLES.contains(&name) {
+        return None;
+    }
+    let known_section = rest
+        .split_once("__")
+        .is_some_and(|(section, _)| SECTIONS.contains(&section.to_ascii_lowercase().as_str()));
+    (!known_section).then(|| {
+        format!(
+            "the environment variable {name} configures nothing: overrides are \
+             FLOWD_<SECTION>__<KEY> (two underscores), with a section among {}",
+            SECTIONS.join(", ")
+        )
+    })
 }
 
 fn folder_of(path: &Path) -> PathBuf {
@@ -418,6 +569,16 @@ mod tests {
             ));
             Ok(())
         });
+    }
+
+    #[test]
+    fn misspelled_variables_are_named() {
+        assert!(unknown_variable("FLOWD_SERVER__BIND").is_none());
+        assert!(unknown_variable("FLOWD_CONFIG").is_none());
+        assert!(unknown_variable("PATH").is_none());
+        let warning = unknown_variable("FLOWD_SERVER_BIND").expect("a warning");
+        assert!(warning.contains("FLOWD_SERVER_BIND") && warning.contains("two underscores"));
+        assert!(unknown_variable("FLOWD_SERVR__BIND").is_some());
     }
 
     #[test]

@@ -1,13 +1,14 @@
-//! The `flowd` binary: `flowd [--config PATH] [serve]` starts the server; `flows` and
-//! `flow-types` are the CLI client of a running server.
+//! The `flowd` binary: `flowd [serve] [--config PATH]` starts the server; `flows` and
+//! `flow-types` are the CLI client of a running server; `openapi` and `completions` print the
+//! API document and shell completion scripts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use flowd::cli::{self, Connection, FlowTypesCommand, FlowsCommand};
-use flowd::configuration::Settings;
+use clap::{CommandFactory, Parser, Subcommand};
+use flowd::cli::{self, CliError, Connection, FlowTypesCommand, FlowsCommand, Output};
+use flowd::configuration::{ConfigOrigin, Settings};
 use flowd::startup::Application;
 
 /// mimalloc rather than the system allocator: the commit path and the actors allocate many
@@ -18,40 +19,62 @@ use flowd::startup::Application;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// flowd: durable multi-phase flows, driven by actors.
+///
+/// Without a subcommand it starts the server, like `flowd serve`.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
-    /// Configuration file of the server (default: ./config.toml when present).
-    #[arg(long, global = true, env = "FLOWD_CONFIG")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Options of the server.
+#[derive(Clone, Debug, Default, clap::Args)]
+struct ServeArgs {
+    /// Configuration file (default: config.toml in the working directory).
+    #[arg(long, env = "FLOWD_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Start the server (the default).
-    Serve,
-    /// Create, list, show and watch flows on a running server.
+    Serve(ServeArgs),
+    /// Create, list, show, watch and steer flows on a running server.
     Flows {
         #[command(flatten)]
         connection: Connection,
         #[command(subcommand)]
         command: FlowsCommand,
     },
-    /// List flow types on a running server.
+    /// List, show and register flow types on a running server.
     FlowTypes {
         #[command(flatten)]
         connection: Connection,
         #[command(subcommand)]
         command: FlowTypesCommand,
     },
+    /// Print the OpenAPI document of the API (the same as `GET /openapi.json`).
+    Openapi,
+    /// Print a shell completion script, e.g. `flowd completions bash > /etc/bash_completion.d/flowd`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cli.config).map(|()| 0),
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(args) => match serve(args.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("flowd: {}", once_each(&error));
+                ExitCode::from(1)
+            }
+        },
         Command::Flows {
             connection,
             command,
@@ -60,28 +83,76 @@ fn main() -> ExitCode {
             connection,
             command,
         } => client(cli::flow_types(connection, command)),
-    };
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(error) => {
-            eprintln!("flowd: {error:#}");
-            ExitCode::from(2)
+        Command::Openapi => {
+            use utoipa::OpenApi;
+            let document = flowd::http::openapi::ApiDoc::openapi();
+            let text = document.to_pretty_json().unwrap_or_default();
+            exit_with(Output::line(&text).map(|()| 0))
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "flowd", &mut script);
+            exit_with(Output::write(&String::from_utf8_lossy(&script)).map(|()| 0))
         }
     }
 }
 
-fn client(work: impl std::future::Future<Output = anyhow::Result<i32>>) -> anyhow::Result<u8> {
-    let code = actix_web::rt::System::new().block_on(work)?;
-    Ok(u8::try_from(code).unwrap_or(2))
+fn client(work: impl std::future::Future<Output = Result<u8, CliError>>) -> ExitCode {
+    exit_with(actix_web::rt::System::new().block_on(work))
+}
+
+fn exit_with(result: Result<u8, CliError>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(CliError::OutputClosed) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("flowd: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// The error and its causes, each told once: a cause whose text its parent already quotes is
+/// left out.
+fn once_each(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let settings = Settings::load(config.as_deref()).context("loading configuration")?;
+    let (settings, origin) = Settings::load_with_origin(config.as_deref())?;
     flowd::telemetry::init(&settings.log);
+    match &origin {
+        ConfigOrigin::File(path) => tracing::info!(config = %path.display(), "configuration read"),
+        ConfigOrigin::Defaults { looked_for } => tracing::warn!(
+            looked_for = %looked_for.display(),
+            "no configuration file: starting with the defaults and no flow types; \
+             pass --config PATH (or FLOWD_CONFIG) or start flowd in the folder of config.toml"
+        ),
+    }
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     actix_web::rt::System::new().block_on(async move {
-        let application = Application::build(settings)
-            .await
-            .context("starting flowd")?;
+        let application = match Application::build(settings).await {
+            Ok(application) => application,
+            Err(error) => {
+                // Actors started before the failure get their first turn before the system is
+                // dropped; an actor dropped unstarted would panic outside the runtime.
+                actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+                return Err(error.into());
+            }
+        };
         // The one line on stdout: scripts and tests read the bound address from it.
         println!("flowd listening on http://{}", application.address());
         application.run_until_stopped().await.context("serving")

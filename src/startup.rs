@@ -15,19 +15,89 @@ use tracing_actix_web::TracingLogger;
 use crate::configuration::Settings;
 use crate::http::{self, auth::KeyRing, errors};
 use crate::store::DbStore;
+use crate::telemetry::RequestSpan;
 
-/// Why the application could not start.
+/// Why the application could not start. Each message is whole (it names what failed and
+/// why), so none of them chains a `source` that would print the same text again.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("database: {0}")]
-    Database(#[from] StoreError),
-    #[error("runtime: {0}")]
-    Runtime(#[from] RuntimeError),
-    #[error("cannot listen on {bind}: {source}")]
+    /// The database refused to open or migrate.
+    #[error("database {target}: {error}")]
+    Database { target: String, error: StoreError },
+    /// PostgreSQL does not accept connections at the configured host and port.
+    #[error("cannot reach PostgreSQL at {target}: {reason}")]
+    DatabaseUnreachable { target: String, reason: String },
+    /// The runtime could not start, e.g. a configured flow type is refused.
+    #[error("{0}")]
+    Runtime(RuntimeError),
+    /// A flow type in the configuration is invalid; nothing has started yet.
+    #[error("flow type `{name}` in the configuration is invalid: {error}")]
+    InvalidFlowType {
+        name: String,
+        error: flowd_actors::definition::DefinitionError,
+    },
+    /// The listen address is taken, not ours or malformed.
+    #[error("cannot listen on {bind}: {reason}")]
     Bind {
         bind: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
+}
+
+impl From<RuntimeError> for StartupError {
+    fn from(error: RuntimeError) -> Self {
+        Self::Runtime(error)
+    }
+}
+
+/// Where a database URL points, for messages: the SQLite file, or PostgreSQL's `host:port`
+/// (never the user or password).
+pub fn database_target(url: &str) -> String {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return path.to_owned();
+    }
+    postgres_target(url).unwrap_or_else(|| "(PostgreSQL)".to_owned())
+}
+
+/// `host:port` of a `postgres://user:pw@host:port/db` URL; the port defaults to 5432.
+fn postgres_target(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.is_empty() {
+        return None;
+    }
+    let has_port = match host_port.rsplit_once(':') {
+        Some((_, port)) => !port.contains(']'),
+        None => false,
+    };
+    Some(if has_port {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    })
+}
+
+/// Fails fast, with the host, port and the operating system's reason, when PostgreSQL does not
+/// accept TCP connections; the driver's own error says only "error connecting to server".
+async fn check_postgres_reachable(url: &str) -> Result<(), StartupError> {
+    let Some(target) = postgres_target(url) else {
+        return Ok(());
+    };
+    let connect = actix_web::rt::net::TcpStream::connect(target.clone());
+    match actix_web::rt::time::timeout(std::time::Duration::from_secs(5), connect).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(StartupError::DatabaseUnreachable {
+            target,
+            reason: error.to_string(),
+        }),
+        Err(_) => Err(StartupError::DatabaseUnreachable {
+            target,
+            reason: "no answer within 5 s".to_owned(),
+        }),
+    }
 }
 
 /// A started flowd: the runtime is running and the server is bound.
@@ -54,12 +124,34 @@ impl Application {
         settings: Settings,
         handlers: HandlerSet,
     ) -> Result<Self, StartupError> {
-        let store = DbStore::connect_with_sync(
-            &settings.database.url,
-            settings.database.pool_size,
-            settings.database.sync,
-        )
-        .await?;
+        // Configured flow types before anything starts, so the message can name the type.
+        // `child_flows` and `external` are added by the runtime itself.
+        for flow_type in &settings.flow_types {
+            let known =
+                |name: &str| handlers.contains(name) || matches!(name, "child_flows" | "external");
+            flow_type
+                .validate(known)
+                .map_err(|error| StartupError::InvalidFlowType {
+                    name: flow_type.name.clone(),
+                    error,
+                })?;
+        }
+        // The address first: when it is taken, say so before anything else has started.
+        std::net::TcpListener::bind(&settings.server.bind).map_err(|reason| {
+            StartupError::Bind {
+                bind: settings.server.bind.clone(),
+                reason,
+            }
+        })?;
+        let url = &settings.database.url;
+        check_postgres_reachable(url).await?;
+        let store =
+            DbStore::connect_with_sync(url, settings.database.pool_size, settings.database.sync)
+                .await
+                .map_err(|error| StartupError::Database {
+                    target: database_target(url),
+                    error,
+                })?;
         tracing::info!(backend = store.backend_name(), "database ready");
         let runtime = Runtime::start(
             settings.runtime_config(),
@@ -74,7 +166,7 @@ impl Application {
         let faults_enabled = settings.faults.enabled;
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(TracingLogger::<http::auth::RedactedRootSpan>::new())
+                .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(runtime_data.clone())
                 .app_data(keys.clone())
                 .app_data(
@@ -92,9 +184,9 @@ impl Application {
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers.max(1));
         }
-        let bind_error = |source| StartupError::Bind {
+        let bind_error = |reason| StartupError::Bind {
             bind: settings.server.bind.clone(),
-            source,
+            reason,
         };
         // Small frames (websocket events) must not wait for delayed ACKs; bursts of
         // subscribers connecting at once must not find the accept queue full.
@@ -130,5 +222,25 @@ impl Application {
     /// Serves until the process is told to stop (SIGINT/SIGTERM).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_targets_name_host_and_port_never_the_password() {
+        assert_eq!(
+            database_target("postgres://u:secret@db.local:5433/flowd"),
+            "db.local:5433"
+        );
+        assert_eq!(
+            database_target("postgresql://u@10.0.0.1/flowd"),
+            "10.0.0.1:5432"
+        );
+        assert_eq!(database_target("postgres://[::1]:6000/x"), "[::1]:6000");
+        assert_eq!(database_target("postgres://[::1]/x"), "[::1]:5432");
+        assert_eq!(database_target("sqlite:///var/f.db"), "/var/f.db");
     }
 }

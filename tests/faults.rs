@@ -243,11 +243,15 @@ fn six_steps() -> String {
     flow_type_toml("six", &phases)
 }
 
-async fn killed_database_connections_lose_no_transition(backend: Backend) {
-    let db = TestDatabase::new(backend);
-    let Some(name) = db.postgres_name().map(str::to_owned) else {
-        return; // Connections to kill exist on PostgreSQL only.
-    };
+/// PostgreSQL only: SQLite has no server connections to kill.
+#[cfg(flowd_postgres_tests)]
+#[actix_web::test]
+async fn killed_database_connections_lose_no_transition() {
+    let db = TestDatabase::new(Backend::Postgres);
+    let name = db
+        .postgres_name()
+        .expect("a PostgreSQL database")
+        .to_owned();
     let server = TestServer::start(config_for(&db, &six_steps()));
     let ids: Vec<String> =
         futures_util::future::join_all((0..100).map(|_| create(&server, "six"))).await;
@@ -387,6 +391,5 @@ on_both_backends!(
     a_database_that_refuses_writes_for_a_while_loses_nothing,
     hanging_blocking_and_panicking_handlers_end_loudly,
     an_unresponsive_actor_is_restarted_and_a_restart_loop_fails_loudly,
-    killed_database_connections_lose_no_transition,
     sigkill_during_batch_commits_loses_nothing,
 );

@@ -26,9 +26,18 @@ pub enum RuntimeError {
     /// A definition failed validation.
     #[error("invalid flow type: {0}")]
     InvalidDefinition(#[from] DefinitionError),
-    /// That (name, version) exists with different content; versions are immutable.
-    #[error("flow type {name} version {version} exists with a different definition")]
-    VersionConflict { name: String, version: u32 },
+    /// That (name, version) exists with different content; versions are immutable, so the
+    /// change needs a new `version`.
+    #[error(
+        "flow type `{name}` version {version} is already registered with a different definition \
+         ({difference}); versions are immutable: bump `version` to register the change"
+    )]
+    VersionConflict {
+        name: String,
+        version: u32,
+        /// What differs, e.g. "phase `data_import`: `params` differs".
+        difference: String,
+    },
     /// The caller is a replaced life of a flow actor; it must stop.
     #[error("this flow actor was replaced by a newer one")]
     Fenced,

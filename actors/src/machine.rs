@@ -661,7 +661,7 @@ fn update_progress(flow: &mut FlowState, definition: &FlowType) {
     flow.progress_percentage = flow.progress_percentage.max(percentage);
 }
 
-/// Exponential backoff: `base`, `2·base`, `4·base`, … capped at [`MAX_BACKOFF`].
+/// Exponential backoff: `base`, `2·base`, `4·base`, … capped at `MAX_BACKOFF` (60 s).
 pub fn backoff(base_ms: u64, failed_attempt: u32) -> Duration {
     let factor = 1u64 << failed_attempt.saturating_sub(1).min(20);
     Duration::from_millis(base_ms.saturating_mul(factor)).min(MAX_BACKOFF)

@@ -322,6 +322,27 @@ impl Runtime {
             .await?)
     }
 
+    /// The phase names of the flow type version that `task_id`'s flow runs, so a worker's
+    /// `next_phase` is checked when it reports instead of failing the flow later; `None` when
+    /// `tenant` has no such task.
+    pub async fn task_phases(
+        &self,
+        tenant: &Tenant,
+        task_id: TaskId,
+    ) -> Result<Option<Vec<String>>, RuntimeError> {
+        let Some(task) = self.store.load_task(task_id).await? else {
+            return Ok(None);
+        };
+        if task.tenant() != *tenant {
+            return Ok(None);
+        }
+        let flow = self.flow(tenant, task.flow_id).await?;
+        let definition = self
+            .flow_type(&flow.flow_type, Some(flow.flow_type_version))
+            .await?;
+        Ok(definition.map(|d| d.phases.iter().map(|p| p.name.clone()).collect()))
+    }
+
     /// The latest version of every flow type.
     pub async fn flow_types(&self) -> Result<Vec<Arc<FlowType>>, RuntimeError> {
         Ok(self.registry.send(ListFlowTypes).await?)

@@ -4,14 +4,11 @@
 use std::collections::HashMap;
 use std::future::{Ready, ready};
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::dev::Payload;
 use actix_web::http::Method;
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::{Error, FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpRequest, web};
 use flowd_actors::ids::Tenant;
-use tracing::Span;
-use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 
 use crate::configuration::{Role, Settings};
 use crate::http::errors::ApiError;
@@ -176,52 +173,6 @@ fn is_stream_path(path: &str) -> bool {
         .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
-/// The request's path and query with the value of `access_token` replaced, for logs.
-pub fn redacted_target(path: &str, query: &str) -> String {
-    if query.is_empty() {
-        return path.to_owned();
-    }
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if name.eq_ignore_ascii_case("access_token") => {
-                format!("{name}=REDACTED")
-            }
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{path}?{}", query.join("&"))
-}
-
-/// The root span of every request, as tracing-actix-web's default but with query tokens
-/// redacted: a key must never reach the logs.
-pub struct RedactedRootSpan;
-
-impl RootSpanBuilder for RedactedRootSpan {
-    fn on_request_start(request: &ServiceRequest) -> Span {
-        let route = request
-            .match_pattern()
-            .unwrap_or_else(|| "default".to_owned());
-        let target = redacted_target(request.path(), request.query_string());
-        tracing::info_span!(
-            "HTTP request",
-            http.method = %request.method(),
-            http.route = %route,
-            http.target = %target,
-            http.status_code = tracing::field::Empty,
-            otel.name = %format!("{} {}", request.method(), route),
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            exception.message = tracing::field::Empty,
-            exception.details = tracing::field::Empty,
-        )
-    }
-
-    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
-        DefaultRootSpanBuilder::on_request_end(span, outcome);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,14 +184,5 @@ mod tests {
         assert!(!is_stream_path("/v1/flow-types/ws"));
         assert!(!is_stream_path("/v1/flows/a/b/ws"));
         assert!(!is_stream_path("/v1/flows//ws"));
-    }
-
-    #[test]
-    fn tokens_are_redacted_from_logged_targets() {
-        assert_eq!(
-            redacted_target("/v1/events/ws", "after=0&access_token=secret"),
-            "/v1/events/ws?after=0&access_token=REDACTED"
-        );
-        assert_eq!(redacted_target("/x", ""), "/x");
     }
 }

@@ -114,10 +114,14 @@ pub async fn put(
     }
     let body: PutFlowTypeBody = object_body(body)?;
     let latest = runtime.flow_type(&name, None).await?;
-    let version = match body.version {
-        Some(version) => version,
+    let version = match (body.version, &latest) {
+        (Some(version), _) => version,
+        // Unchanged phases are no new version: a repeated PUT answers the version it made.
+        (None, Some(latest)) if latest.phases == body.phases => {
+            return Ok(HttpResponse::Ok().json(&**latest));
+        }
         // Past the last storable version, validation answers 422 naming `version`.
-        None => latest.as_ref().map_or(1, |t| t.version.saturating_add(1)),
+        (None, latest) => latest.as_ref().map_or(1, |t| t.version.saturating_add(1)),
     };
     let existed = runtime.flow_type(&name, Some(version)).await?.is_some();
     let definition = runtime

@@ -257,7 +257,7 @@ pub async fn heartbeat(
 /// Completes a task: its output becomes the phase's output and the flow moves on.
 #[utoipa::path(post, path = "/v1/tasks/{id}/complete", tag = "workers",
     params(("id" = String, Path, description = "task id")), request_body = CompleteBody,
-    responses((status = 200, body = TaskState), (status = 404, body = Problem), (status = 409, body = Problem, description = "stale lease")))]
+    responses((status = 200, body = TaskState), (status = 404, body = Problem), (status = 409, body = Problem, description = "stale lease"), (status = 422, body = Problem, description = "next_phase is not a phase of the flow")))]
 #[instrument(skip_all, fields(task_id = %path.as_str()))]
 pub async fn complete(
     runtime: web::Data<Runtime>,
@@ -276,6 +276,19 @@ pub async fn complete(
         Some(None) => NextPhase::Finish,
         Some(Some(name)) => NextPhase::Named(name),
     };
+    // A phase the flow does not have is refused here, to the worker, not left to fail the flow.
+    if let NextPhase::Named(name) = &next_phase
+        && let Some(phases) = runtime.task_phases(&caller.tenant, task_id).await?
+        && !phases.contains(name)
+    {
+        return Err(ApiError::unprocessable(
+            "invalid-next-phase",
+            format!(
+                "next_phase `{name}` is not a phase of this flow; its phases: {}",
+                phases.join(", ")
+            ),
+        ));
+    }
     let report = Report::Complete {
         output: body.output,
         next_phase,

@@ -137,6 +137,7 @@ impl Handler<RegisterFlowType> for Registry {
                 Ok(existing.clone())
             } else {
                 Err(RuntimeError::VersionConflict {
+                    difference: difference(existing, &definition),
                     name: definition.name,
                     version: definition.version,
                 })
@@ -166,6 +167,39 @@ impl Handler<RegisterFlowType> for Registry {
     }
 }
 
+/// What differs between two definitions of one (name, version), for the refusal's message.
+pub fn difference(stored: &FlowType, offered: &FlowType) -> String {
+    let names = |t: &FlowType| t.phases.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    let (before, after) = (names(stored), names(offered));
+    if before != after {
+        return format!(
+            "phases were [{}], now [{}]",
+            before.join(", "),
+            after.join(", ")
+        );
+    }
+    for (old, new) in stored.phases.iter().zip(&offered.phases) {
+        if old == new {
+            continue;
+        }
+        let (Ok(serde_json::Value::Object(old_fields)), Ok(serde_json::Value::Object(new_fields))) =
+            (serde_json::to_value(old), serde_json::to_value(new))
+        else {
+            return format!("phase `{}` differs", old.name);
+        };
+        let mut keys: Vec<&String> = old_fields.keys().chain(new_fields.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let changed: Vec<String> = keys
+            .into_iter()
+            .filter(|key| old_fields.get(*key) != new_fields.get(*key))
+            .map(|key| format!("`{key}`"))
+            .collect();
+        return format!("phase `{}`: {} differs", old.name, changed.join(", "));
+    }
+    "the definitions differ".to_owned()
+}
+
 impl Handler<GetFlowType> for Registry {
     type Result = Option<Arc<FlowType>>;
 
@@ -189,5 +223,39 @@ impl Handler<ListFlowTypes> for Registry {
             .collect();
         latest.sort_by(|a, b| a.name.cmp(&b.name));
         latest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::PhaseDefinition;
+
+    fn flow_type(phases: Vec<PhaseDefinition>) -> FlowType {
+        FlowType {
+            name: "report".into(),
+            version: 1,
+            phases,
+        }
+    }
+
+    #[test]
+    fn the_difference_names_the_phase_and_the_keys() {
+        let stored = flow_type(vec![
+            PhaseDefinition::new("collect", "noop"),
+            PhaseDefinition::new("render", "noop"),
+        ]);
+        let mut changed = stored.clone();
+        changed.phases[1].retries = 2;
+        changed.phases[1].handler = "sleep".into();
+        assert_eq!(
+            difference(&stored, &changed),
+            "phase `render`: `handler`, `retries` differs"
+        );
+        let renamed = flow_type(vec![PhaseDefinition::new("collect", "noop")]);
+        assert_eq!(
+            difference(&stored, &renamed),
+            "phases were [collect, render], now [collect]"
+        );
     }
 }
