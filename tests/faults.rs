@@ -27,10 +27,11 @@ fn types() -> String {
             "wait",
             1,
         ),
+        // Its deadline leaves the quick flows time to finish on a loaded machine.
         with_timeout(
-            flow_type_toml("blocks", &[("stuck", "block", "{ ms = 4000 }", 0)]),
+            flow_type_toml("blocks", &[("stuck", "block", "{ ms = 8000 }", 0)]),
             "stuck",
-            1,
+            3,
         ),
         flow_type_toml(
             "panics",
