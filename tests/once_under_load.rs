@@ -58,6 +58,21 @@ async fn wait_all_terminal(server: &TestServer, ids: &[String], timeout: Duratio
     done
 }
 
+/// One series of `/metrics` (0 when absent); the metrics answer during an outage too.
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let mut response = common::client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(response.status().as_u16(), 200, "/metrics failed");
+    let body = response.body().await.expect("metrics body");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Asserts each flow completed and each logged phase of it ran exactly once, as attempt 1.
 fn assert_ran_once(flows: &[Value], log: &Path, logged_phases: &[&str]) {
     let runs = executions(log);
@@ -123,17 +138,9 @@ async fn a_short_sweep_under_load_reruns_nothing(backend: Backend) {
     // A few sweeps more after the last flow ended: none may wake an ended flow.
     actix_web::rt::time::sleep(Duration::from_millis(1000)).await;
     assert_ran_once(&flows, &log, &["first", "last"]);
-    let metrics = common::client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .body()
-        .await
-        .expect("metrics body");
-    let metrics = String::from_utf8_lossy(&metrics);
-    assert!(
-        metrics.contains("flowd_live_flow_actors 0"),
+    assert_eq!(
+        metric(&server, "flowd_live_flow_actors").await,
+        0.0,
         "live actors left after the load drained"
     );
 }
@@ -203,13 +210,15 @@ async fn postgres_a_ten_second_outage_reruns_no_succeeded_phase() {
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
     ));
     let outage = Instant::now();
-    let mut saw_unready = false;
+    let (mut saw_unready, mut saw_waiting) = (false, false);
     while outage.elapsed() < Duration::from_secs(10) {
         saw_unready |= get(&server, "/readyz").await.status == 503;
+        saw_waiting |= metric(&server, "flowd_persistence_outage_tries").await > 0.0;
         actix_web::rt::time::sleep(Duration::from_millis(250)).await;
     }
     db.admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
     assert!(saw_unready, "/readyz never showed the outage");
+    assert!(saw_waiting, "/metrics never showed the writer waiting");
     let flows = wait_all_terminal(&server, &ids, Duration::from_secs(60)).await;
     assert_ran_once(&flows, &log, &["one", "two", "three"]);
     let deadline = Instant::now() + Duration::from_secs(10);

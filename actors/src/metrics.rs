@@ -121,6 +121,10 @@ pub struct Gauges {
     /// External tasks waiting for a worker, and leased to one.
     pub queued_tasks: usize,
     pub leased_tasks: usize,
+    /// Failed tries of the batch the writer is waiting to commit: non-zero during an outage.
+    pub commit_outage_tries: u64,
+    /// Writes the database refused for their content since start (each failed alone).
+    pub refused_writes: u64,
 }
 
 impl RuntimeMetrics {
@@ -228,6 +232,18 @@ impl RuntimeMetrics {
             "flowd_tasks_leased",
             "External tasks leased to a worker.",
             gauges.leased_tasks as u64,
+        );
+        gauge(
+            &mut out,
+            "flowd_persistence_outage_tries",
+            "Failed tries of the batch waiting out a database outage (0: writing normally).",
+            gauges.commit_outage_tries,
+        );
+        counter(
+            &mut out,
+            "flowd_persistence_refused_writes_total",
+            "Writes the database refused for their content; each failed alone.",
+            gauges.refused_writes,
         );
         counter(
             &mut out,

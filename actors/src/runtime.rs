@@ -436,20 +436,27 @@ impl Runtime {
 
     /// The Prometheus text exposition of the runtime's metrics, with current gauges.
     pub async fn render_metrics(&self) -> Result<String, RuntimeError> {
-        let flows_by_status = self
-            .store
-            .count_by_status()
-            .await?
-            .into_iter()
-            .map(|(status, count)| (status.as_str().to_owned(), count))
-            .collect();
+        // During an outage the metrics still answer, without the counts only the database has.
+        let flows_by_status = match self.store.count_by_status().await {
+            Ok(counts) => counts
+                .into_iter()
+                .map(|(status, count)| (status.as_str().to_owned(), count))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "flow counts left out of the metrics");
+                Vec::new()
+            }
+        };
         let tasks = self.queue_stats().await?;
+        let writer = self.persistence_stats().await?;
         let gauges = Gauges {
             flows_by_status,
             live_flow_actors: self.live_flows().await?,
             event_subscribers: self.subscriber_count(),
             queued_tasks: tasks.queued,
             leased_tasks: tasks.leased,
+            commit_outage_tries: writer.consecutive_failures,
+            refused_writes: writer.refused_writes,
         };
         Ok(self.metrics.render(&gauges))
     }
