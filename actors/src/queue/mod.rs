@@ -27,8 +27,8 @@ use crate::persistence::{Persist, PersistenceActor};
 use crate::store::{FlowStore, Write};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
 pub use messages::{
-    Attached, Detach, GetQueueDetails, GetQueueStats, Lease, QueueDetail, Poll, QueueError, QueueStats, Report, ReportTask,
-    Submit,
+    Attached, Detach, GetQueueDetails, GetQueueStats, Lease, Poll, QueueDetail, QueueError,
+    QueueStats, Report, ReportTask, Submit,
 };
 
 /// How often leases are checked for expiry.
@@ -580,7 +580,11 @@ impl Handler<GetQueueStats> for QueueActor {
 impl Handler<GetQueueDetails> for QueueActor {
     type Result = MessageResult<GetQueueDetails>;
 
-    fn handle(&mut self, GetQueueDetails(tenant): GetQueueDetails, _: &mut Self::Context) -> Self::Result {
+    fn handle(
+        &mut self,
+        GetQueueDetails(tenant): GetQueueDetails,
+        _: &mut Self::Context,
+    ) -> Self::Result {
         let mut queues: BTreeMap<String, QueueDetail> = BTreeMap::new();
         let empty = |queue: &str| QueueDetail {
             queue: queue.to_owned(),
@@ -604,7 +608,10 @@ impl Handler<GetQueueDetails> for QueueActor {
             match task.status {
                 TaskStatus::Queued => {
                     detail.queued += 1;
-                    if detail.oldest_queued_at.is_none_or(|at| task.created_at < at) {
+                    if detail
+                        .oldest_queued_at
+                        .is_none_or(|at| task.created_at < at)
+                    {
                         detail.oldest_queued_at = Some(task.created_at);
                     }
                 }
