@@ -121,6 +121,9 @@ fn print_flow(flow: &Value) {
         flow["status"].as_str().unwrap_or("?"),
         bar(flow["progress_percentage"].as_f64().unwrap_or(0.0)),
     );
+    if let Some(reason) = flow.get("status_reason").filter(|r| !r.is_null()) {
+        println!("  why: {reason}");
+    }
     for phase in flow["phases"].as_array().into_iter().flatten() {
         let error = phase["error"]
             .as_str()
