@@ -297,8 +297,18 @@ async function flowsPage() {
     tr.querySelector('.cell-updated').textContent = when(event.at);
     if (TERMINAL.has(event.status)) tr.querySelector('.cell-reason').replaceChildren();
     else if (event.status === 'paused') tr.querySelector('.cell-reason').replaceChildren(reasonEl({ kind: 'paused', since: event.at }));
-    else if (event.kind === 'phase_started' || event.kind === 'flow_resumed') {
-      tr.querySelector('.cell-reason').replaceChildren(reasonEl({ kind: 'running', phase: event.current_phase, attempt: '…' }));
+    else if (['phase_started', 'phase_failed', 'flow_resumed', 'flow_retried'].includes(event.kind)) {
+      // The reason changes kind here (e.g. to waiting for a worker): re-read the row, at most
+      // once a second per row.
+      if (!entry.reread) {
+        entry.reread = throttle(async () => {
+          try {
+            const flow = await api(`/v1/flows/${event.flow_id}`);
+            if (rows.get(flow.id) === entry) tr.querySelector('.cell-reason').replaceChildren(reasonEl(flow.status_reason));
+          } catch { /* the next event tries again */ }
+        }, 1000);
+      }
+      entry.reread();
     }
     return true;
   }
@@ -517,7 +527,9 @@ async function flowPage(id) {
   const refetchFailures = throttle(() => loadFailures().catch(() => {}), 500);
   let pendingEvents = [];
   const flushEvents = () => {
-    const batch = pendingEvents;
+    // Only the newest 300 are shown: a burst (a master's catch-up, 100 events/s) costs one
+    // DOM update per frame, never one per event.
+    const batch = pendingEvents.slice(-300);
     pendingEvents = [];
     const rows = batch.map((e) => h('tr', { 'data-kind': e.kind },
       h('td', { text: e.flow_id === flow.id ? e.seq : `child ${e.flow_id.slice(0, 8)}` }),

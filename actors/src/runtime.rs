@@ -392,13 +392,14 @@ impl Runtime {
         Ok(self.store.count_by_status_of(tenant).await?)
     }
 
-    /// Why `flow` is not progressing (`None` once it is terminal). `detailed` also reads the
-    /// current attempt's task, its last failure and the flow's children: a few reads, fine for
-    /// one flow; a listing passes `false` and gets the reason its definition alone gives.
+    /// Why `flow` is not progressing (`None` once it is terminal). Reads at most one indexed
+    /// row for a running external attempt (its task) or a failed phase (its journal); with
+    /// `count_children` a fan-out phase also lists the flow's children (one flow's read, not a
+    /// listing's: without it such a phase reads as `running`).
     pub async fn status_reason(
         &self,
         flow: &FlowState,
-        detailed: bool,
+        count_children: bool,
     ) -> Result<Option<StatusReason>, RuntimeError> {
         if flow.status.is_terminal() {
             return Ok(None);
@@ -411,13 +412,13 @@ impl Runtime {
             ..ReasonFacts::default()
         };
         let (mut task, mut failure, mut children) = (None, None, None);
-        if let (true, Some((_, phase))) = (detailed, flow.current()) {
+        if let Some((_, phase)) = flow.current() {
             let handler = definition
                 .as_deref()
                 .and_then(|d| d.phase(&phase.name))
                 .map(|d| d.handler.as_str());
             match phase.status {
-                PhaseStatus::Running if handler == Some("child_flows") => {
+                PhaseStatus::Running if handler == Some("child_flows") && count_children => {
                     let listed = self
                         .store
                         .list_flows(&FlowQuery {
@@ -430,7 +431,7 @@ impl Runtime {
                     let done = listed.iter().filter(|c| c.status.is_terminal()).count();
                     children = Some((done as u64, listed.len() as u64));
                 }
-                PhaseStatus::Running => {
+                PhaseStatus::Running if handler == Some("external") => {
                     task = self
                         .store
                         .find_task(flow.id, &phase.name, phase.attempt)

@@ -63,8 +63,8 @@ fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
 pub struct FlowView {
     #[serde(flatten)]
     pub flow: FlowState,
-    /// Null once the flow is terminal. A listing derives it from the definition alone; one
-    /// flow's read also looks at its task, last failure and children.
+    /// Null once the flow is terminal. A listing does not count a fan-out phase's children
+    /// (its reason reads `running`); one flow's read does.
     pub status_reason: Option<StatusReason>,
 }
 

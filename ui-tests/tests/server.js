@@ -66,8 +66,8 @@ params = { queue = "crews" }
 `;
 
 /** Starts flowd; `extra` is appended to its config. Resolves to { base, stop }. */
-export async function startServer(extra = '') {
-  const dir = mkdtempSync(join(tmpdir(), 'flowd-ui-'));
+export async function startServer(extra = '', existing = null) {
+  const dir = existing || mkdtempSync(join(tmpdir(), 'flowd-ui-'));
   const config = join(dir, 'config.toml');
   writeFileSync(config, `[server]\nbind = "127.0.0.1:0"\nworkers = 2\n[database]\nurl = "sqlite://${join(dir, 'flowd.db')}"\n${TYPES}\n${extra}\n`);
   const child = spawn(BIN, ['--config', config], {
@@ -87,9 +87,11 @@ export async function startServer(extra = '') {
   });
   return {
     base,
-    stop() {
+    dir,
+    /** SIGKILL; the temp dir goes too unless `keep`. */
+    stop(keep = false) {
       child.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
+      if (!keep) rmSync(dir, { recursive: true, force: true });
     },
   };
 }
