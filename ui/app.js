@@ -406,6 +406,7 @@ async function flowPage(id) {
   const io = h('div', {});
   const family = h('div', { id: 'family' });
   const buttons = {};
+  let ioKey = null;
   const history = [];
   const children = new Map();
 
@@ -491,10 +492,16 @@ async function flowPage(id) {
         h('td', { text: span(ran) }),
         h('td', { text: p.error || '' }));
     }));
-    io.replaceChildren(
-      h('details', {}, h('summary', { text: 'Input' }), h('pre', { text: JSON.stringify(flow.input, null, 2) })),
-      ...flow.phases.filter((p) => p.output !== null && p.output !== undefined).map((p) =>
-        h('details', {}, h('summary', { text: `Output of ${p.name}` }), h('pre', { text: JSON.stringify(p.output, null, 2) }))));
+    // Rebuilt only when an output may have changed: an open section stays open, and a busy
+    // flow does not re-serialize every output on every event.
+    const outputs = flow.phases.map((p) => `${p.status}:${p.attempt}`).join(',');
+    if (outputs !== ioKey) {
+      ioKey = outputs;
+      io.replaceChildren(
+        h('details', {}, h('summary', { text: 'Input' }), h('pre', { text: JSON.stringify(flow.input, null, 2) })),
+        ...flow.phases.filter((p) => p.output !== null && p.output !== undefined).map((p) =>
+          h('details', {}, h('summary', { text: `Output of ${p.name}` }), h('pre', { text: JSON.stringify(p.output, null, 2) }))));
+    }
     renderFamily();
   }
 
