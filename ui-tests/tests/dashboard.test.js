@@ -115,6 +115,18 @@ test('a flow waiting on an external queue with no worker says so', async (t) => 
   assert.match(await queue.textContent(), /crews/);
 });
 
+test('a master shows its children with their progress, and a child links to its master', async (t) => {
+  const page = await newPage(t);
+  const master = await api(open.base, '/v1/flows', { method: 'POST', body: { flow_type: 'fanout' }, expect: 201 });
+  await page.goto(`${open.base}/ui/flows/${master.id}`);
+  await page.waitForFunction(() => document.querySelectorAll('#children li').length === 3, null, { timeout: 15000 });
+  await status(page, 'completed');
+  await page.waitForFunction(() => [...document.querySelectorAll('#children [role=progressbar]')]
+    .every((bar) => bar.getAttribute('aria-valuenow') === '100'), null, { timeout: 15000 });
+  await page.click('#children li a');
+  await page.waitForSelector(`#family a[href="/ui/flows/${master.id}"]`);
+});
+
 test("with auth on, tenant B's key shows none of tenant A's flows", async (t) => {
   const page = await newPage(t);
   const mine = await api(secured.base, '/v1/flows', { method: 'POST', body: { flow_type: 'crewed' }, key: 'tenant-a-key', expect: 201 });

@@ -57,6 +57,14 @@ handler = "sleep"
 params = { ms = 1500 }
 
 [[flow_types]]
+name = "fanout"
+version = 1
+[[flow_types.phases]]
+name = "spread"
+handler = "child_flows"
+params = { flow_type = "quick", count = 3 }
+
+[[flow_types]]
 name = "crewed"
 version = 1
 [[flow_types.phases]]
