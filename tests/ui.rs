@@ -29,6 +29,14 @@ handler = "sleep"
 params = { ms = 60000 }
 
 [[flow_types]]
+name = "fanout"
+version = 1
+[[flow_types.phases]]
+name = "spread"
+handler = "child_flows"
+params = { flow_type = "slow", count = 3 }
+
+[[flow_types]]
 name = "flaky"
 version = 1
 [[flow_types.phases]]
@@ -212,6 +220,16 @@ async fn every_non_terminal_flow_says_why_it_is_not_progressing(backend: Backend
     assert_eq!(reason["attempt"], 1);
     assert!(reason["after"].is_string(), "{flow}");
     assert!(reason["next_attempt_at"].is_string(), "{flow}");
+
+    // A fan-out counts its children (one flow's read; not a listing's).
+    let fanout = post(&server, "/v1/flows", &json!({"flow_type": "fanout"})).await;
+    let master = fanout.body["id"].as_str().unwrap().to_owned();
+    let flow = wait_for_flow(&server, &master, Duration::from_secs(10), |f| {
+        f["status_reason"]["kind"] == "waiting_for_children" && f["status_reason"]["total"] == 3
+    })
+    .await;
+    assert_eq!(flow["status_reason"]["done"], 0, "{flow}");
+    assert_eq!(flow["status_reason"]["phase"], "spread");
 
     // Terminal flows have none.
     let cancelled = post(&server, &format!("/v1/flows/{id}/cancel"), &json!({})).await;
