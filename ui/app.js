@@ -328,22 +328,9 @@ async function flowsPage() {
       h('span', { class: 'muted', text: cursor ? 'older flows' : 'newest first' }));
   }
 
-  const fetchNew = async (id) => {
-    try {
-      const flow = await api(`/v1/flows/${id}`);
-      if (rows.has(id) || cursor) return;
-      if (filter.status && flow.status !== filter.status) return;
-      if (filter.flow_type && flow.flow_type !== filter.flow_type) return;
-      const empty = tbody.querySelector('td[colspan]');
-      if (empty) empty.parentElement.remove();
-      tbody.prepend(row(flow));
-      while (tbody.children.length > PAGE) {
-        const last = tbody.lastElementChild;
-        rows.delete(last.dataset.flowId);
-        last.remove();
-      }
-    } catch { /* the next event retries */ }
-  };
+  // New flows re-read the first page (filters applied by the API), at most once a second
+  // however fast flows are created; older pages are left alone.
+  const reloadFirst = throttle(() => { if (!cursor) load().catch(() => {}); }, 1000);
 
   main.replaceChildren(
     h('h1', { text: 'Flows' }),
@@ -375,7 +362,7 @@ async function flowsPage() {
   await load();
 
   const stop = stream('/v1/events/ws', counts.stream_after, (event) => {
-    if (!update(event) && (event.kind === 'flow_initialized' || event.kind === 'flow_started')) fetchNew(event.flow_id);
+    if (!update(event) && (event.kind === 'flow_initialized' || event.kind === 'flow_started')) reloadFirst();
     if (['flow_initialized', 'flow_paused', 'flow_resumed', 'flow_completed', 'flow_failed', 'flow_cancelled', 'flow_retried'].includes(event.kind)) refreshCounts();
   });
   teardown.push(stop);
