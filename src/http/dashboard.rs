@@ -44,7 +44,7 @@ pub struct HealthStrip {
 
 /// How many flows of the caller's tenant are in each status.
 #[utoipa::path(get, path = "/v1/flows/counts", tag = "dashboard",
-    responses((status = 200, body = FlowCounts), (status = 401, body = Problem)))]
+    responses((status = 200, body = FlowCounts, description = "counts per status"), (status = 401, body = Problem, description = "no or an unknown key")))]
 #[instrument(skip_all)]
 pub async fn counts(runtime: web::Data<Runtime>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let mut counts: BTreeMap<&'static str, u64> = [
@@ -72,7 +72,7 @@ pub async fn counts(runtime: web::Data<Runtime>, caller: Caller) -> Result<HttpR
 
 /// The caller's queues on this server: depth, oldest queued task, leases, pollers.
 #[utoipa::path(get, path = "/v1/queues", tag = "dashboard",
-    responses((status = 200, body = QueueList), (status = 401, body = Problem)))]
+    responses((status = 200, body = QueueList, description = "the caller's queues"), (status = 401, body = Problem, description = "no or an unknown key")))]
 #[instrument(skip_all)]
 pub async fn queues(runtime: web::Data<Runtime>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let queues = runtime.queue_details(caller.tenant).await?;
@@ -81,7 +81,7 @@ pub async fn queues(runtime: web::Data<Runtime>, caller: Caller) -> Result<HttpR
 
 /// Readiness, commit latency and (for operators) live actors, from the runtime's own figures.
 #[utoipa::path(get, path = "/v1/health", tag = "dashboard",
-    responses((status = 200, body = HealthStrip), (status = 401, body = Problem)))]
+    responses((status = 200, body = HealthStrip, description = "the health strip"), (status = 401, body = Problem, description = "no or an unknown key")))]
 #[instrument(skip_all)]
 pub async fn health(runtime: web::Data<Runtime>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let ready = runtime.is_writable().await.unwrap_or(false);
