@@ -299,6 +299,9 @@ fn flow_text(flow: &Value) -> String {
         text(&flow["status"]),
         bar(flow["progress_percentage"].as_f64().unwrap_or(0.0)),
     );
+    if let Some(reason) = flow.get("status_reason").filter(|r| !r.is_null()) {
+        out.push_str(&format!("\n  why: {reason}"));
+    }
     for phase in flow["phases"].as_array().into_iter().flatten() {
         let error = phase["error"]
             .as_str()

@@ -3,7 +3,8 @@
 //! - [`ids`]: flow and tenant identifiers.
 //! - [`definition`]: flow types, their phases and validation.
 //! - [`model`]: flow and phase state, as stored and served.
-//! - [`machine`]: the pure state machine of a flow's lifecycle.
+//! - [`machine`]: the pure state machine of a flow's lifecycle; [`status_reason`]: why a
+//!   non-terminal flow is not progressing, derived from what is stored.
 //! - [`limits`]: bounds on definitions and flows; which JSON values every store can keep.
 //! - [`handler`]: the phase handler trait; [`builtin`]: `noop`, `sleep`, `fail`;
 //!   [`external`] and [`child_flows`]: the kinds that need the runtime itself;
@@ -122,6 +123,7 @@ pub mod persistence;
 pub mod queue;
 pub mod registry;
 pub mod runtime;
+pub mod status_reason;
 pub mod store;
 pub mod supervisor;
 pub mod task;

@@ -20,7 +20,7 @@ use crate::store::{FlowUpdate, TransitionWrite};
 /// Longest pause between two attempts of a phase.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// First retry delay when a phase names none.
-const DEFAULT_BACKOFF_MS: u64 = 100;
+pub const DEFAULT_BACKOFF_MS: u64 = 100;
 
 /// What the actor does once the step's writes have committed.
 #[derive(Clone, Debug, PartialEq)]

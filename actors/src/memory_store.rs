@@ -336,6 +336,25 @@ impl FlowStore for MemoryStore {
         async move { Ok(counts) }.boxed()
     }
 
+    fn count_by_status_of<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+    ) -> BoxFuture<'a, Result<Vec<(FlowStatus, u64)>, StoreError>> {
+        let mut counts: BTreeMap<&'static str, (FlowStatus, u64)> = BTreeMap::new();
+        for flow in self.tables.lock().flows.values() {
+            if flow.client_account_id == tenant.client_account_id
+                && flow.engagement_id == tenant.engagement_id
+            {
+                counts
+                    .entry(flow.status.as_str())
+                    .or_insert((flow.status, 0))
+                    .1 += 1;
+            }
+        }
+        let counts = counts.into_values().collect();
+        async move { Ok(counts) }.boxed()
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         async { Ok(()) }.boxed()
     }

@@ -21,12 +21,14 @@ use crate::health::{GetHealthStats, HealthActor, HealthStats};
 use crate::ids::{FlowId, Tenant};
 use crate::limits::Limits;
 use crate::metrics::{Gauges, RuntimeMetrics};
-use crate::model::{FailureRecord, FlowState, NewFlow};
+use crate::model::{FailureRecord, FlowState, FlowStatus, NewFlow, PhaseStatus};
 use crate::persistence::{GetStats, PersistenceActor, PersistenceStats};
 use crate::queue::{
-    GetQueueStats, Lease, Poll, QueueActor, QueueError, QueueStats, Report, ReportTask,
+    GetQueueDetails, GetQueueStats, Lease, Poll, QueueActor, QueueDetail, QueueError, QueueStats,
+    Report, ReportTask,
 };
 use crate::registry::{GetFlowType, ListFlowTypes, RegisterFlowType, Registry};
+use crate::status_reason::{ReasonFacts, StatusReason, status_reason};
 use crate::store::{FlowQuery, FlowStore};
 use crate::supervisor::{
     ControlFlow, CreateFlow, CreatedFlow, LiveFlows, RecoverFlows, RestartIntensity, Supervisor,
@@ -391,6 +393,88 @@ impl Runtime {
     /// How many external tasks are queued and leased now.
     pub async fn queue_stats(&self) -> Result<QueueStats, RuntimeError> {
         Ok(self.queue.send(GetQueueStats).await?)
+    }
+
+    /// One tenant's queues: depth, oldest task, leases, pollers.
+    pub async fn queue_details(&self, tenant: Tenant) -> Result<Vec<QueueDetail>, RuntimeError> {
+        Ok(self.queue.send(GetQueueDetails(tenant)).await?)
+    }
+
+    /// The id of the last committed event: a stream cursor (`after`) that skips the history.
+    pub async fn last_event_id(&self) -> Result<i64, RuntimeError> {
+        Ok(self.store.max_event_id().await?)
+    }
+
+    /// How many flows of `tenant` are in each status.
+    pub async fn count_by_status(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<Vec<(FlowStatus, u64)>, RuntimeError> {
+        Ok(self.store.count_by_status_of(tenant).await?)
+    }
+
+    /// Why `flow` is not progressing (`None` once it is terminal). Reads at most one indexed
+    /// row for a running external attempt (its task) or a failed phase (its journal); with
+    /// `count_children` a fan-out phase also lists the flow's children (one flow's read, not a
+    /// listing's: without it such a phase reads as `running`).
+    pub async fn status_reason(
+        &self,
+        flow: &FlowState,
+        count_children: bool,
+    ) -> Result<Option<StatusReason>, RuntimeError> {
+        if flow.status.is_terminal() {
+            return Ok(None);
+        }
+        let definition = self
+            .flow_type(&flow.flow_type, Some(flow.flow_type_version))
+            .await?;
+        let mut facts = ReasonFacts {
+            definition: definition.as_deref(),
+            ..ReasonFacts::default()
+        };
+        let (mut task, mut failure, mut children) = (None, None, None);
+        if let Some((_, phase)) = flow.current() {
+            let handler = definition
+                .as_deref()
+                .and_then(|d| d.phase(&phase.name))
+                .map(|d| d.handler.as_str());
+            match phase.status {
+                PhaseStatus::Running if handler == Some("child_flows") && count_children => {
+                    let listed = self
+                        .store
+                        .list_flows(&FlowQuery {
+                            tenant: Some(flow.tenant()),
+                            parent_flow_id: Some(flow.id),
+                            limit: self.limits.max_children.try_into().unwrap_or(u32::MAX),
+                            ..FlowQuery::default()
+                        })
+                        .await?;
+                    let done = listed.iter().filter(|c| c.status.is_terminal()).count();
+                    children = Some((done as u64, listed.len() as u64));
+                }
+                PhaseStatus::Running if handler == Some("external") => {
+                    task = self
+                        .store
+                        .find_task(flow.id, &phase.name, phase.attempt)
+                        .await?;
+                }
+                PhaseStatus::Failed => {
+                    failure = self
+                        .store
+                        .failures(flow.id)
+                        .await?
+                        .into_iter()
+                        .rev()
+                        .find(|f| f.phase.as_deref() == Some(phase.name.as_str()))
+                        .map(|f| f.error_kind);
+                }
+                _ => {}
+            }
+        }
+        facts.task = task.as_ref();
+        facts.last_failure_kind = failure.as_deref();
+        facts.children = children;
+        Ok(status_reason(flow, &facts))
     }
 
     /// Every event committed from now on (filter by tenant yourself).

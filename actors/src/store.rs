@@ -174,6 +174,20 @@ pub trait FlowStore: Send + Sync + 'static {
     /// How many flows there are in each status, for metrics.
     fn count_by_status(&self) -> BoxFuture<'_, Result<Vec<(FlowStatus, u64)>, StoreError>>;
 
+    /// How many flows of one tenant there are in each status, for the dashboard's counts.
+    /// Stores that cannot say answer `Unavailable`.
+    fn count_by_status_of<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+    ) -> BoxFuture<'a, Result<Vec<(FlowStatus, u64)>, StoreError>> {
+        let _ = tenant;
+        Box::pin(async {
+            Err(StoreError::Unavailable(
+                "this store does not count flows per tenant".into(),
+            ))
+        })
+    }
+
     /// A cheap round trip, for readiness.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }

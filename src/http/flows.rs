@@ -8,6 +8,7 @@ use flowd_actors::flow::ControlCommand;
 use flowd_actors::ids::FlowId;
 use flowd_actors::model::{FailureRecord, FlowState};
 use flowd_actors::model::{FlowStatus, NewFlow};
+use flowd_actors::status_reason::StatusReason;
 use flowd_actors::store::FlowQuery;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -56,10 +57,21 @@ fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// A flow as served by reads: its stored state and, while it is not terminal, why it is not
+/// progressing.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FlowView {
+    #[serde(flatten)]
+    pub flow: FlowState,
+    /// Null once the flow is terminal. A listing does not count a fan-out phase's children
+    /// (its reason reads `running`); one flow's read does.
+    pub status_reason: Option<StatusReason>,
+}
+
 /// A page of flows, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct FlowPage {
-    pub flows: Vec<FlowState>,
+    pub flows: Vec<FlowView>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
@@ -137,7 +149,7 @@ pub async fn create(
 
 /// One flow of the caller's tenant.
 #[utoipa::path(get, path = "/v1/flows/{id}", tag = "flows", params(("id" = String, Path, description = "flow id")),
-    responses((status = 200, body = FlowState), (status = 400, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = FlowView), (status = 400, body = Problem), (status = 404, body = Problem)))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn get(
     runtime: web::Data<Runtime>,
@@ -145,7 +157,11 @@ pub async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let flow = runtime.flow(&caller.tenant, parse_flow_id(&id)?).await?;
-    Ok(HttpResponse::Ok().json(flow))
+    let status_reason = runtime.status_reason(&flow, true).await?;
+    Ok(HttpResponse::Ok().json(FlowView {
+        flow,
+        status_reason,
+    }))
 }
 
 /// Query of `GET /v1/flows`.
@@ -217,7 +233,18 @@ pub async fn list(
     let next_cursor = (flows.len() == limit as usize)
         .then(|| flows.last().map(|f| f.id.to_string()))
         .flatten();
-    Ok(HttpResponse::Ok().json(FlowPage { flows, next_cursor }))
+    let mut views = Vec::with_capacity(flows.len());
+    for flow in flows {
+        let status_reason = runtime.status_reason(&flow, false).await?;
+        views.push(FlowView {
+            flow,
+            status_reason,
+        });
+    }
+    Ok(HttpResponse::Ok().json(FlowPage {
+        flows: views,
+        next_cursor,
+    }))
 }
 
 /// Query of the event history.

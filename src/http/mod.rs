@@ -1,6 +1,7 @@
 //! The HTTP API: a module per resource, problem+json errors, and tenant resolution.
 
 pub mod auth;
+pub mod dashboard;
 pub mod errors;
 pub mod faults;
 pub mod flow_types;
@@ -8,6 +9,7 @@ pub mod flows;
 pub mod openapi;
 pub mod ops;
 pub mod tasks;
+pub mod ui;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -24,9 +26,13 @@ pub fn routes(config: &mut web::ServiceConfig, faults: bool) {
         .route("/readyz", web::get().to(ops::readyz))
         .route("/openapi.json", web::get().to(ops::openapi))
         .route("/metrics", web::get().to(ops::metrics))
+        .configure(ui::routes)
         .service(
             v1.route("/flows", web::post().to(flows::create))
                 .route("/flows", web::get().to(flows::list))
+                .route("/flows/counts", web::get().to(dashboard::counts))
+                .route("/queues", web::get().to(dashboard::queues))
+                .route("/health", web::get().to(dashboard::health))
                 .route("/flows/{id}", web::get().to(flows::get))
                 .route("/flows/{id}/pause", web::post().to(flows::pause))
                 .route("/flows/{id}/resume", web::post().to(flows::resume))

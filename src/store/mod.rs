@@ -454,6 +454,30 @@ impl DbStore {
             .collect()
     }
 
+    async fn tenant_status_counts(
+        &self,
+        tenant: &Tenant,
+    ) -> Result<Vec<(FlowStatus, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = with_conn!(self, |conn: Db| {
+            flows::table
+                .filter(flows::client_account_id.eq(&tenant.client_account_id))
+                .filter(flows::engagement_id.eq(&tenant.engagement_id))
+                .group_by(flows::status)
+                .select((flows::status, diesel::dsl::count_star()))
+                .load(conn)
+                .await
+                .map_err(db_error)?
+        });
+        rows.into_iter()
+            .map(|(status, count)| {
+                let status = status
+                    .parse::<FlowStatus>()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((status, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     async fn round_trip(&self) -> Result<(), StoreError> {
         with_conn!(self, |conn: Db| {
             diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
@@ -565,6 +589,13 @@ impl FlowStore for DbStore {
 
     fn count_by_status(&self) -> BoxFuture<'_, Result<Vec<(FlowStatus, u64)>, StoreError>> {
         Box::pin(read_retrying(move || self.status_counts()))
+    }
+
+    fn count_by_status_of<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+    ) -> BoxFuture<'a, Result<Vec<(FlowStatus, u64)>, StoreError>> {
+        Box::pin(read_retrying(move || self.tenant_status_counts(tenant)))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

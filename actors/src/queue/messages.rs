@@ -126,3 +126,29 @@ pub struct QueueStats {
     /// Workers waiting in a long poll.
     pub waiting_workers: usize,
 }
+
+/// One tenant's queues as they stand, for the dashboard's queues page.
+#[derive(Message)]
+#[rtype(result = "Vec<QueueDetail>")]
+pub struct GetQueueDetails(pub Tenant);
+
+/// One queue of one tenant: its depth, its oldest task, its leases and who polls it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueDetail {
+    pub queue: String,
+    /// Tasks waiting for a worker.
+    pub queued: usize,
+    /// Tasks a worker holds a lease on.
+    pub leased: usize,
+    /// When the oldest waiting task was queued.
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+    /// The soonest lease expiry among the leased tasks.
+    pub next_lease_expiry: Option<DateTime<Utc>>,
+    /// Workers waiting in a long poll now.
+    pub waiting_workers: usize,
+    /// Distinct workers holding leases now.
+    pub leasing_workers: Vec<String>,
+    /// Seconds since a worker last polled this queue on this server; null if never.
+    pub last_poll_s_ago: Option<f64>,
+}

@@ -9,7 +9,7 @@
 
 pub mod messages;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,8 @@ use crate::persistence::{Persist, PersistenceActor};
 use crate::store::{FlowStore, Write};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
 pub use messages::{
-    Attached, Detach, GetQueueStats, Lease, Poll, QueueError, QueueStats, Report, ReportTask,
-    Submit,
+    Attached, Detach, GetQueueDetails, GetQueueStats, Lease, Poll, QueueDetail, QueueError,
+    QueueStats, Report, ReportTask, Submit,
 };
 
 /// How often leases are checked for expiry.
@@ -574,6 +574,80 @@ impl Handler<GetQueueStats> for QueueActor {
                 .filter(|p| !p.reply.is_closed())
                 .count(),
         })
+    }
+}
+
+impl Handler<GetQueueDetails> for QueueActor {
+    type Result = MessageResult<GetQueueDetails>;
+
+    fn handle(
+        &mut self,
+        GetQueueDetails(tenant): GetQueueDetails,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let mut queues: BTreeMap<String, QueueDetail> = BTreeMap::new();
+        let empty = |queue: &str| QueueDetail {
+            queue: queue.to_owned(),
+            queued: 0,
+            leased: 0,
+            oldest_queued_at: None,
+            next_lease_expiry: None,
+            waiting_workers: 0,
+            leasing_workers: Vec::new(),
+            last_poll_s_ago: None,
+        };
+        for task in self.tasks.values().map(|t| &t.record) {
+            if task.client_account_id != tenant.client_account_id
+                || task.engagement_id != tenant.engagement_id
+            {
+                continue;
+            }
+            let detail = queues
+                .entry(task.queue.clone())
+                .or_insert_with(|| empty(&task.queue));
+            match task.status {
+                TaskStatus::Queued => {
+                    detail.queued += 1;
+                    if detail
+                        .oldest_queued_at
+                        .is_none_or(|at| task.created_at < at)
+                    {
+                        detail.oldest_queued_at = Some(task.created_at);
+                    }
+                }
+                TaskStatus::Leased => {
+                    detail.leased += 1;
+                    if let Some(expiry) = task.lease_expires_at
+                        && detail.next_lease_expiry.is_none_or(|at| expiry < at)
+                    {
+                        detail.next_lease_expiry = Some(expiry);
+                    }
+                    if let Some(worker) = &task.worker_id
+                        && !detail.leasing_workers.contains(worker)
+                    {
+                        detail.leasing_workers.push(worker.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        for ((owner, queue), pollers) in &self.pollers {
+            if *owner == tenant {
+                queues
+                    .entry(queue.clone())
+                    .or_insert_with(|| empty(queue))
+                    .waiting_workers = pollers.iter().filter(|p| !p.reply.is_closed()).count();
+            }
+        }
+        for ((owner, queue), at) in &self.last_poll {
+            if *owner == tenant {
+                queues
+                    .entry(queue.clone())
+                    .or_insert_with(|| empty(queue))
+                    .last_poll_s_ago = Some(at.elapsed().as_secs_f64());
+            }
+        }
+        MessageResult(queues.into_values().collect())
     }
 }
 

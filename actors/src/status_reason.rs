@@ -1,0 +1,338 @@
+//! Why a flow is not progressing: a machine-readable reason for every non-terminal flow,
+//! derived from what is stored (the flow's phases, its definition, its last failure, the task
+//! of an external attempt, its children). Pure: the caller gathers the facts, the clock is not
+//! read here, and a missing fact makes the reason coarser, never wrong.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::definition::FlowType;
+use crate::machine::{DEFAULT_BACKOFF_MS, backoff};
+use crate::model::{FlowState, FlowStatus, PhaseStatus};
+use crate::task::{TaskRecord, TaskStatus};
+
+/// The reason a non-terminal flow is where it is; `kind` names the case.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StatusReason {
+    /// Created, its first phase not started yet.
+    Starting,
+    /// Held by a pause; `resume` continues it.
+    Paused {
+        /// When the flow was paused (its last write).
+        since: DateTime<Utc>,
+    },
+    /// A phase's handler is working on it.
+    Running {
+        phase: String,
+        attempt: u32,
+        /// The handler kind of the phase (`sleep`, `command`, `http`, …).
+        handler: String,
+        since: Option<DateTime<Utc>>,
+    },
+    /// An `external` attempt sits on `queue` and no worker has leased it.
+    WaitingForWorker {
+        phase: String,
+        queue: String,
+        since: DateTime<Utc>,
+    },
+    /// A worker holds the `external` attempt's lease.
+    LeasedByWorker {
+        phase: String,
+        queue: String,
+        worker_id: Option<String>,
+        lease_expires_at: Option<DateTime<Utc>>,
+    },
+    /// A fan-out phase waits for its children.
+    WaitingForChildren {
+        phase: String,
+        done: u64,
+        total: u64,
+    },
+    /// A phase failed and is retried after a backoff.
+    RetryBackoff {
+        phase: String,
+        /// The attempt that failed.
+        attempt: u32,
+        next_attempt_at: Option<DateTime<Utc>>,
+        /// The failure kind of that attempt (`timeout`, `handler_error`, …), when known.
+        after: Option<String>,
+    },
+    /// Between two phases: the next one is about to start.
+    Scheduled { phase: String },
+}
+
+/// What the caller found out besides the flow itself; every field may be left empty.
+#[derive(Clone, Debug, Default)]
+pub struct ReasonFacts<'a> {
+    /// The definition version the flow runs.
+    pub definition: Option<&'a FlowType>,
+    /// The task of the current phase's current attempt, for `external` phases.
+    pub task: Option<&'a TaskRecord>,
+    /// The failure kind of the current phase's last failed attempt.
+    pub last_failure_kind: Option<&'a str>,
+    /// `(done, total)` of the flow's children, for fan-out phases.
+    pub children: Option<(u64, u64)>,
+}
+
+/// The reason for `flow`, or `None` when it is terminal.
+pub fn status_reason(flow: &FlowState, facts: &ReasonFacts<'_>) -> Option<StatusReason> {
+    match flow.status {
+        FlowStatus::Completed | FlowStatus::Failed | FlowStatus::Cancelled => return None,
+        FlowStatus::Initialized => return Some(StatusReason::Starting),
+        FlowStatus::Paused => {
+            return Some(StatusReason::Paused {
+                since: flow.updated_at,
+            });
+        }
+        FlowStatus::Running => {}
+    }
+    let Some((_, phase)) = flow.current() else {
+        return Some(StatusReason::Starting);
+    };
+    let definition = facts.definition.and_then(|d| d.phase(&phase.name));
+    let handler = definition.map_or("", |d| d.handler.as_str());
+    match phase.status {
+        PhaseStatus::Pending | PhaseStatus::Succeeded | PhaseStatus::Skipped => {
+            Some(StatusReason::Scheduled {
+                phase: phase.name.clone(),
+            })
+        }
+        PhaseStatus::Failed => {
+            let base = definition
+                .and_then(|d| d.retry_backoff_ms)
+                .unwrap_or(DEFAULT_BACKOFF_MS);
+            let next_attempt_at = phase.finished_at.and_then(|at| {
+                chrono::Duration::from_std(backoff(base, phase.attempt))
+                    .ok()
+                    .map(|delay| at + delay)
+            });
+            Some(StatusReason::RetryBackoff {
+                phase: phase.name.clone(),
+                attempt: phase.attempt,
+                next_attempt_at: definition.and(next_attempt_at),
+                after: facts.last_failure_kind.map(str::to_owned),
+            })
+        }
+        PhaseStatus::Running => {
+            let task = facts
+                .task
+                .filter(|t| t.phase == phase.name && t.attempt == phase.attempt);
+            if let Some(task) = task {
+                match task.status {
+                    TaskStatus::Queued => {
+                        return Some(StatusReason::WaitingForWorker {
+                            phase: phase.name.clone(),
+                            queue: task.queue.clone(),
+                            since: task.created_at,
+                        });
+                    }
+                    TaskStatus::Leased => {
+                        return Some(StatusReason::LeasedByWorker {
+                            phase: phase.name.clone(),
+                            queue: task.queue.clone(),
+                            worker_id: task.worker_id.clone(),
+                            lease_expires_at: task.lease_expires_at,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if handler == "child_flows"
+                && let Some((done, total)) = facts.children
+            {
+                return Some(StatusReason::WaitingForChildren {
+                    phase: phase.name.clone(),
+                    done,
+                    total,
+                });
+            }
+            Some(StatusReason::Running {
+                phase: phase.name.clone(),
+                attempt: phase.attempt,
+                handler: handler.to_owned(),
+                since: phase.started_at,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::definition::PhaseDefinition;
+    use crate::ids::Tenant;
+    use crate::model::NewFlow;
+    use crate::task::TaskId;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn definition() -> FlowType {
+        FlowType {
+            name: "t".into(),
+            version: 1,
+            phases: vec![
+                PhaseDefinition {
+                    retry_backoff_ms: Some(2000),
+                    retries: 3,
+                    ..PhaseDefinition::new("crew", "external")
+                },
+                PhaseDefinition::new("fan", "child_flows"),
+            ],
+        }
+    }
+
+    fn flow(definition: &FlowType) -> FlowState {
+        let mut flow = FlowState::new_initialized(
+            definition,
+            NewFlow {
+                flow_type: "t".into(),
+                input: json!({}),
+                parent_flow_id: None,
+                master_flow_id: None,
+                tenant: Tenant::default_tenant(),
+                created_by: None,
+                idempotency_key: None,
+            },
+        );
+        flow.status = FlowStatus::Running;
+        flow.updated_at = at(0);
+        flow
+    }
+
+    fn task(flow: &FlowState, status: TaskStatus) -> TaskRecord {
+        TaskRecord {
+            id: TaskId::new(),
+            queue: "crews".into(),
+            flow_id: flow.id,
+            master_flow_id: flow.master_flow_id,
+            phase: "crew".into(),
+            attempt: 1,
+            client_account_id: flow.client_account_id.clone(),
+            engagement_id: flow.engagement_id.clone(),
+            payload: json!({}),
+            status,
+            lease_id: Some(Uuid::nil()),
+            worker_id: Some("w1".into()),
+            lease_expires_at: Some(at(30)),
+            result: None,
+            created_at: at(1),
+            updated_at: at(1),
+        }
+    }
+
+    #[test]
+    fn terminal_flows_have_no_reason_and_paused_ones_say_so() {
+        let definition = definition();
+        let mut flow = flow(&definition);
+        for status in [
+            FlowStatus::Completed,
+            FlowStatus::Failed,
+            FlowStatus::Cancelled,
+        ] {
+            flow.status = status;
+            assert_eq!(status_reason(&flow, &ReasonFacts::default()), None);
+        }
+        flow.status = FlowStatus::Paused;
+        assert_eq!(
+            status_reason(&flow, &ReasonFacts::default()),
+            Some(StatusReason::Paused { since: at(0) })
+        );
+        let json = serde_json::to_value(StatusReason::Paused { since: at(0) }).unwrap();
+        assert_eq!(json["kind"], "paused");
+    }
+
+    #[test]
+    fn a_queued_external_attempt_waits_for_a_worker_and_a_leased_one_names_it() {
+        let definition = definition();
+        let mut flow = flow(&definition);
+        flow.phases[0].status = PhaseStatus::Running;
+        flow.phases[0].attempt = 1;
+        flow.phases[0].started_at = Some(at(1));
+        let queued = task(&flow, TaskStatus::Queued);
+        let facts = ReasonFacts {
+            definition: Some(&definition),
+            task: Some(&queued),
+            ..ReasonFacts::default()
+        };
+        let reason = status_reason(&flow, &facts).unwrap();
+        assert_eq!(
+            serde_json::to_value(&reason).unwrap(),
+            json!({"kind": "waiting_for_worker", "phase": "crew", "queue": "crews", "since": at(1)})
+        );
+        let leased = task(&flow, TaskStatus::Leased);
+        let facts = ReasonFacts {
+            task: Some(&leased),
+            ..facts
+        };
+        assert!(matches!(
+            status_reason(&flow, &facts),
+            Some(StatusReason::LeasedByWorker { worker_id: Some(w), .. }) if w == "w1"
+        ));
+        // A task of an earlier attempt says nothing about this one.
+        flow.phases[0].attempt = 2;
+        assert!(matches!(
+            status_reason(&flow, &facts),
+            Some(StatusReason::Running { handler, .. }) if handler == "external"
+        ));
+    }
+
+    #[test]
+    fn a_failed_phase_of_a_running_flow_is_in_backoff_until_its_next_attempt() {
+        let definition = definition();
+        let mut flow = flow(&definition);
+        flow.phases[0].status = PhaseStatus::Failed;
+        flow.phases[0].attempt = 2;
+        flow.phases[0].finished_at = Some(at(10));
+        let facts = ReasonFacts {
+            definition: Some(&definition),
+            last_failure_kind: Some("timeout"),
+            ..ReasonFacts::default()
+        };
+        assert_eq!(
+            status_reason(&flow, &facts),
+            Some(StatusReason::RetryBackoff {
+                phase: "crew".into(),
+                attempt: 2,
+                next_attempt_at: Some(at(14)),
+                after: Some("timeout".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn a_fan_out_phase_counts_its_children() {
+        let definition = definition();
+        let mut flow = flow(&definition);
+        flow.phases[0].status = PhaseStatus::Succeeded;
+        flow.current_phase = Some("fan".into());
+        assert_eq!(
+            status_reason(&flow, &ReasonFacts::default()),
+            Some(StatusReason::Scheduled {
+                phase: "fan".into()
+            })
+        );
+        flow.phases[1].status = PhaseStatus::Running;
+        flow.phases[1].attempt = 1;
+        let facts = ReasonFacts {
+            definition: Some(&definition),
+            children: Some((3, 10)),
+            ..ReasonFacts::default()
+        };
+        assert_eq!(
+            status_reason(&flow, &facts),
+            Some(StatusReason::WaitingForChildren {
+                phase: "fan".into(),
+                done: 3,
+                total: 10,
+            })
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! The dashboard's server side through the real binary: `/ui` and its assets are served with
+//! no key, `/` redirects there; flows carry a `status_reason` while not terminal; the counts
+//! and queues the page reads are scoped to the caller's tenant.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    Backend, TestDatabase, TestServer, config_for, get, is_terminal, post, wait_for_flow,
+};
+use serde_json::{Value, json};
+
+const TYPES: &str = r#"
+[[flow_types]]
+name = "crewed"
+version = 1
+[[flow_types.phases]]
+name = "crew"
+handler = "external"
+params = { queue = "crews" }
+
+[[flow_types]]
+name = "slow"
+version = 1
+[[flow_types.phases]]
+name = "wait"
+handler = "sleep"
+params = { ms = 60000 }
+
+[[flow_types]]
+name = "fanout"
+version = 1
+[[flow_types.phases]]
+name = "spread"
+handler = "child_flows"
+params = { flow_type = "slow", count = 3 }
+
+[[flow_types]]
+name = "flaky"
+version = 1
+[[flow_types.phases]]
+name = "shaky"
+handler = "fail"
+params = { times = 1 }
+retries = 1
+retry_backoff_ms = 60000
+"#;
+
+const AUTH: &str = r#"
+[auth]
+enabled = true
+keys = [
+  { key = "key-a", client_account_id = "a", engagement_id = "e" },
+  { key = "key-b", client_account_id = "b", engagement_id = "e" },
+]
+"#;
+
+async fn get_with(server: &TestServer, path: &str, key: Option<&str>) -> (u16, String, String) {
+    // Redirects are not followed: `/` must answer with one.
+    let client = awc::Client::builder()
+        .disable_redirects()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let mut request = client.get(server.url(path));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let mut response = request.send().await.expect("GET");
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let content_type = header("content-type");
+    let location = header("location");
+    let body = response.body().await.expect("body");
+    let body = String::from_utf8_lossy(&body).into_owned();
+    (
+        status,
+        content_type,
+        if location.is_empty() { body } else { location },
+    )
+}
+
+async fn create(server: &TestServer, flow_type: &str, key: Option<&str>) -> Value {
+    let mut request = common::client().post(server.url("/v1/flows"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let mut response = request
+        .send_json(&json!({ "flow_type": flow_type }))
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 201);
+    response.json().await.expect("flow JSON")
+}
+
+async fn the_dashboard_is_served_without_a_key_and_root_redirects(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let server = TestServer::start(config_for(&db, &format!("{TYPES}{AUTH}")));
+    let (status, _, location) = get_with(&server, "/", None).await;
+    assert_eq!((status, location.as_str()), (302, "/ui"));
+    for path in ["/ui", "/ui/", "/ui/flows/0193", "/ui/types", "/ui/queues"] {
+        let (status, content_type, body) = get_with(&server, path, None).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            content_type.starts_with("text/html"),
+            "{path}: {content_type}"
+        );
+        assert!(body.contains("/ui/assets/app.js"), "{path}");
+    }
+    let (status, content_type, body) = get_with(&server, "/ui/assets/app.js", None).await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/javascript"));
+    assert!(body.contains("sessionStorage"));
+    let (status, content_type, _) = get_with(&server, "/ui/assets/style.css", None).await;
+    assert_eq!((status, content_type.starts_with("text/css")), (200, true));
+    // The assets hold no data; the API they call still needs a key.
+    let (status, _, _) = get_with(&server, "/v1/flows/counts", None).await;
+    assert_eq!(status, 401);
+}
+
+async fn counts_and_queues_are_the_callers_own(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let server = TestServer::start(config_for(&db, &format!("{TYPES}{AUTH}")));
+    create(&server, "crewed", Some("key-a")).await;
+    create(&server, "crewed", Some("key-a")).await;
+    let (status, _, body) = get_with(&server, "/v1/flows/counts", Some("key-a")).await;
+    assert_eq!(status, 200);
+    let counts: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(counts["total"], 2, "{counts}");
+    assert_eq!(counts["counts"]["running"], 2, "{counts}");
+    assert_eq!(counts["counts"]["completed"], 0, "{counts}");
+    assert!(counts["stream_after"].as_i64().unwrap() > 0);
+    let (_, _, body) = get_with(&server, "/v1/flows/counts", Some("key-b")).await;
+    let counts: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(counts["total"], 0, "{counts}");
+
+    // Both tasks reach the queue; tenant B sees no queue of A's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let queues = loop {
+        let (_, _, body) = get_with(&server, "/v1/queues", Some("key-a")).await;
+        let queues: Value = serde_json::from_str(&body).unwrap();
+        if queues["queues"][0]["queued"] == 2 || std::time::Instant::now() > deadline {
+            break queues;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(queues["queues"][0]["queue"], "crews", "{queues}");
+    assert_eq!(queues["queues"][0]["queued"], 2, "{queues}");
+    assert!(queues["queues"][0]["oldest_queued_at"].is_string());
+    let (_, _, body) = get_with(&server, "/v1/queues", Some("key-b")).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"queues": []})
+    );
+    let (status, _, body) = get_with(&server, "/v1/health", Some("key-b")).await;
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["ready"], true);
+    assert!(
+        health["live_flow_actors"].is_null(),
+        "operator figure: {health}"
+    );
+}
+
+async fn every_non_terminal_flow_says_why_it_is_not_progressing(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let server = TestServer::start(config_for(&db, TYPES));
+
+    // An external attempt nobody polls: waiting for a worker on its queue.
+    let crewed = post(&server, "/v1/flows", &json!({"flow_type": "crewed"})).await;
+    let id = crewed.body["id"].as_str().unwrap().to_owned();
+    let flow = wait_for_flow(&server, &id, Duration::from_secs(10), |f| {
+        f["status_reason"]["kind"] == "waiting_for_worker"
+    })
+    .await;
+    assert_eq!(flow["status_reason"]["queue"], "crews", "{flow}");
+    assert_eq!(flow["status_reason"]["phase"], "crew");
+    assert!(flow["status_reason"]["since"].is_string());
+    // The listing carries the same reason.
+    let listed = get(&server, "/v1/flows?flow_type=crewed").await;
+    assert_eq!(
+        listed.body["flows"][0]["status_reason"], flow["status_reason"],
+        "{}",
+        listed.body
+    );
+
+    // A running sleep, then paused.
+    let slow = post(&server, "/v1/flows", &json!({"flow_type": "slow"})).await;
+    let id = slow.body["id"].as_str().unwrap().to_owned();
+    let flow = wait_for_flow(&server, &id, Duration::from_secs(10), |f| {
+        f["status_reason"]["kind"] == "running"
+    })
+    .await;
+    assert_eq!(flow["status_reason"]["phase"], "wait");
+    assert_eq!(flow["status_reason"]["handler"], "sleep");
+    let paused = post(&server, &format!("/v1/flows/{id}/pause"), &json!({})).await;
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    let flow = wait_for_flow(&server, &id, Duration::from_secs(10), |f| {
+        f["status"] == "paused"
+    })
+    .await;
+    assert_eq!(flow["status_reason"]["kind"], "paused", "{flow}");
+
+    // A failed attempt waiting out its backoff, after a handler error.
+    let flaky = post(&server, "/v1/flows", &json!({"flow_type": "flaky"})).await;
+    let id = flaky.body["id"].as_str().unwrap().to_owned();
+    let flow = wait_for_flow(&server, &id, Duration::from_secs(10), |f| {
+        f["status_reason"]["kind"] == "retry_backoff"
+    })
+    .await;
+    let reason = &flow["status_reason"];
+    assert_eq!(reason["phase"], "shaky", "{flow}");
+    assert_eq!(reason["attempt"], 1);
+    assert!(reason["after"].is_string(), "{flow}");
+    assert!(reason["next_attempt_at"].is_string(), "{flow}");
+
+    // A fan-out counts its children (one flow's read; not a listing's).
+    let fanout = post(&server, "/v1/flows", &json!({"flow_type": "fanout"})).await;
+    let master = fanout.body["id"].as_str().unwrap().to_owned();
+    let flow = wait_for_flow(&server, &master, Duration::from_secs(10), |f| {
+        f["status_reason"]["kind"] == "waiting_for_children" && f["status_reason"]["total"] == 3
+    })
+    .await;
+    assert_eq!(flow["status_reason"]["done"], 0, "{flow}");
+    assert_eq!(flow["status_reason"]["phase"], "spread");
+
+    // Terminal flows have none.
+    let cancelled = post(&server, &format!("/v1/flows/{id}/cancel"), &json!({})).await;
+    assert_eq!(cancelled.status, 200);
+    let flow = wait_for_flow(&server, &id, Duration::from_secs(10), is_terminal).await;
+    assert!(flow["status_reason"].is_null(), "{flow}");
+}
+
+on_both_backends!(
+    the_dashboard_is_served_without_a_key_and_root_redirects,
+    counts_and_queues_are_the_callers_own,
+    every_non_terminal_flow_says_why_it_is_not_progressing,
+);
