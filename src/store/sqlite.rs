@@ -36,14 +36,19 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Set on every connection: WAL lets readers run beside the writer; `busy_timeout` makes a
 /// second writer wait instead of failing; `synchronous=NORMAL` suits connections that never
-/// commit (readers, the checkpointer); the writer's own setting comes from [`SqliteSync`]. No table has a foreign key any more (the write plan
-/// checks a batch's flow rows; see the `plan_checks_flow_rows` migration), so `foreign_keys` stays
-/// off, SQLite's default. Checkpoints run on a thread of their own ([`super::sqlite_checkpoint`]);
+/// commit (readers, the checkpointer); the writer's own setting comes from [`SqliteSync`]. No
+/// table has a foreign key any more (the write plan checks a batch's flow rows; see the
+/// `plan_checks_flow_rows` migration), so `foreign_keys` stays off, SQLite's default. Checkpoints run on a thread of their own ([`super::sqlite_checkpoint`]);
 /// the large auto-checkpoint (about 40 MB of WAL) is only a safety net should that thread fall
 /// behind.
 pub(super) const PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
                        PRAGMA synchronous = NORMAL; \
-                       PRAGMA wal_autocheckpoint = 10000; PRAGMA cache_size = -32768;";
+                       PRAGMA wal_autocheckpoint = 10000;";
+
+/// Page cache of each reader: small, since the OS caches the file too and the pool has many
+/// connections; a cache per connection is kept for its life, so 32 MB each would hold memory
+/// long after a backlog drained.
+const READER_CACHE: &str = "PRAGMA cache_size = -4096;";
 
 /// How the commit connection syncs SQLite's WAL: what a commit survives once it is acked.
 #[derive(
@@ -69,11 +74,12 @@ pub enum SqliteSync {
 }
 
 impl SqliteSync {
-    /// The pragma that sets it on a connection.
+    /// The pragmas of the commit connection with this setting.
     fn pragma(self) -> &'static str {
+        // The commit connection keeps a large page cache: the indexes it updates stay hot.
         match self {
-            Self::Full => "PRAGMA synchronous = FULL;",
-            Self::Normal => "PRAGMA synchronous = NORMAL;",
+            Self::Full => "PRAGMA synchronous = FULL; PRAGMA cache_size = -32768;",
+            Self::Normal => "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;",
         }
     }
 }
@@ -102,7 +108,7 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<SqlitePool, StoreErr
     tokio::task::spawn_blocking(move || migrate(&migrate_path))
         .await
         .map_err(|e| StoreError::Unavailable(format!("migration task failed: {e}")))??;
-    pool(path_text, pool_size, "")
+    pool(path_text, pool_size, READER_CACHE)
 }
 
 /// The persistence actor's connection, a pool of one beside the readers' pool of
