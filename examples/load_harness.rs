@@ -26,6 +26,11 @@
 //!   flow with three `command` phases and a 1 s stored-flow sweep, until N were sent; create
 //!   latency, live flows and resident memory over time, failed flows and phases that ran
 //!   twice (`examples/harness/soak.rs`, included as a module).
+//! - `http_e2e`: the real server; C clients, each creating a flow of K `noop` phases over HTTP
+//!   and waiting for it to complete on its own websocket (or, with `--tenant-stream`, on one
+//!   shared tenant stream), until N completed. Flows/s, create-to-completed latency, the
+//!   server's and the harness's CPU per flow, the writer's busy share and batch
+//!   (`examples/harness/http_e2e.rs`, included as a module).
 //! - `suspended_memory`: N flows parked on an `external` phase no worker serves, C creates at a
 //!   time; the process's RSS before and after, and the difference per flow
 //!   (`examples/suspended_memory.rs`, included as a module).
@@ -59,6 +64,8 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+#[path = "harness/http_e2e.rs"]
+mod http_e2e;
 #[path = "harness/soak.rs"]
 mod soak;
 #[path = "suspended_memory.rs"]
@@ -91,7 +98,7 @@ struct Args {
     #[arg(long, default_value_t = 6)]
     phases: usize,
     /// Flows in flight (C); for `db_limit`, writes per batch; for `http_start_latency`, most
-    /// pooled connections; for `ws_fanout`, websocket subscribers.
+    /// pooled connections; for `ws_fanout`, websocket subscribers; for `http_e2e`, clients.
     #[arg(long, default_value_t = 1000)]
     concurrency: usize,
     /// Flow creations per second, for `http_start_latency` (open loop; default 1000) and
@@ -112,6 +119,9 @@ struct Args {
     /// How SQLite's commits are synced (`database.sync`): `full` (the default) or `normal`.
     #[arg(long, value_enum, default_value = "full")]
     sqlite_sync: SqliteSync,
+    /// `http_e2e`: wait for completions on one tenant stream instead of per-flow websockets.
+    #[arg(long)]
+    tenant_stream: bool,
     /// A run that has not finished after this long fails.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
@@ -170,6 +180,7 @@ enum Scenario {
     SuspendedMemory,
     WsFanout,
     Soak,
+    HttpE2e,
 }
 
 impl Scenario {
@@ -183,6 +194,7 @@ impl Scenario {
             Self::SuspendedMemory => "suspended_memory",
             Self::WsFanout => "ws_fanout",
             Self::Soak => "soak",
+            Self::HttpE2e => "http_e2e",
         }
     }
 }
@@ -250,6 +262,9 @@ fn header(args: &Args) -> Map<String, Value> {
     if args.paced() {
         line.insert("rate".into(), json!(args.rate()));
     }
+    if args.scenario == Scenario::HttpE2e {
+        line.insert("tenant_stream".into(), json!(args.tenant_stream));
+    }
     line
 }
 
@@ -272,6 +287,7 @@ fn run_once(args: &Args) -> Result<Figures, String> {
                 Scenario::HttpStartLatency => return http_start_latency(args, &url).await,
                 Scenario::WsFanout => return ws_fanout(args, &url).await,
                 Scenario::Soak => return soak::run(args, &url).await,
+                Scenario::HttpE2e => return http_e2e::run(args, &url).await,
                 Scenario::Throughput
                 | Scenario::StartLatency
                 | Scenario::DbLimit

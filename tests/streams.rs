@@ -1,9 +1,10 @@
 //! Websocket progress: stored events, then live ones, each exactly once and in order, across
-//! reconnects; and a tenant's stream never shows another tenant's events.
+//! reconnects; a flow's stream never shows another flow's events; and a tenant's stream never
+//! shows another tenant's events.
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{
@@ -93,6 +94,89 @@ async fn a_reconnecting_client_gets_every_event_once_in_order(backend: Backend) 
         stored,
         "the stream is the stored history"
     );
+}
+
+/// Many flows in flight at once, each watched on its own stream (from the start, or from
+/// `seq` 2): a flow's stream carries its own events only, each once and in order, then nothing;
+/// the tenant stream carries every event of every flow once, in id order.
+async fn a_flows_stream_carries_none_of_another_flows_events(backend: Backend) {
+    const FLOWS: usize = 40;
+    let db = TestDatabase::new(backend);
+    let phases: Vec<(String, &str, &str, u32)> = (1..=6)
+        .map(|i| (format!("step{i}"), "sleep", "{ ms = 30 }", 0))
+        .collect();
+    let phases: Vec<(&str, &str, &str, u32)> = phases
+        .iter()
+        .map(|(n, h, p, r)| (n.as_str(), *h, *p, *r))
+        .collect();
+    let server = TestServer::start(config_for(&db, &flow_type_toml("quick", &phases)));
+    let mut tenant = EventSocket::connect(&server, "/v1/events/ws", None).await;
+    let body = json!({ "flow_type": "quick" });
+    let ids: Vec<String> = futures_util::future::join_all(
+        (0..FLOWS).map(|_| common::post(&server, "/v1/flows", &body)),
+    )
+    .await
+    .into_iter()
+    .map(|reply| reply.body["id"].as_str().unwrap().to_owned())
+    .collect();
+    let streams = ids.iter().enumerate().map(|(i, id)| {
+        let server = &server;
+        async move {
+            let after = if i % 2 == 0 { 0 } else { 2 };
+            let mut socket =
+                EventSocket::connect(server, &format!("/v1/flows/{id}/ws?after={after}"), None)
+                    .await;
+            let mut seqs = Vec::new();
+            loop {
+                let event = socket
+                    .next_event(Duration::from_secs(20))
+                    .await
+                    .expect("an event");
+                assert_eq!(event["flow_id"], json!(id), "only the flow's own events");
+                seqs.push(event["seq"].as_u64().unwrap());
+                if event["kind"] == "flow_completed" {
+                    break;
+                }
+            }
+            assert!(
+                socket
+                    .next_event(Duration::from_millis(300))
+                    .await
+                    .is_none(),
+                "nothing after the end"
+            );
+            assert_eq!(
+                seqs,
+                (after + 1..=15).collect::<Vec<u64>>(),
+                "every event once, in order"
+            );
+        }
+    });
+    futures_util::future::join_all(streams).await;
+
+    let mut by_flow: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut last_id = 0;
+    let mut completed = 0;
+    while completed < FLOWS {
+        let event = tenant
+            .next_event(Duration::from_secs(20))
+            .await
+            .expect("an event");
+        let id = event["id"].as_i64().unwrap();
+        assert!(id > last_id, "ids rise along the tenant stream");
+        last_id = id;
+        by_flow
+            .entry(event["flow_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(event["seq"].as_u64().unwrap());
+        if event["kind"] == "flow_completed" {
+            completed += 1;
+        }
+    }
+    assert_eq!(by_flow.len(), FLOWS);
+    for seqs in by_flow.values() {
+        assert_eq!(seqs, &(1..=15).collect::<Vec<u64>>());
+    }
 }
 
 async fn tenants_never_see_each_others_flows_or_events(backend: Backend) {
@@ -300,6 +384,7 @@ async fn pause_resume_cancel_and_retry_over_http(backend: Backend) {
 
 on_both_backends!(
     a_reconnecting_client_gets_every_event_once_in_order,
+    a_flows_stream_carries_none_of_another_flows_events,
     tenants_never_see_each_others_flows_or_events,
     concurrent_identical_creates_make_one_flow,
     pause_resume_cancel_and_retry_over_http,

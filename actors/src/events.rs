@@ -1,12 +1,14 @@
 //! Flow events: what the event history stores and what the fan-out streams to subscribers.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::ids::FlowId;
+use crate::ids::{FlowId, Tenant};
 use crate::model::{FlowState, FlowStatus};
 
 /// What happened. Together with `status` this tells a watcher everything it needs to redraw.
@@ -154,28 +156,188 @@ impl std::ops::Deref for CommittedEvent {
     }
 }
 
-/// Fan-out of committed events. Publishing never waits for subscribers: one that falls behind
-/// the bounded buffer learns how many it missed and catches up from the database.
+/// Events a per-flow or per-tree subscriber may fall behind before it must catch up.
+const KEYED_BUFFER: usize = 64;
+
+/// What a keyed subscriber follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    /// One flow's events.
+    Flow(FlowId),
+    /// The events of a master flow and of every flow under it.
+    Tree(FlowId),
+}
+
+/// Recent committed events of one flow or one tree, oldest first, with no gap.
+struct Recent {
+    events: VecDeque<Arc<CommittedEvent>>,
+    /// Every event of the key with an id above this is in `events` (for trees; a flow's
+    /// events are contiguous by `seq` from the first one held).
+    complete_after_id: i64,
+}
+
+/// The fan-out's state, changed only under its lock, so that a subscriber's snapshot of recent
+/// events and its live receiver meet exactly: nothing missed, nothing twice.
+struct Inner {
+    /// Per-flow and per-tree channels, only for keys someone follows.
+    keyed: HashMap<Key, broadcast::Sender<Arc<CommittedEvent>>>,
+    /// The most recent committed events, in commit (and id) order.
+    ring: VecDeque<Arc<CommittedEvent>>,
+    /// Every committed event with an id above this is in `ring`.
+    ring_complete_after_id: i64,
+    /// `ring` indexed by flow and by tree.
+    by_key: HashMap<Key, Recent>,
+    capacity: usize,
+}
+
+impl Inner {
+    fn remember(&mut self, event: &Arc<CommittedEvent>) {
+        if self.ring.len() == self.capacity
+            && let Some(old) = self.ring.pop_front()
+        {
+            self.ring_complete_after_id = old.id;
+            for key in [Key::Flow(old.flow_id), Key::Tree(old.master_flow_id)] {
+                if let Some(recent) = self.by_key.get_mut(&key) {
+                    // Eviction is in commit order, so the oldest of the key is this one.
+                    if recent.events.front().is_some_and(|e| Arc::ptr_eq(e, &old)) {
+                        recent.events.pop_front();
+                    }
+                    recent.complete_after_id = old.id;
+                    if recent.events.is_empty() {
+                        self.by_key.remove(&key);
+                    }
+                }
+            }
+        }
+        self.ring.push_back(event.clone());
+        let starts_tree = event.flow_id == event.master_flow_id && event.seq == 1;
+        for key in [Key::Flow(event.flow_id), Key::Tree(event.master_flow_id)] {
+            self.by_key
+                .entry(key)
+                .or_insert_with(|| Recent {
+                    events: VecDeque::new(),
+                    // Earlier events of this key, if any, are older than the whole ring; the
+                    // first event of a tree (or a flow) has nothing before it.
+                    complete_after_id: if starts_tree
+                        || (event.seq == 1 && key == Key::Flow(event.flow_id))
+                    {
+                        0
+                    } else {
+                        event.id - 1
+                    },
+                })
+                .events
+                .push_back(event.clone());
+        }
+    }
+
+    /// `key`'s events after the cursor, if memory holds all of them.
+    fn recent(&self, key: Key, after: u64) -> Option<Vec<Arc<CommittedEvent>>> {
+        let recent = self.by_key.get(&key)?;
+        match key {
+            Key::Flow(_) => {
+                let first = recent.events.front()?.seq;
+                (first <= after + 1 || recent.complete_after_id == 0).then(|| {
+                    recent
+                        .events
+                        .iter()
+                        .filter(|e| e.seq > after)
+                        .cloned()
+                        .collect()
+                })
+            }
+            Key::Tree(_) => (recent.complete_after_id <= after as i64).then(|| {
+                recent
+                    .events
+                    .iter()
+                    .filter(|e| e.id > after as i64)
+                    .cloned()
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// Fan-out of committed events: to every tenant-wide subscriber, and to the subscribers of the
+/// event's flow and of its tree only, so that publishing costs the same however many per-flow
+/// streams are open. It also keeps the most recent events in memory, so that a subscriber
+/// usually catches up without reading the database. Publishing never waits for subscribers:
+/// one that falls behind its bounded buffer learns how many it missed and catches up.
 #[derive(Clone)]
 pub struct EventFanout {
     sender: broadcast::Sender<Arc<CommittedEvent>>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// A live subscription to one flow or one tree; it unsubscribes when dropped.
+pub struct KeyedReceiver {
+    receiver: broadcast::Receiver<Arc<CommittedEvent>>,
+    key: Key,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl KeyedReceiver {
+    /// The next event of the flow or tree; `Lagged` when the buffer overflowed meanwhile.
+    pub async fn recv(&mut self) -> Result<Arc<CommittedEvent>, broadcast::error::RecvError> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for KeyedReceiver {
+    fn drop(&mut self) {
+        let mut inner = self.inner.lock();
+        // Receivers are made under this lock: one left means it is this one.
+        if inner
+            .keyed
+            .get(&self.key)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            inner.keyed.remove(&self.key);
+        }
+    }
 }
 
 impl EventFanout {
-    /// A fan-out whose subscribers may fall `capacity` events behind before they lag.
+    /// A fan-out whose subscribers may fall `capacity` events behind before they lag; it
+    /// remembers the last `capacity` events. `last_event_id` is the highest id stored before it
+    /// starts: nothing at or below it is in memory.
     pub fn new(capacity: usize) -> Self {
-        let (sender, _) = broadcast::channel(capacity.max(16));
-        Self { sender }
+        Self::starting_after(capacity, i64::MAX)
     }
 
-    /// Sends committed events to every live subscriber, in commit order.
-    pub fn publish(&self, events: impl IntoIterator<Item = FlowEvent>) {
-        if self.sender.receiver_count() == 0 {
-            return;
+    /// [`EventFanout::new`], for a store whose highest event id is `last_event_id`: every event
+    /// published later is remembered, so catch-up after it can be served from memory.
+    pub fn starting_after(capacity: usize, last_event_id: i64) -> Self {
+        let capacity = capacity.max(16);
+        let (sender, _) = broadcast::channel(capacity);
+        Self {
+            sender,
+            inner: Arc::new(Mutex::new(Inner {
+                keyed: HashMap::new(),
+                ring: VecDeque::with_capacity(capacity),
+                ring_complete_after_id: last_event_id,
+                by_key: HashMap::new(),
+                capacity,
+            })),
         }
+    }
+
+    /// Sends committed events, in commit order, to the tenant-wide subscribers and to those of
+    /// each event's flow and tree; each event is serialized at most once for all of them.
+    pub fn publish(&self, events: impl IntoIterator<Item = FlowEvent>) {
+        let mut inner = self.inner.lock();
         for event in events {
-            // An error only means every subscriber left meanwhile.
-            let _ = self.sender.send(Arc::new(CommittedEvent::new(event)));
+            let event = Arc::new(CommittedEvent::new(event));
+            inner.remember(&event);
+            for key in [Key::Flow(event.flow_id), Key::Tree(event.master_flow_id)] {
+                if let Some(sender) = inner.keyed.get(&key) {
+                    // An error only means its subscribers left meanwhile.
+                    let _ = sender.send(event.clone());
+                }
+            }
+            if self.sender.receiver_count() > 0 {
+                let _ = self.sender.send(event);
+            }
         }
     }
 
@@ -184,8 +346,220 @@ impl EventFanout {
         self.sender.subscribe()
     }
 
-    /// Live subscribers, for metrics.
+    /// A receiver of every event committed from now on, and the tenant's events after
+    /// `after_id` (by event id) if memory still holds all of them: together, every event
+    /// after `after_id` once.
+    pub fn subscribe_tenant(
+        &self,
+        tenant: &Tenant,
+        after_id: i64,
+    ) -> (
+        broadcast::Receiver<Arc<CommittedEvent>>,
+        Option<Vec<Arc<CommittedEvent>>>,
+    ) {
+        let inner = self.inner.lock();
+        let receiver = self.sender.subscribe();
+        (receiver, inner.tenant_recent(tenant, after_id, usize::MAX))
+    }
+
+    /// A receiver of `flow_id`'s events committed from now on, and its events after
+    /// `after_seq` if memory still holds all of them.
+    pub fn subscribe_flow(
+        &self,
+        flow_id: FlowId,
+        after_seq: u64,
+    ) -> (KeyedReceiver, Option<Vec<Arc<CommittedEvent>>>) {
+        self.subscribe_key(Key::Flow(flow_id), after_seq)
+    }
+
+    /// A receiver of the events of `master_flow_id`'s tree committed from now on, and its
+    /// events after the id `after_id` if memory still holds all of them.
+    pub fn subscribe_tree(
+        &self,
+        master_flow_id: FlowId,
+        after_id: i64,
+    ) -> (KeyedReceiver, Option<Vec<Arc<CommittedEvent>>>) {
+        self.subscribe_key(Key::Tree(master_flow_id), after_id.max(0) as u64)
+    }
+
+    fn subscribe_key(
+        &self,
+        key: Key,
+        after: u64,
+    ) -> (KeyedReceiver, Option<Vec<Arc<CommittedEvent>>>) {
+        let mut inner = self.inner.lock();
+        let receiver = inner
+            .keyed
+            .entry(key)
+            .or_insert_with(|| broadcast::channel(KEYED_BUFFER).0)
+            .subscribe();
+        let recent = inner.recent(key, after);
+        drop(inner);
+        (
+            KeyedReceiver {
+                receiver,
+                key,
+                inner: self.inner.clone(),
+            },
+            recent,
+        )
+    }
+
+    /// `flow_id`'s events after `after_seq`, if memory holds all of them.
+    pub fn recent_flow_events(
+        &self,
+        flow_id: FlowId,
+        after_seq: u64,
+    ) -> Option<Vec<Arc<CommittedEvent>>> {
+        self.inner.lock().recent(Key::Flow(flow_id), after_seq)
+    }
+
+    /// The events of `master_flow_id`'s tree after the id `after_id`, if memory holds all.
+    pub fn recent_tree_events(
+        &self,
+        master_flow_id: FlowId,
+        after_id: i64,
+    ) -> Option<Vec<Arc<CommittedEvent>>> {
+        self.inner
+            .lock()
+            .recent(Key::Tree(master_flow_id), after_id.max(0) as u64)
+    }
+
+    /// At most `limit` of the tenant's events after the id `after_id`, if memory holds all.
+    pub fn recent_tenant_events(
+        &self,
+        tenant: &Tenant,
+        after_id: i64,
+        limit: usize,
+    ) -> Option<Vec<Arc<CommittedEvent>>> {
+        self.inner.lock().tenant_recent(tenant, after_id, limit)
+    }
+
+    /// Any event of `flow_id` still in memory (for its tenant and master, without a read).
+    pub fn any_recent_event(&self, flow_id: FlowId) -> Option<Arc<CommittedEvent>> {
+        let inner = self.inner.lock();
+        inner
+            .by_key
+            .get(&Key::Flow(flow_id))
+            .and_then(|recent| recent.events.back().cloned())
+    }
+
+    /// Live subscribers (tenant-wide and per flow or tree), for metrics.
     pub fn subscriber_count(&self) -> usize {
-        self.sender.receiver_count()
+        let keyed: usize = self
+            .inner
+            .lock()
+            .keyed
+            .values()
+            .map(broadcast::Sender::receiver_count)
+            .sum();
+        self.sender.receiver_count() + keyed
+    }
+}
+
+impl Inner {
+    fn tenant_recent(
+        &self,
+        tenant: &Tenant,
+        after_id: i64,
+        limit: usize,
+    ) -> Option<Vec<Arc<CommittedEvent>>> {
+        if self.ring_complete_after_id > after_id {
+            return None;
+        }
+        // Ids rise along the ring.
+        let start = self.ring.partition_point(|e| e.id <= after_id);
+        Some(
+            self.ring
+                .range(start..)
+                .filter(|e| {
+                    e.client_account_id == tenant.client_account_id
+                        && e.engagement_id == tenant.engagement_id
+                })
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: i64, flow_id: FlowId, master_flow_id: FlowId, seq: u64) -> FlowEvent {
+        let tenant = Tenant::default_tenant();
+        FlowEvent {
+            id,
+            seq,
+            flow_id,
+            master_flow_id,
+            kind: EventKind::PhaseStarted,
+            status: FlowStatus::Running,
+            current_phase: None,
+            next_phase: None,
+            progress_percentage: 0.0,
+            error: None,
+            at: Utc::now(),
+            client_account_id: tenant.client_account_id,
+            engagement_id: tenant.engagement_id,
+            flow_type: "t".into(),
+        }
+    }
+
+    #[test]
+    fn a_flow_subscriber_gets_only_its_flow_and_a_tree_subscriber_its_tree() {
+        let fanout = EventFanout::starting_after(64, 0);
+        let (a, b, child) = (FlowId::new(), FlowId::new(), FlowId::new());
+        let (mut flow_a, _) = fanout.subscribe_flow(a, 0);
+        let (mut tree_a, _) = fanout.subscribe_tree(a, 0);
+        fanout.publish([
+            event(1, b, b, 1),
+            event(2, a, a, 1),
+            event(3, child, a, 1),
+            event(4, b, b, 2),
+        ]);
+        let ids = |receiver: &mut KeyedReceiver| {
+            std::iter::from_fn(|| receiver.receiver.try_recv().ok())
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&mut flow_a), [2]);
+        assert_eq!(ids(&mut tree_a), [2, 3]);
+        assert_eq!(fanout.subscriber_count(), 2);
+        drop((flow_a, tree_a));
+        assert_eq!(fanout.subscriber_count(), 0);
+        assert!(
+            fanout.inner.lock().keyed.is_empty(),
+            "no channel outlives its subscribers"
+        );
+    }
+
+    #[test]
+    fn catch_up_comes_from_memory_only_while_it_holds_everything_after_the_cursor() {
+        let fanout = EventFanout::starting_after(16, 0);
+        let (a, b) = (FlowId::new(), FlowId::new());
+        fanout.publish([event(1, a, a, 1), event(2, a, a, 2)]);
+        let seqs = |events: Option<Vec<Arc<CommittedEvent>>>| {
+            events.map(|events| events.iter().map(|e| e.seq).collect::<Vec<_>>())
+        };
+        assert_eq!(seqs(fanout.recent_flow_events(a, 0)), Some(vec![1, 2]));
+        assert_eq!(seqs(fanout.subscribe_flow(a, 1).1), Some(vec![2]));
+        assert_eq!(seqs(fanout.recent_tree_events(a, 0)), Some(vec![1, 2]));
+        // 15 events of another flow push `a`'s first event out of memory.
+        fanout.publish((3..=17).map(|id| event(id, b, b, id as u64 - 2)));
+        assert!(fanout.recent_flow_events(a, 0).is_none(), "seq 1 is gone");
+        assert!(fanout.recent_tree_events(a, 0).is_none());
+        assert_eq!(seqs(fanout.recent_flow_events(a, 1)), Some(vec![2]));
+        assert_eq!(seqs(fanout.recent_tree_events(a, 1)), Some(vec![2]));
+        assert_eq!(
+            seqs(fanout.recent_flow_events(b, 0)).map(|s| s.len()),
+            Some(15)
+        );
+        let tenant = Tenant::default_tenant();
+        assert!(fanout.recent_tenant_events(&tenant, 0, 100).is_none());
+        let recent = fanout.recent_tenant_events(&tenant, 1, 100).unwrap();
+        assert_eq!(recent.first().map(|e| e.id), Some(2));
+        assert_eq!(recent.len(), 16);
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use crate::child_flows::ChildFlowsHandler;
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
-use crate::events::{CommittedEvent, EventFanout, FlowEvent};
+use crate::events::{CommittedEvent, EventFanout, FlowEvent, KeyedReceiver};
 use crate::external::ExternalHandler;
 use crate::faults::FaultPlan;
 use crate::flow::ControlCommand;
@@ -157,8 +157,8 @@ impl Runtime {
     ) -> Result<Self, RuntimeError> {
         let metrics = Arc::new(RuntimeMetrics::with_max_series(config.max_metric_series));
         let faults = Arc::new(FaultPlan::default());
-        let fanout = EventFanout::new(config.event_buffer);
         let last_event_id = store.max_event_id().await?;
+        let fanout = EventFanout::starting_after(config.event_buffer, last_event_id);
         let persistence = {
             let store = store.clone();
             let fanout = fanout.clone();
@@ -482,6 +482,130 @@ impl Runtime {
         self.fanout.subscribe()
     }
 
+    /// The master flow of `flow_id` if it belongs to `tenant`: what a stream of the flow
+    /// follows. Answered from recent events in memory when they hold the flow.
+    pub async fn stream_master(
+        &self,
+        tenant: &Tenant,
+        flow_id: FlowId,
+    ) -> Result<FlowId, RuntimeError> {
+        if let Some(event) = self.fanout.any_recent_event(flow_id) {
+            return if event.client_account_id == tenant.client_account_id
+                && event.engagement_id == tenant.engagement_id
+            {
+                Ok(event.master_flow_id)
+            } else {
+                Err(RuntimeError::FlowNotFound(flow_id))
+            };
+        }
+        Ok(self.flow(tenant, flow_id).await?.master_flow_id)
+    }
+
+    /// The id of a flow's event `seq` (0 for 0); for a `seq` past its history, the highest
+    /// event id stored, so that a stream from there carries only what is committed later.
+    pub async fn event_id_of(&self, flow_id: FlowId, seq: u64) -> Result<i64, RuntimeError> {
+        if seq == 0 {
+            return Ok(0);
+        }
+        if let Some(events) = self.fanout.recent_flow_events(flow_id, seq - 1)
+            && let Some(event) = events.first()
+            && event.seq == seq
+        {
+            return Ok(event.id);
+        }
+        match self.store.flow_events(flow_id, seq - 1, 1).await?.first() {
+            Some(event) => Ok(event.id),
+            None => Ok(self.store.max_event_id().await?),
+        }
+    }
+
+    /// Up to `limit` of a flow's committed events with `seq > after_seq`, in order: from
+    /// memory when it holds them all, else from the database.
+    pub async fn flow_events_after(
+        &self,
+        flow_id: FlowId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Arc<CommittedEvent>>, RuntimeError> {
+        if let Some(mut events) = self.fanout.recent_flow_events(flow_id, after_seq) {
+            events.truncate(limit as usize);
+            return Ok(events);
+        }
+        let stored = self.store.flow_events(flow_id, after_seq, limit).await?;
+        Ok(committed(stored))
+    }
+
+    /// Up to `limit` events of the tree under `master_flow_id` (itself included) with
+    /// `id > after_id`, in order: from memory when it holds them all, else from the database.
+    pub async fn tree_events_after(
+        &self,
+        master_flow_id: FlowId,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Arc<CommittedEvent>>, RuntimeError> {
+        if let Some(mut events) = self.fanout.recent_tree_events(master_flow_id, after_id) {
+            events.truncate(limit as usize);
+            return Ok(events);
+        }
+        let stored = self
+            .store
+            .tree_events(master_flow_id, after_id, limit)
+            .await?;
+        Ok(committed(stored))
+    }
+
+    /// Up to `limit` of `tenant`'s events with `id > after_id`, in order: from memory when
+    /// it holds them all, else from the database.
+    pub async fn tenant_events_after(
+        &self,
+        tenant: &Tenant,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Arc<CommittedEvent>>, RuntimeError> {
+        if let Some(events) = self
+            .fanout
+            .recent_tenant_events(tenant, after_id, limit as usize)
+        {
+            return Ok(events);
+        }
+        let stored = self.store.tenant_events(tenant, after_id, limit).await?;
+        Ok(committed(stored))
+    }
+
+    /// `flow_id`'s events committed from now on, and those after `after_seq` if memory still
+    /// holds them all (else read them with [`Runtime::flow_events_after`]). Only this flow's
+    /// commits wake the receiver.
+    pub fn subscribe_flow(
+        &self,
+        flow_id: FlowId,
+        after_seq: u64,
+    ) -> (KeyedReceiver, Option<Vec<Arc<CommittedEvent>>>) {
+        self.fanout.subscribe_flow(flow_id, after_seq)
+    }
+
+    /// The events of the tree under `master_flow_id` committed from now on, and those after
+    /// `after_id` if memory still holds them all. Only this tree's commits wake the receiver.
+    pub fn subscribe_tree(
+        &self,
+        master_flow_id: FlowId,
+        after_id: i64,
+    ) -> (KeyedReceiver, Option<Vec<Arc<CommittedEvent>>>) {
+        self.fanout.subscribe_tree(master_flow_id, after_id)
+    }
+
+    /// Every event committed from now on (filter by tenant yourself), and `tenant`'s events
+    /// after `after_id` if memory still holds them all.
+    pub fn subscribe_tenant(
+        &self,
+        tenant: &Tenant,
+        after_id: i64,
+    ) -> (
+        broadcast::Receiver<Arc<CommittedEvent>>,
+        Option<Vec<Arc<CommittedEvent>>>,
+    ) {
+        self.fanout.subscribe_tenant(tenant, after_id)
+    }
+
     /// The store, for reads.
     pub fn store(&self) -> &Arc<dyn FlowStore> {
         &self.store
@@ -559,6 +683,14 @@ impl Runtime {
     pub fn subscriber_count(&self) -> usize {
         self.fanout.subscriber_count()
     }
+}
+
+/// Stored events in the fan-out's form, so a stream sends both kinds alike.
+fn committed(events: Vec<FlowEvent>) -> Vec<Arc<CommittedEvent>> {
+    events
+        .into_iter()
+        .map(|event| Arc::new(CommittedEvent::new(event)))
+        .collect()
 }
 
 #[cfg(test)]

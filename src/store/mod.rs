@@ -184,13 +184,17 @@ impl DbStore {
 
     async fn load_one(&self, id: FlowId) -> Result<Option<FlowState>, StoreError> {
         with_conn!(self, |conn: Db| {
+            // Reads of one row by key use `load`, not diesel's `first`: `first` binds its
+            // `LIMIT 1` as a parameter, and SQLite re-prepares a statement whose `LIMIT` is a
+            // parameter each time that is bound, which diesel does at every execution of a
+            // cached statement (`sqlite3Reprepare` at every read). A key matches one row anyway.
             let row = flows::table
                 .find(DbUuid(id.0))
                 .select(FlowRow::as_select())
-                .first(conn)
+                .load(conn)
                 .await
-                .optional()
-                .map_err(db_error)?;
+                .map_err(db_error)?
+                .pop();
             let Some(row) = row else {
                 return Ok(None);
             };
@@ -217,10 +221,10 @@ impl DbStore {
                 .filter(flows::engagement_id.eq(&tenant.engagement_id))
                 .filter(flows::idempotency_key.eq(key))
                 .select(flows::id)
-                .first::<DbUuid>(conn)
+                .load::<DbUuid>(conn)
                 .await
-                .optional()
                 .map_err(db_error)?
+                .pop()
         });
         match id {
             Some(id) => self.load_one(FlowId(id.0)).await,
@@ -367,10 +371,10 @@ impl DbStore {
             tasks::table
                 .find(DbUuid(id.0))
                 .select(TaskRow::as_select())
-                .first(conn)
+                .load(conn)
                 .await
-                .optional()
                 .map_err(db_error)?
+                .pop()
         });
         row.map(TaskRow::into_record).transpose()
     }
@@ -391,10 +395,10 @@ impl DbStore {
                 .filter(tasks::phase.eq(phase))
                 .filter(tasks::attempt.eq(attempt))
                 .select(TaskRow::as_select())
-                .first(conn)
+                .load(conn)
                 .await
-                .optional()
                 .map_err(db_error)?
+                .pop()
         });
         row.map(TaskRow::into_record).transpose()
     }
@@ -428,7 +432,7 @@ impl DbStore {
         let max: Option<i64> = with_conn!(self, |conn: Db| {
             events::table
                 .select(diesel::dsl::max(events::id))
-                .first(conn)
+                .get_result(conn)
                 .await
                 .map_err(db_error)?
         });

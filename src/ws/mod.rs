@@ -1,8 +1,11 @@
 //! Live progress over websockets: a flow's events, or all events of a tenant. A stream first
 //! sends the stored events after the client's cursor, then live ones, each exactly once and in
-//! order. It subscribes to the fan-out *before* reading the database, so nothing falls between
-//! the two; duplicates from the overlap are dropped by cursor. A subscriber that falls behind
-//! the fan-out's buffer is caught up from the database; the runtime never waits for it.
+//! order. A flow's stream is woken only by its own flow's (a master's: its tree's) commits. It
+//! subscribes to the fan-out *before* catching up, so nothing falls between the two; the
+//! fan-out hands over the recent events it still holds with the subscription, and only what it
+//! no longer holds is read from the database. Duplicates from an overlap are dropped by cursor.
+//! A subscriber that falls behind its buffer is caught up the same way; the runtime never
+//! waits for it.
 //!
 //! A stream costs the server only while its client reads: a frame that cannot be handed to
 //! the connection within [`SEND_TIMEOUT`] (the client stopped reading and every buffer is
@@ -14,9 +17,9 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use flowd_actors::Runtime;
-use flowd_actors::events::{CommittedEvent, FlowEvent};
+use flowd_actors::error::RuntimeError;
+use flowd_actors::events::{CommittedEvent, FlowEvent, KeyedReceiver};
 use flowd_actors::ids::{FlowId, Tenant};
-use flowd_actors::store::StoreError;
 use serde::Deserialize;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 use tracing::{Instrument, debug, info_span, warn};
@@ -89,23 +92,63 @@ impl Cursor {
         }
     }
 
-    async fn stored_page(&self, runtime: &Runtime) -> Result<Vec<FlowEvent>, StoreError> {
+    async fn stored_page(
+        &self,
+        runtime: &Runtime,
+    ) -> Result<Vec<Arc<CommittedEvent>>, RuntimeError> {
         match self {
             Cursor::Flow { flow_id, last_seq } => {
-                runtime.store().flow_events(*flow_id, *last_seq, PAGE).await
+                runtime.flow_events_after(*flow_id, *last_seq, PAGE).await
             }
             Cursor::Tree {
                 master_flow_id,
                 last_id,
             } => {
                 runtime
-                    .store()
-                    .tree_events(*master_flow_id, *last_id, PAGE)
+                    .tree_events_after(*master_flow_id, *last_id, PAGE)
                     .await
             }
             Cursor::Tenant {
                 tenant, last_id, ..
-            } => runtime.store().tenant_events(tenant, *last_id, PAGE).await,
+            } => runtime.tenant_events_after(tenant, *last_id, PAGE).await,
+        }
+    }
+
+    /// Subscribes to what this cursor follows; with the events after it when memory holds them.
+    fn subscribe(&self, runtime: &Runtime) -> (Live, Option<Vec<Arc<CommittedEvent>>>) {
+        match self {
+            Cursor::Flow { flow_id, last_seq } => {
+                let (live, recent) = runtime.subscribe_flow(*flow_id, *last_seq);
+                (Live::Keyed(live), recent)
+            }
+            Cursor::Tree {
+                master_flow_id,
+                last_id,
+            } => {
+                let (live, recent) = runtime.subscribe_tree(*master_flow_id, *last_id);
+                (Live::Keyed(live), recent)
+            }
+            Cursor::Tenant {
+                tenant, last_id, ..
+            } => {
+                let (live, recent) = runtime.subscribe_tenant(tenant, *last_id);
+                (Live::All(live), recent)
+            }
+        }
+    }
+}
+
+/// Live events: of one flow or tree only, or of every tenant (filtered by the cursor).
+enum Live {
+    Keyed(KeyedReceiver),
+    All(Receiver<Arc<CommittedEvent>>),
+}
+
+impl Live {
+    async fn recv(&mut self) -> Result<Arc<CommittedEvent>, RecvError> {
+        match self {
+            Live::Keyed(receiver) => receiver.recv().await,
+            Live::All(receiver) => receiver.recv().await,
         }
     }
 }
@@ -141,22 +184,15 @@ pub async fn flow_stream(
         ));
     }
     let after = cursor_value(query.after)?;
-    let flow = runtime.flow(&caller.tenant, flow_id).await?;
-    let cursor = if flow.master_flow_id == flow.id {
+    let master_flow_id = runtime.stream_master(&caller.tenant, flow_id).await?;
+    let cursor = if master_flow_id == flow_id {
         // Everything of the tree committed after the master's event `after`.
-        let store = runtime.store();
-        let unavailable = |e: StoreError| ApiError::unavailable(e.to_string());
-        let last_id = match after {
-            0 => 0,
-            seq => match store.flow_events(flow_id, (seq - 1) as u64, 1).await {
-                Ok(events) if !events.is_empty() => events[0].id,
-                // A cursor past the master's history: only what is committed from now on.
-                Ok(_) => store.max_event_id().await.map_err(unavailable)?,
-                Err(error) => return Err(unavailable(error)),
-            },
-        };
+        let last_id = runtime
+            .event_id_of(flow_id, after as u64)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
         Cursor::Tree {
-            master_flow_id: flow_id,
+            master_flow_id,
             last_id,
         }
     } else {
@@ -209,8 +245,8 @@ fn open(
     let (response, session, messages) = actix_ws::handle(request, body)
         .map_err(|error| ApiError::bad_request("not-a-websocket", error.to_string()))?;
     // Subscribed before the first database read: see the module comment.
-    let live = runtime.subscribe();
-    actix_web::rt::spawn(stream(runtime, session, messages, live, cursor).instrument(span));
+    let (live, recent) = cursor.subscribe(&runtime);
+    actix_web::rt::spawn(stream(runtime, session, messages, live, recent, cursor).instrument(span));
     Ok(response)
 }
 
@@ -233,33 +269,39 @@ async fn send_text(session: &mut Session, text: String) -> bool {
     }
 }
 
-async fn send(session: &mut Session, cursor: &mut Cursor, event: &FlowEvent) -> bool {
-    let Ok(text) = serde_json::to_string(event) else {
-        return false;
-    };
-    cursor.advance(event);
-    send_text(session, text).await
-}
-
-/// A live event: serialized once for all subscribers, copied per session.
-async fn send_live(session: &mut Session, cursor: &mut Cursor, event: &CommittedEvent) -> bool {
+/// Sends `event` (serialized once for every subscriber, copied per session) and moves the
+/// cursor past it.
+async fn send(session: &mut Session, cursor: &mut Cursor, event: &CommittedEvent) -> bool {
     cursor.advance(event);
     send_text(session, event.json().to_owned()).await
 }
 
-/// Sends stored events after the cursor until the database has no more.
+/// Sends the events the cursor wants of `events`, in order.
+async fn send_all(
+    session: &mut Session,
+    cursor: &mut Cursor,
+    events: &[Arc<CommittedEvent>],
+) -> bool {
+    for event in events {
+        if cursor.wants(event) && !send(session, cursor, event).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sends committed events after the cursor until there are no more (from memory while it
+/// holds them, else from the database).
 async fn catch_up(
     runtime: &Runtime,
     session: &mut Session,
     cursor: &mut Cursor,
-) -> Result<bool, StoreError> {
+) -> Result<bool, RuntimeError> {
     loop {
         let page = cursor.stored_page(runtime).await?;
         let full = page.len() == PAGE as usize;
-        for event in &page {
-            if cursor.wants(event) && !send(session, cursor, event).await {
-                return Ok(false);
-            }
+        if !send_all(session, cursor, &page).await {
+            return Ok(false);
         }
         // Past the whole page even when the filter wanted none of it: the next query must
         // start after it, or a page of unwanted events would be read forever.
@@ -280,7 +322,7 @@ async fn catch_up_while_connected(
     session: &mut Session,
     messages: &mut MessageStream,
     cursor: &mut Cursor,
-) -> Result<bool, StoreError> {
+) -> Result<bool, RuntimeError> {
     let closed = async {
         loop {
             match messages.recv().await {
@@ -302,15 +344,31 @@ async fn stream(
     runtime: Arc<Runtime>,
     mut session: Session,
     mut messages: MessageStream,
-    mut live: Receiver<Arc<CommittedEvent>>,
+    mut live: Live,
+    recent: Option<Vec<Arc<CommittedEvent>>>,
     mut cursor: Cursor,
 ) {
     let reason = 'stream: {
-        match catch_up_while_connected(&runtime, &mut session, &mut messages, &mut cursor).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(error) => {
-                break 'stream close_reason(CloseCode::Error, &format!("database: {error}"));
+        match recent {
+            // Everything after the cursor was still in memory.
+            Some(recent) => {
+                if !send_all(&mut session, &mut cursor, &recent).await {
+                    return;
+                }
+            }
+            None => {
+                match catch_up_while_connected(&runtime, &mut session, &mut messages, &mut cursor)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        break 'stream close_reason(
+                            CloseCode::Error,
+                            &format!("database: {error}"),
+                        );
+                    }
+                }
             }
         }
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -319,7 +377,7 @@ async fn stream(
             tokio::select! {
                 event = live.recv() => match event {
                     Ok(event) => {
-                        if cursor.wants(&event) && !send_live(&mut session, &mut cursor, &event).await {
+                        if cursor.wants(&event) && !send(&mut session, &mut cursor, &event).await {
                             return;
                         }
                     }
