@@ -190,4 +190,10 @@ pub trait FlowStore: Send + Sync + 'static {
 
     /// A cheap round trip, for readiness.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The writer has gone idle: give back memory held only to speed up writes (e.g. an
+    /// embedded database's page cache), so a drained backlog does not keep its peak memory.
+    fn release_memory(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }

@@ -605,6 +605,26 @@ impl FlowStore for DbStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.round_trip())
     }
+
+    fn release_memory(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // SQLite keeps each connection's page cache for its life; PostgreSQL's is the
+            // server's. Only the commit connection's is large (see `sqlite::SqliteSync`).
+            if let Pools::Sqlite { writer, .. } = &*self.pools
+                && let Ok(mut conn) = writer.get().await
+            {
+                let shrunk = conn
+                    .spawn_blocking(|conn| {
+                        use diesel::connection::SimpleConnection;
+                        conn.batch_execute("PRAGMA shrink_memory;")
+                    })
+                    .await;
+                if let Err(error) = shrunk {
+                    tracing::debug!(%error, "the writer's page cache was not released");
+                }
+            }
+        })
+    }
 }
 
 /// A batch turned into rows, grouped by statement. Later writes to the same flow row, phase

@@ -23,6 +23,9 @@ pub use messages::{Fence, GetStats, Persist, PersistenceStats, Release};
 /// First wait before a batch is tried again while the database is unavailable; it doubles up to
 /// [`OUTAGE_BACKOFF_MAX`] and the batch is tried for as long as the outage lasts.
 const OUTAGE_BACKOFF_START: Duration = Duration::from_millis(50);
+/// How long the writer must have had nothing to commit before the store is told to give back
+/// memory it keeps for speed.
+const IDLE_BEFORE_RELEASE: Duration = Duration::from_secs(2);
 /// Longest wait between two tries of a batch during an outage.
 const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -74,9 +77,25 @@ impl PersistenceActor {
         }
     }
 
+    /// Once the writer has been idle for [`IDLE_BEFORE_RELEASE`] after a batch, lets the store
+    /// give back memory it holds for speed: memory returns near its idle level after a backlog.
+    fn release_when_idle(&mut self, ctx: &mut Context<Self>) {
+        let batches = self.stats.batches;
+        ctx.run_later(IDLE_BEFORE_RELEASE, move |act, ctx| {
+            if act.stats.batches == batches && !act.committing {
+                let store = act.store.clone();
+                ctx.spawn(async move { store.release_memory().await }.into_actor(act));
+            }
+        });
+    }
+
     /// Starts the next batch unless one is committing. Everything queued meanwhile waits for it.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.queue.is_empty() {
+        if self.committing {
+            return;
+        }
+        if self.queue.is_empty() {
+            self.release_when_idle(ctx);
             return;
         }
         self.committing = true;
