@@ -103,12 +103,7 @@ async fn check_target(policy: &TargetPolicy, url: &Url) -> Result<(), HandlerErr
     }
     let addresses = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|error| {
-            HandlerError::fatal(
-                "handler_unavailable",
-                format!("cannot resolve `{host}`: {error}"),
-            )
-        })?;
+        .map_err(|error| HandlerError::unavailable(format!("cannot resolve `{host}`: {error}")))?;
     for address in addresses {
         check_ip(policy, address.ip(), port).map_err(refused)?;
     }
@@ -168,7 +163,7 @@ async fn post(client: Client, policy: Arc<TargetPolicy>, ctx: PhaseContext) -> P
     };
     let reply = match reply {
         Err(_elapsed) => {
-            return Err(HandlerError::retryable(
+            return Err(HandlerError::timeout(
                 "timeout",
                 format!("no reply from {shown} within {}ms", params.timeout_ms),
             )
@@ -271,10 +266,9 @@ fn request_error(url: &Url, error: &reqwest::Error) -> HandlerError {
     let chain = error_chain(error).replace(url.as_str(), &shown);
     let diagnostic = json!({ "url": shown, "error": chain });
     if error.is_timeout() {
-        HandlerError::retryable("timeout", format!("{shown} timed out")).with_diagnostic(diagnostic)
+        HandlerError::timeout("timeout", format!("{shown} timed out")).with_diagnostic(diagnostic)
     } else if error.is_connect() {
-        HandlerError::fatal("handler_unavailable", format!("cannot connect to {shown}"))
-            .with_diagnostic(diagnostic)
+        HandlerError::unavailable(format!("cannot connect to {shown}")).with_diagnostic(diagnostic)
     } else {
         HandlerError::retryable("http_error", format!("the request to {shown} failed"))
             .with_diagnostic(diagnostic)

@@ -140,7 +140,7 @@ mod tests {
     fn bad_replies_are_bad_output() {
         let error = parse("not json").unwrap_err();
         assert_eq!(error.kind, "bad_output");
-        assert!(error.retryable);
+        assert!(error.is_retryable());
         assert_eq!(error.diagnostic["output_excerpt"], "not json");
         assert_eq!(
             parse(r#"{"output": 1, "next_phase": 3}"#).unwrap_err().kind,

@@ -27,14 +27,7 @@ pub struct PhaseProgress {
     pub fraction: f64,
 }
 
-/// A lifecycle request from a user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ControlCommand {
-    Pause,
-    Resume,
-    Cancel,
-    Retry,
-}
+pub use crate::machine::ControlCommand;
 
 /// Applies a lifecycle request; answered with the flow once the transition has committed.
 #[derive(Message)]

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::handler::{HandlerError, NextPhase, PhaseOutput, PhaseResult};
+use crate::handler::{ErrorClass, HandlerError, NextPhase, PhaseOutput, PhaseResult};
 use crate::ids::Tenant;
 use crate::model::now;
 use crate::persistence::{Persist, PersistenceActor};
@@ -381,13 +381,10 @@ impl QueueActor {
         let queue = task.record.queue.clone();
         let waiter = self.tasks.get_mut(&task_id).and_then(|t| t.waiter.take());
         info!(task_id = %task_id, %queue, "no worker polled the queue; task withdrawn");
-        let error = HandlerError::retryable(
-            "handler_unavailable",
-            format!(
-                "no worker polled queue `{queue}` within {}s",
-                window.as_secs_f64()
-            ),
-        )
+        let error = HandlerError::unavailable(format!(
+            "no worker polled queue `{queue}` within {}s",
+            window.as_secs_f64()
+        ))
         .with_diagnostic(json!({ "queue": queue, "task_id": task_id }));
         if let Some(commit) = self.finish(task_id, TaskStatus::Withdrawn, None, ctx) {
             ctx.spawn(fut::wrap_future(async move {
@@ -441,7 +438,11 @@ fn outcome_of(record: &TaskRecord) -> Option<PhaseResult> {
             let error = HandlerError {
                 kind: "worker_failed".into(),
                 message,
-                retryable,
+                class: if retryable {
+                    ErrorClass::Retryable
+                } else {
+                    ErrorClass::Fatal
+                },
                 diagnostic: json!({ "task_id": record.id, "worker_id": record.worker_id }),
             };
             Some(Err(error))

@@ -25,7 +25,7 @@ use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, FlowStatus, now};
 use crate::persistence::{Fence, Persist, PersistenceActor, Release};
 use crate::registry::{GetFlowType, Registry};
-use crate::store::{FlowQuery, FlowStore, FlowUpdate, TransitionWrite, Write};
+use crate::store::{FlowQuery, FlowStore, Write};
 pub use messages::{
     ControlFlow, CreateFlow, CreatedFlow, FlowStopped, LiveFlow, LiveFlows, RecoverFlows,
     RestartFlow, StopCause,
@@ -439,15 +439,7 @@ async fn create(
         request.master_flow_id = Some(parent.master_flow_id);
     }
     let mut flow = FlowState::new_initialized(&definition, request);
-    let step = machine::start(&mut flow, &definition, now());
-    let write = TransitionWrite {
-        flow_id: flow.id,
-        create: Some(Box::new(flow.clone())),
-        flow: FlowUpdate::of(&flow),
-        phases: Vec::new(),
-        events: step.events,
-        failure: None,
-    };
+    let (write, effect) = machine::create(&mut flow, &definition, now());
     persistence
         .send(Persist::unfenced(Write::Transition(write)))
         .await??;
@@ -457,7 +449,7 @@ async fn create(
             flow,
             created: true,
         },
-        Some((definition, step.effect)),
+        Some((definition, effect)),
     ))
 }
 
@@ -809,17 +801,8 @@ impl Handler<ControlFlow> for Supervisor {
                             .into_actor(act),
                         ),
                         None => {
-                            // A terminal flow with no actor: answer as the state machine would.
-                            let mut copy = flow.clone();
-                            let at = now();
-                            let answer = match command {
-                                ControlCommand::Pause => machine::pause(&mut copy, at),
-                                ControlCommand::Resume => {
-                                    machine::resume(&mut copy, &definition, false, at)
-                                }
-                                ControlCommand::Cancel => machine::cancel(&mut copy, at),
-                                ControlCommand::Retry => machine::retry(&mut copy, &definition, at),
-                            };
+                            // A terminal flow with no actor: the machine answers, nothing changes.
+                            let answer = machine::check_control(&flow, &definition, command, now());
                             let result = match answer {
                                 Ok(_) => Ok(flow),
                                 Err(machine::Rejected::IllegalTransition(status)) => {
