@@ -517,10 +517,7 @@ impl Handler<CreateFlow> for Supervisor {
                 for waiter in waiters {
                     let copy = match &result {
                         Ok(created) => Ok(created.clone()),
-                        Err(RuntimeError::IdempotencyMismatch(key)) => {
-                            Err(RuntimeError::IdempotencyMismatch(key.clone()))
-                        }
-                        Err(error) => Err(RuntimeError::Unavailable(error.to_string())),
+                        Err(error) => Err(error.duplicate()),
                     };
                     let _ = waiter.send(copy);
                 }
