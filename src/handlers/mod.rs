@@ -5,7 +5,7 @@
 //! `{"output": …, "next_phase": …}` or any other JSON value, taken whole as the output.
 
 mod command;
-mod http;
+mod http_call;
 pub mod targets;
 
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub fn register(set: &mut HandlerSet, security: &SecuritySettings) {
         .collect();
     let policy = TargetPolicy::new(&entries).unwrap_or_default();
     set.register("command", command::run);
-    set.register("http", http::HttpHandler::new(Arc::new(policy)));
+    set.register("http", http_call::HttpHandler::new(Arc::new(policy)));
 }
 
 /// Default bound on a reply (stdout or HTTP body): a phase output is meant to be a small
