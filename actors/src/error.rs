@@ -89,6 +89,19 @@ impl From<actix::MailboxError> for RuntimeError {
     }
 }
 
+/// An error and its sources, outermost first (`a: b: c`): what a log line or an API answer
+/// shows, since many errors' own message is vague without its causes.
+pub fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// A commit that did not happen; the writer must not act as if it had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PersistError {

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowd_actors::error::with_sources;
 use flowd_actors::handler::{HandlerError, PhaseContext, PhaseHandler, PhaseResult};
 use futures_util::future::BoxFuture;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -263,7 +264,8 @@ fn headers(extra: &BTreeMap<String, HeaderSpec>) -> Result<HeaderMap, HandlerErr
 /// broke midway may work next time.
 fn request_error(url: &Url, error: &reqwest::Error) -> HandlerError {
     let shown = shown(url);
-    let chain = error_chain(error).replace(url.as_str(), &shown);
+    // reqwest's message alone is vague ("error sending request"): the sources say why.
+    let chain = with_sources(error).replace(url.as_str(), &shown);
     let diagnostic = json!({ "url": shown, "error": chain });
     if error.is_timeout() {
         HandlerError::timeout("timeout", format!("{shown} timed out")).with_diagnostic(diagnostic)
@@ -273,18 +275,6 @@ fn request_error(url: &Url, error: &reqwest::Error) -> HandlerError {
         HandlerError::retryable("http_error", format!("the request to {shown} failed"))
             .with_diagnostic(diagnostic)
     }
-}
-
-/// reqwest's message alone is vague ("error sending request"): the sources say why.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpResponse, ResponseError};
-use flowd_actors::error::RuntimeError;
+use flowd_actors::error::{RuntimeError, with_sources};
 use flowd_actors::queue::QueueError;
 use serde::Serialize;
 use serde_json::error::Category;
@@ -134,18 +134,6 @@ impl ResponseError for ApiError {
             .insert_header((CONTENT_TYPE, "application/problem+json"))
             .body(serde_json::to_string(&problem).unwrap_or_default())
     }
-}
-
-/// An error and its sources, outermost first: `a: b: c`.
-fn with_sources(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 impl From<RuntimeError> for ApiError {

@@ -41,6 +41,16 @@ fn ok(output: serde_json::Value) -> PhaseOutput {
     PhaseOutput::new(output)
 }
 
+/// An accepted `phase_finished` with no transition limit.
+fn finish(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    attempt: (&str, u32, bool),
+    result: PhaseResult,
+) -> Step {
+    phase_finished(flow, definition, attempt, result, u32::MAX, now()).unwrap()
+}
+
 fn statuses(step: &Step) -> Vec<(EventKind, FlowStatus, u64)> {
     step.events
         .iter()
@@ -515,15 +525,12 @@ fn phase_finished_hands_an_unavailable_primary_to_the_fallback() {
     def.phases[0].fallback = Some("sleep".into());
     let mut flow = new_flow(&def);
     start(&mut flow, &def, now());
-    let step = phase_finished(
+    let step = finish(
         &mut flow,
         &def,
         ("a", 1, false),
         Err(HandlerError::unavailable("nobody home")),
-        u32::MAX,
-        now(),
-    )
-    .unwrap();
+    );
     assert_eq!(
         step.effect,
         Effect::RunFallback {
@@ -532,15 +539,12 @@ fn phase_finished_hands_an_unavailable_primary_to_the_fallback() {
         }
     );
     // The fallback itself unavailable: an ordinary failure, no second switch.
-    let step = phase_finished(
+    let step = finish(
         &mut flow,
         &def,
         ("a", 1, true),
         Err(HandlerError::unavailable("nobody home either")),
-        u32::MAX,
-        now(),
-    )
-    .unwrap();
+    );
     assert_eq!(step.effect, Effect::Stop);
     assert_eq!(flow.status, FlowStatus::Failed);
 }
@@ -552,27 +556,21 @@ fn phase_finished_retries_by_class_not_by_label() {
     start(&mut flow, &def, now());
     phase_succeeded(&mut flow, &def, "a", 1, ok(json!(1)), now()).unwrap();
     // "b" has retries = 2: a timeout is retried, whatever its label.
-    let step = phase_finished(
+    let step = finish(
         &mut flow,
         &def,
         ("b", 1, false),
         Err(HandlerError::timeout("heartbeat_timeout", "silent")),
-        u32::MAX,
-        now(),
-    )
-    .unwrap();
+    );
     assert!(matches!(step.effect, Effect::RetryAfter { .. }), "{step:?}");
     retry_due(&mut flow, &def, "b", now()).unwrap();
     // An unavailable primary without a fallback is not retried: it would be unavailable again.
-    let step = phase_finished(
+    let step = finish(
         &mut flow,
         &def,
         ("b", 2, false),
         Err(HandlerError::unavailable("refused")),
-        u32::MAX,
-        now(),
-    )
-    .unwrap();
+    );
     assert_eq!(step.effect, Effect::Stop);
     let failure = step.failure.expect("journaled");
     assert_eq!(failure.error_kind, "handler_unavailable");
@@ -584,15 +582,7 @@ fn phase_finished_with_an_output_is_a_success() {
     let def = definition();
     let mut flow = new_flow(&def);
     start(&mut flow, &def, now());
-    let step = phase_finished(
-        &mut flow,
-        &def,
-        ("a", 1, false),
-        Ok(ok(json!(1))),
-        u32::MAX,
-        now(),
-    )
-    .unwrap();
+    let step = finish(&mut flow, &def, ("a", 1, false), Ok(ok(json!(1))));
     assert_eq!(step.events[0].kind, EventKind::PhaseSucceeded);
     assert_eq!(flow.phases[0].status, PhaseStatus::Succeeded);
 }
