@@ -6,11 +6,11 @@
 //! - `plan`: the commit plan, a batch turned into rows per table.
 //! - `columns`: each table's commit columns, and PostgreSQL's array-bound commit statements.
 //!
-//! Every read is written once; [`with_conn!`] expands it once per backend. The commit path is
-//! planned once ([`Plan`]) and then written the way each backend is fastest: on SQLite with
+//! Every read is written once; `with_conn!` expands it once per backend. The commit path is
+//! planned once (`plan::Plan`) and then written the way each backend is fastest: on SQLite with
 //! cached statements of one or 32 rows in one blocking call, on PostgreSQL with one statement per
-//! table whose columns are bound as arrays (see [`sqlite::write_plan`] and
-//! [`postgres::write_plan`]).
+//! table whose columns are bound as arrays (see `sqlite::write_plan` and
+//! `postgres::write_plan`).
 
 mod columns;
 pub mod models;

@@ -54,7 +54,7 @@ const WRITER_PLANNER: &str =
     "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off";
 
 /// The commit connection: a pool of one, which reconnects after a failure like any pool, each
-/// connection with [`WRITER_PLANNER`]. Once migrated by [`connect`].
+/// connection with `WRITER_PLANNER`. Once migrated by [`connect`].
 pub fn writer(url: &str) -> Result<PgPool, StoreError> {
     let mut config = ManagerConfig::default();
     config.custom_setup = Box::new(|url| {
