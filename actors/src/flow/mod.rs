@@ -27,8 +27,10 @@ use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, PhaseStatus, now};
 use crate::persistence::{Persist, PersistenceActor};
 use crate::store::{TransitionWrite, Write};
-use crate::supervisor::messages::{FlowStopped, StopCause};
-pub use messages::{Control, ControlCommand, PhaseFinished, PhaseProgress, Ping, Pong, StopFlow};
+pub use messages::{
+    Control, ControlCommand, FlowStopped, PhaseFinished, PhaseProgress, Ping, Pong, StopCause,
+    StopFlow,
+};
 
 /// What every flow actor shares: handlers, the writer, and whom to tell when it stops.
 #[derive(Clone)]
