@@ -14,7 +14,7 @@ use flowd::startup::Application;
 /// mimalloc rather than the system allocator: the commit path and the actors allocate many
 /// short-lived strings and vectors from several threads, where glibc's malloc spent ~15 % of a
 /// throughput run. In turn: +11 % transitions/s on SQLite, +8 % on PostgreSQL, for +5 % resident
-/// memory per parked flow (BENCHMARKS.md, session 6).
+/// memory per parked flow (docs/BENCHMARKS-HISTORY.md, session 6).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
+use actix::Recipient;
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
@@ -26,7 +26,7 @@ use crate::handler::{HandlerError, PhaseContext, PhaseHandler, PhaseOutput, Phas
 use crate::ids::FlowId;
 use crate::model::{FlowStatus, NewFlow, PhaseStatus};
 use crate::store::FlowStore;
-use crate::supervisor::{ControlFlow, CreateFlow, Supervisor};
+use crate::supervisor::{ControlFlow, CreateFlow};
 
 /// Children created concurrently.
 const CREATE_CONCURRENCY: usize = 32;
@@ -35,9 +35,17 @@ const RESYNC_EVERY: Duration = Duration::from_secs(5);
 /// Progress reports at most this often (each one is a committed transition of the master).
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
+/// What a `child_flows` phase may ask of the supervisor: create flows and control them. Nothing
+/// else of the supervisor is reachable from a handler.
+#[derive(Clone)]
+pub struct FlowStarter {
+    pub create: Recipient<CreateFlow>,
+    pub control: Recipient<ControlFlow>,
+}
+
 /// Runs `child_flows` phases through the supervisor.
 pub struct ChildFlowsHandler {
-    supervisor: Addr<Supervisor>,
+    supervisor: FlowStarter,
     store: Arc<dyn FlowStore>,
     fanout: EventFanout,
     max_children: usize,
@@ -47,7 +55,7 @@ impl ChildFlowsHandler {
     /// Children are created by `supervisor` and watched on `fanout`, with `store` as the truth;
     /// one phase starts at most `max_children`.
     pub fn new(
-        supervisor: Addr<Supervisor>,
+        supervisor: FlowStarter,
         store: Arc<dyn FlowStore>,
         fanout: EventFanout,
         max_children: usize,
@@ -220,7 +228,7 @@ impl PhaseHandler for ChildFlowsHandler {
 
 /// Creates (or finds, by idempotency key) every child.
 async fn start_children(
-    supervisor: &Addr<Supervisor>,
+    supervisor: &FlowStarter,
     ctx: &PhaseContext,
     flow_type: &str,
     inputs: Vec<Value>,
@@ -235,8 +243,8 @@ async fn start_children(
             created_by: None,
             idempotency_key: Some(format!("{}:{}:child:{index}", ctx.flow_id, ctx.phase)),
         };
-        let supervisor = supervisor.clone();
-        async move { (index, supervisor.send(CreateFlow(request)).await) }
+        let create = supervisor.create.clone();
+        async move { (index, create.send(CreateFlow(request)).await) }
     });
     let mut created = futures_util::stream::iter(creates).buffer_unordered(CREATE_CONCURRENCY);
     let mut children = HashMap::new();
@@ -276,7 +284,7 @@ async fn start_children(
 
 /// A retried fan-out gives its failed children another run too.
 async fn retry_failed(
-    supervisor: &Addr<Supervisor>,
+    supervisor: &FlowStarter,
     ctx: &PhaseContext,
     children: &mut HashMap<FlowId, Child>,
 ) -> Result<(), HandlerError> {
@@ -285,6 +293,7 @@ async fn retry_failed(
             continue;
         }
         let retried = supervisor
+            .control
             .send(ControlFlow {
                 flow_id: *id,
                 tenant: ctx.tenant.clone(),

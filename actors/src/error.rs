@@ -47,11 +47,39 @@ pub enum RuntimeError {
     /// The database or an actor is unavailable; the request may be retried.
     #[error("runtime unavailable: {0}")]
     Unavailable(String),
+    /// The database could not be reached; the request may be retried.
+    #[error("runtime unavailable")]
+    StoreUnavailable(#[source] StoreError),
+    /// The store refused a write that conflicts with one already stored (a uniqueness rule):
+    /// the same request conflicts again.
+    #[error("the request conflicts with stored data")]
+    Conflict(#[source] StoreError),
+    /// Stored data could not be read back (a bug or a manual edit): retrying cannot help.
+    #[error("stored data cannot be read")]
+    Corrupt(#[source] StoreError),
+}
+
+impl RuntimeError {
+    /// The same error for another caller waiting on the same request (a repeated create).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::IdempotencyMismatch(key) => Self::IdempotencyMismatch(key.clone()),
+            Self::StoreUnavailable(error) => Self::StoreUnavailable(error.clone()),
+            Self::Conflict(error) => Self::Conflict(error.clone()),
+            Self::Corrupt(error) => Self::Corrupt(error.clone()),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
 }
 
 impl From<StoreError> for RuntimeError {
     fn from(error: StoreError) -> Self {
-        Self::Unavailable(error.to_string())
+        match error {
+            StoreError::Unavailable(_) => Self::StoreUnavailable(error),
+            StoreError::Conflict(_) => Self::Conflict(error),
+            StoreError::Corrupt(_) => Self::Corrupt(error),
+            StoreError::Rejected(_) => Self::WriteRefused(error.to_string()),
+        }
     }
 }
 
@@ -59,6 +87,19 @@ impl From<actix::MailboxError> for RuntimeError {
     fn from(error: actix::MailboxError) -> Self {
         Self::Unavailable(format!("actor mailbox: {error}"))
     }
+}
+
+/// An error and its sources, outermost first (`a: b: c`): what a log line or an API answer
+/// shows, since many errors' own message is vague without its causes.
+pub fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A commit that did not happen; the writer must not act as if it had.

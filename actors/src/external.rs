@@ -5,26 +5,34 @@
 
 use std::sync::Arc;
 
-use actix::Addr;
+use actix::Recipient;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::{HandlerError, PhaseContext, PhaseHandler, PhaseResult};
 use crate::model::now;
-use crate::queue::{Detach, QueueActor, Submit};
+use crate::queue::{Detach, Submit};
 use crate::store::FlowStore;
 use crate::task::{TaskId, TaskRecord, TaskStatus};
 
+/// What an `external` attempt may ask of the queue actor: put its task on a queue and wait for
+/// the result, or stop waiting. Nothing else of the queue is reachable from a handler.
+#[derive(Clone)]
+pub struct TaskQueue {
+    pub submit: Recipient<Submit>,
+    pub detach: Recipient<Detach>,
+}
+
 /// Runs `external` phases through the queue actor.
 pub struct ExternalHandler {
-    queue: Addr<QueueActor>,
+    queue: TaskQueue,
     store: Arc<dyn FlowStore>,
 }
 
 impl ExternalHandler {
     /// A handler whose tasks go to `queue`; `store` finds the task of a re-run attempt.
-    pub fn new(queue: Addr<QueueActor>, store: Arc<dyn FlowStore>) -> Self {
+    pub fn new(queue: TaskQueue, store: Arc<dyn FlowStore>) -> Self {
         Self { queue, store }
     }
 }
@@ -40,7 +48,7 @@ fn unavailable(error: impl std::fmt::Display) -> HandlerError {
 
 /// Tells the queue when the attempt stops waiting early, so the task does not linger.
 struct DetachOnDrop {
-    queue: Addr<QueueActor>,
+    queue: Recipient<Detach>,
     task_id: TaskId,
     token: u64,
     cancellation: CancellationToken,
@@ -103,6 +111,7 @@ impl PhaseHandler for ExternalHandler {
                 }
             };
             let attached = queue
+                .submit
                 .send(Submit {
                     task,
                     stored: is_stored,
@@ -112,7 +121,7 @@ impl PhaseHandler for ExternalHandler {
                 .map_err(unavailable)?
                 .map_err(unavailable)?;
             let mut guard = DetachOnDrop {
-                queue,
+                queue: queue.detach,
                 task_id: attached.task_id,
                 token: attached.token,
                 cancellation: ctx.cancellation.clone(),

@@ -139,35 +139,80 @@ impl PhaseOutput {
     }
 }
 
-/// A failed attempt. `retryable` decides whether the phase's retry policy applies.
+/// What kind of failure an attempt ended in; the state machine decides retry and fallback by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// It ran and failed; another attempt may succeed. Retried by the phase's policy.
+    Retryable,
+    /// It ran and failed in a way no retry can fix (bad parameters, a refused request).
+    Fatal,
+    /// Nobody could run it (no worker on the queue, the program or handler is missing, the
+    /// target refuses connections): the phase's fallback takes over; without one the phase
+    /// fails, since the same primary would be unavailable again.
+    Unavailable,
+    /// It ran past its deadline (or stopped heartbeating). Retried by the phase's policy.
+    Timeout,
+}
+
+impl ErrorClass {
+    /// Whether the phase's retry policy applies.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Retryable | Self::Timeout)
+    }
+
+    /// Whether the phase's fallback (if it names one) runs the attempt instead.
+    pub fn is_unavailable(self) -> bool {
+        self == Self::Unavailable
+    }
+}
+
+/// A failed attempt. Its `class` decides retry and fallback; `kind` is only the label the
+/// failure journal and metrics show.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct HandlerError {
-    /// Stable, machine-readable: `handler_error`, `timeout`, `panic`, `bad_params`, ….
+    /// Stable, machine-readable label: `handler_error`, `timeout`, `panic`, `bad_params`, ….
     pub kind: String,
     pub message: String,
-    pub retryable: bool,
+    pub class: ErrorClass,
     /// Anything that helps diagnose the failure; lands in the failure journal.
     pub diagnostic: Value,
 }
 
 impl HandlerError {
-    /// A failure worth another attempt.
-    pub fn retryable(kind: &str, message: impl Into<String>) -> Self {
+    /// A failure of `class`, journaled as `kind`.
+    pub fn new(class: ErrorClass, kind: &str, message: impl Into<String>) -> Self {
         Self {
             kind: kind.to_owned(),
             message: message.into(),
-            retryable: true,
+            class,
             diagnostic: Value::Null,
         }
     }
 
+    /// A failure worth another attempt.
+    pub fn retryable(kind: &str, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Retryable, kind, message)
+    }
+
     /// A failure no retry can fix (bad parameters, a refused request).
     pub fn fatal(kind: &str, message: impl Into<String>) -> Self {
-        Self {
-            retryable: false,
-            ..Self::retryable(kind, message)
-        }
+        Self::new(ErrorClass::Fatal, kind, message)
+    }
+
+    /// Nobody could run the attempt; journaled as `handler_unavailable`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Unavailable, "handler_unavailable", message)
+    }
+
+    /// The attempt ran past its deadline, journaled as `kind` (`timeout`, `heartbeat_timeout`).
+    pub fn timeout(kind: &str, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Timeout, kind, message)
+    }
+
+    /// Whether the phase's retry policy applies.
+    pub fn is_retryable(&self) -> bool {
+        self.class.is_retryable()
     }
 
     /// Adds diagnostic data for the journal.

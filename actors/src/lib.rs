@@ -27,8 +27,10 @@
 //! A handler is any `Fn(PhaseContext) -> impl Future<Output = Result<PhaseOutput, HandlerError>>`.
 //! Its [`handler::PhaseContext`] carries the flow's input, the outputs of earlier phases, the
 //! attempt number and an idempotency key `{flow_id}:{phase}:{attempt}`, a cancellation token
-//! and a heartbeat. A [`handler::HandlerError`] says whether another attempt may help
-//! (`retryable`) or not (`fatal`); the phase's `retries` decide how many attempts it gets.
+//! and a heartbeat. A [`handler::HandlerError`]'s [`handler::ErrorClass`] says whether another
+//! attempt may help (`retryable`, `timeout`), cannot (`fatal`), or nobody could run it
+//! (`unavailable`: the phase's fallback takes over); the phase's `retries` decide how many
+//! attempts it gets.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::definition::FlowType;
 use crate::events::{EventKind, FlowEvent};
-use crate::handler::{HandlerError, NextPhase, PhaseOutput};
+use crate::handler::{HandlerError, NextPhase, PhaseOutput, PhaseResult};
 use crate::limits::{json_storable, make_storable, storable_text};
 use crate::model::{FailureRecord, FlowState, FlowStatus, PhaseStatus};
 use crate::store::{FlowUpdate, TransitionWrite};
@@ -75,6 +75,21 @@ impl Step {
         (write, self.effect)
     }
 
+    /// The write that creates `flow` (the state its first step left) and commits the step's
+    /// events with it, and the effect that follows the commit.
+    fn into_create_write(self, flow: &FlowState) -> (TransitionWrite, Effect) {
+        let write = TransitionWrite {
+            flow_id: flow.id,
+            create: Some(Box::new(flow.clone())),
+            flow: FlowUpdate::of(flow),
+            // The created row carries every phase as it is.
+            phases: Vec::new(),
+            events: self.events,
+            failure: self.failure,
+        };
+        (write, self.effect)
+    }
+
     /// Whether anything must be written (idempotent no-ops write nothing).
     pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.touched.is_empty() && self.failure.is_none()
@@ -97,6 +112,15 @@ impl Step {
             self.touched.push(index);
         }
     }
+}
+
+/// A lifecycle request from a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlCommand {
+    Pause,
+    Resume,
+    Cancel,
+    Retry,
 }
 
 /// Why an input was refused; nothing changed.
@@ -122,6 +146,16 @@ pub fn start(flow: &mut FlowState, definition: &FlowType, now: DateTime<Utc>) ->
         begin_attempt(flow, definition, &first.name.clone(), now, &mut step);
     }
     step
+}
+
+/// A flow that exists nowhere yet: [`start`] it and give the one write that stores it with its
+/// first events; the effect (its first phase) is carried out once that write has committed.
+pub fn create(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    now: DateTime<Utc>,
+) -> (TransitionWrite, Effect) {
+    start(flow, definition, now).into_create_write(flow)
 }
 
 /// An actor (re)started for a stored flow: pick up exactly where the database says it is.
@@ -175,6 +209,34 @@ fn continue_current(
         }
     }
     step
+}
+
+/// An attempt of `phase` ended, with its handler's result. `fallback` says whether the phase's
+/// fallback ran it. The error's class decides: a primary that was unavailable hands the attempt
+/// to the phase's fallback (if it names one); any other error is a failure, retried while the
+/// class and the policy allow.
+pub fn phase_finished(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    (phase, attempt, fallback): (&str, u32, bool),
+    result: PhaseResult,
+    max_transitions: u32,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
+    match result {
+        Ok(output) => phase_succeeded_within(
+            flow,
+            definition,
+            (phase, attempt),
+            output,
+            max_transitions,
+            now,
+        ),
+        Err(error) if !fallback && error.class.is_unavailable() => {
+            phase_fallback(flow, definition, phase, attempt, error, now)
+        }
+        Err(error) => phase_failed(flow, definition, phase, attempt, error, now),
+    }
 }
 
 /// The handler of `phase` returned successfully.
@@ -268,7 +330,7 @@ pub fn phase_failed(
     row.finished_at = Some(now);
     row.error = Some(message.clone());
     step.touch(index);
-    let will_retry = error.retryable && attempt <= retries;
+    let will_retry = error.is_retryable() && attempt <= retries;
     step.failure = Some(FailureRecord {
         id: 0,
         flow_id: flow.id,
@@ -278,7 +340,7 @@ pub fn phase_failed(
         error_kind: error.kind.clone(),
         message: error.message.clone(),
         diagnostic: json!({
-            "retryable": error.retryable,
+            "retryable": error.is_retryable(),
             "will_retry": will_retry,
             "max_attempts": retries + 1,
             "detail": error.diagnostic,
@@ -359,7 +421,7 @@ pub fn phase_fallback(
         error_kind: error.kind.clone(),
         message: error.message.clone(),
         diagnostic: json!({
-            "retryable": error.retryable,
+            "retryable": error.is_retryable(),
             "will_retry": false,
             "fallback": fallback,
             "primary": primary,
@@ -398,6 +460,34 @@ pub fn retry_due(
     let mut step = Step::new();
     begin_attempt(flow, definition, phase, now, &mut step);
     Ok(step)
+}
+
+/// A lifecycle request. `in_flight` says whether the current phase's handler is still running
+/// in this actor (see [`resume`]).
+pub fn control(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    command: ControlCommand,
+    in_flight: bool,
+    now: DateTime<Utc>,
+) -> Result<Step, Rejected> {
+    match command {
+        ControlCommand::Pause => pause(flow, now),
+        ControlCommand::Resume => resume(flow, definition, in_flight, now),
+        ControlCommand::Cancel => cancel(flow, now),
+        ControlCommand::Retry => retry(flow, definition, now),
+    }
+}
+
+/// Whether `flow` would accept `command`, changing nothing: the answer for a stored flow that
+/// has no actor to carry a transition out (a finished one).
+pub fn check_control(
+    flow: &FlowState,
+    definition: &FlowType,
+    command: ControlCommand,
+    now: DateTime<Utc>,
+) -> Result<(), Rejected> {
+    control(&mut flow.clone(), definition, command, false, now).map(|_| ())
 }
 
 /// Stop starting phases. The phase in flight finishes and is recorded; idempotent.

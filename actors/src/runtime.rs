@@ -8,11 +8,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::broadcast;
 
-use crate::child_flows::ChildFlowsHandler;
+use crate::child_flows::{ChildFlowsHandler, FlowStarter};
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
 use crate::events::{CommittedEvent, EventFanout, FlowEvent, KeyedReceiver};
-use crate::external::ExternalHandler;
+use crate::external::{ExternalHandler, TaskQueue};
 use crate::faults::FaultPlan;
 use crate::flow::ControlCommand;
 use crate::handler::HandlerSet;
@@ -140,7 +140,6 @@ pub struct Runtime {
     queue: Addr<QueueActor>,
     store: Arc<dyn FlowStore>,
     fanout: EventFanout,
-    handlers: Arc<HandlerSet>,
     metrics: Arc<RuntimeMetrics>,
     faults: Arc<FaultPlan>,
     limits: Limits,
@@ -175,50 +174,55 @@ impl Runtime {
             .collect();
         let handler_pool = HandlerPool::new(config.handler_threads)
             .map_err(|e| RuntimeError::Unavailable(format!("handler threads: {e}")))?;
-        let mut handlers = handlers;
-        let mut registry = None;
         // The `child_flows` kind creates flows through the supervisor it runs under, so the
-        // handler set is completed with the supervisor's address before the supervisor starts.
-        let supervisor = Supervisor::create(|ctx| {
-            handlers.register(
-                "child_flows",
-                ChildFlowsHandler::new(
-                    ctx.address(),
-                    store.clone(),
-                    fanout.clone(),
-                    config.limits.max_children,
-                ),
-            );
-            handlers.register(
-                "external",
-                ExternalHandler::new(queue.clone(), store.clone()),
-            );
-            let handlers = Arc::new(handlers);
-            let started = Registry::new(
-                stored,
-                handlers.clone(),
-                persistence.clone(),
-                config.limits.clone(),
-            )
-            .start();
-            registry = Some((started.clone(), handlers.clone()));
-            Supervisor::new(SupervisorParts {
-                arbiters,
-                handlers,
-                persistence: persistence.clone(),
-                registry: started,
-                store: store.clone(),
-                default_timeout: config.default_phase_timeout,
-                max_transitions: config.limits.max_transitions_per_flow,
-                intensity: config.restart_intensity,
-                handler_pool: handler_pool.clone(),
-                metrics: metrics.clone(),
-                faults: faults.clone(),
-            })
-        });
-        let Some((registry, handlers)) = registry else {
-            return Err(RuntimeError::Unavailable("supervisor did not start".into()));
-        };
+        // supervisor's address exists before the supervisor starts: the handler set is
+        // completed with it, and the registry validates definitions against that set.
+        let supervisor_context = Context::<Supervisor>::new();
+        let address = supervisor_context.address();
+        let mut handlers = handlers;
+        handlers.register(
+            "child_flows",
+            ChildFlowsHandler::new(
+                FlowStarter {
+                    create: address.clone().recipient(),
+                    control: address.recipient(),
+                },
+                store.clone(),
+                fanout.clone(),
+                config.limits.max_children,
+            ),
+        );
+        handlers.register(
+            "external",
+            ExternalHandler::new(
+                TaskQueue {
+                    submit: queue.clone().recipient(),
+                    detach: queue.clone().recipient(),
+                },
+                store.clone(),
+            ),
+        );
+        let handlers = Arc::new(handlers);
+        let registry = Registry::new(
+            stored,
+            handlers.clone(),
+            persistence.clone(),
+            config.limits.clone(),
+        )
+        .start();
+        let supervisor = supervisor_context.run(Supervisor::new(SupervisorParts {
+            arbiters,
+            handlers: handlers.clone(),
+            persistence: persistence.clone(),
+            registry: registry.clone(),
+            store: store.clone(),
+            default_timeout: config.default_phase_timeout,
+            max_transitions: config.limits.max_transitions_per_flow,
+            intensity: config.restart_intensity,
+            handler_pool: handler_pool.clone(),
+            metrics: metrics.clone(),
+            faults: faults.clone(),
+        }));
         register_in_order(&registry, flow_types).await?;
         supervisor.send(RecoverFlows::all()).await??;
         let health = HealthActor::new(
@@ -237,7 +241,6 @@ impl Runtime {
             queue,
             store,
             fanout,
-            handlers,
             metrics,
             faults,
             limits: config.limits.clone(),
@@ -274,9 +277,18 @@ impl Runtime {
             .ok_or(RuntimeError::FlowNotFound(flow_id))
     }
 
-    /// Flows matching `query`, newest first.
-    pub async fn list_flows(&self, query: &FlowQuery) -> Result<Vec<FlowState>, RuntimeError> {
-        Ok(self.store.list_flows(query).await?)
+    /// Flows of `tenant` matching `query`, newest first. Like [`Self::flow`], a caller sees
+    /// only its own tenant's flows, whatever `query.tenant` says.
+    pub async fn list_flows(
+        &self,
+        tenant: &Tenant,
+        query: FlowQuery,
+    ) -> Result<Vec<FlowState>, RuntimeError> {
+        let query = FlowQuery {
+            tenant: Some(tenant.clone()),
+            ..query
+        };
+        Ok(self.store.list_flows(&query).await?)
     }
 
     /// A flow's stored events after `after`.
@@ -614,11 +626,6 @@ impl Runtime {
     /// The bounds this runtime was started with.
     pub fn limits(&self) -> &Limits {
         &self.limits
-    }
-
-    /// The handlers this runtime knows.
-    pub fn handlers(&self) -> &HandlerSet {
-        &self.handlers
     }
 
     /// Counters of the persistence actor.

@@ -12,7 +12,7 @@ use crate::model::{FailureRecord, FlowState, FlowStatus, PhaseState};
 use crate::task::{TaskId, TaskRecord};
 
 /// Storage failures, split by what the caller can do about them.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached or the connection broke: try again later.
     #[error("database unavailable: {0}")]

@@ -227,11 +227,8 @@ fn spawn_error(program: &str, error: &io::Error) -> HandlerError {
     ) || error.raw_os_error() == Some(ENOEXEC);
     let diagnostic = json!({ "program": program, "error": error.to_string() });
     if unavailable {
-        HandlerError::fatal(
-            "handler_unavailable",
-            format!("cannot run `{program}`: {error}"),
-        )
-        .with_diagnostic(diagnostic)
+        HandlerError::unavailable(format!("cannot run `{program}`: {error}"))
+            .with_diagnostic(diagnostic)
     } else {
         HandlerError::retryable(
             "command_failed",

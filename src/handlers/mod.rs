@@ -5,7 +5,7 @@
 //! `{"output": …, "next_phase": …}` or any other JSON value, taken whole as the output.
 
 mod command;
-mod http;
+mod http_call;
 pub mod targets;
 
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub fn register(set: &mut HandlerSet, security: &SecuritySettings) {
         .collect();
     let policy = TargetPolicy::new(&entries).unwrap_or_default();
     set.register("command", command::run);
-    set.register("http", http::HttpHandler::new(Arc::new(policy)));
+    set.register("http", http_call::HttpHandler::new(Arc::new(policy)));
 }
 
 /// Default bound on a reply (stdout or HTTP body): a phase output is meant to be a small
@@ -140,7 +140,7 @@ mod tests {
     fn bad_replies_are_bad_output() {
         let error = parse("not json").unwrap_err();
         assert_eq!(error.kind, "bad_output");
-        assert!(error.retryable);
+        assert!(error.is_retryable());
         assert_eq!(error.diagnostic["output_excerpt"], "not json");
         assert_eq!(
             parse(r#"{"output": 1, "next_phase": 3}"#).unwrap_err().kind,

@@ -5,7 +5,7 @@ use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{HttpResponse, ResponseError};
-use flowd_actors::error::RuntimeError;
+use flowd_actors::error::{RuntimeError, with_sources};
 use flowd_actors::queue::QueueError;
 use serde::Serialize;
 use serde_json::error::Category;
@@ -138,7 +138,7 @@ impl ResponseError for ApiError {
 
 impl From<RuntimeError> for ApiError {
     fn from(error: RuntimeError) -> Self {
-        let detail = error.to_string();
+        let detail = with_sources(&error);
         match error {
             RuntimeError::UnknownFlowType(_) => Self::unprocessable("unknown-flow-type", detail),
             RuntimeError::FlowNotFound(_) => Self::not_found(detail),
@@ -163,7 +163,20 @@ impl From<RuntimeError> for ApiError {
                 detail,
             ),
             RuntimeError::WriteRefused(_) => Self::unprocessable("write-refused", detail),
-            RuntimeError::Unavailable(_) | RuntimeError::Fenced => Self::unavailable(detail),
+            // A conflict is the caller's to resolve, never "try again later".
+            RuntimeError::Conflict(_) => Self::conflict("conflict", detail),
+            RuntimeError::Corrupt(_) => {
+                tracing::error!(%detail, "request failed: stored data cannot be read");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "corrupt-stored-data",
+                    "Internal server error",
+                    detail,
+                )
+            }
+            RuntimeError::Unavailable(_)
+            | RuntimeError::StoreUnavailable(_)
+            | RuntimeError::Fenced => Self::unavailable(detail),
         }
     }
 }
@@ -241,4 +254,41 @@ pub fn storable_text(field: &str, text: &str) -> Result<(), ApiError> {
 /// Maps query-string errors to 400.
 pub fn query_error(error: QueryPayloadError) -> ApiError {
     ApiError::bad_request("invalid-query", error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use flowd_actors::store::StoreError;
+
+    use super::*;
+
+    #[test]
+    fn store_errors_keep_their_class_and_their_source() {
+        let cases = [
+            (
+                StoreError::Conflict("duplicate key".into()),
+                StatusCode::CONFLICT,
+                "/problems/conflict",
+            ),
+            (
+                StoreError::Corrupt("bad status".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "/problems/corrupt-stored-data",
+            ),
+            (
+                StoreError::Unavailable("connection refused".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/unavailable",
+            ),
+        ];
+        for (store, status, problem) in cases {
+            let inner = store.to_string();
+            let runtime = RuntimeError::from(store);
+            assert!(std::error::Error::source(&runtime).is_some(), "{runtime:?}");
+            let api = ApiError::from(runtime);
+            assert_eq!(api.status, status);
+            assert_eq!(api.problem_type(), problem);
+            assert!(api.detail.ends_with(&inner), "{}", api.detail);
+        }
+    }
 }

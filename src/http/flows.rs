@@ -221,14 +221,17 @@ pub async fn list(
         .map(parse_flow_id)
         .transpose()?;
     let flows = runtime
-        .list_flows(&FlowQuery {
-            tenant: Some(caller.tenant),
-            status,
-            flow_type: query.flow_type,
-            parent_flow_id,
-            before,
-            limit,
-        })
+        .list_flows(
+            &caller.tenant,
+            FlowQuery {
+                tenant: None,
+                status,
+                flow_type: query.flow_type,
+                parent_flow_id,
+                before,
+                limit,
+            },
+        )
         .await?;
     let next_cursor = (flows.len() == limit as usize)
         .then(|| flows.last().map(|f| f.id.to_string()))

@@ -16,7 +16,7 @@ use futures_util::future::{BoxFuture, try_join_all};
 
 use super::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
 use super::schema::{DbJsonRef, DbTime, DbUuid};
-use super::{Plan, TxError, bulk};
+use super::{Plan, TxError, columns};
 
 /// The PostgreSQL pool.
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -54,7 +54,7 @@ const WRITER_PLANNER: &str =
     "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off";
 
 /// The commit connection: a pool of one, which reconnects after a failure like any pool, each
-/// connection with [`WRITER_PLANNER`]. Once migrated by [`connect`].
+/// connection with `WRITER_PLANNER`. Once migrated by [`connect`].
 pub fn writer(url: &str) -> Result<PgPool, StoreError> {
     let mut config = ManagerConfig::default();
     config.custom_setup = Box::new(|url| {
@@ -84,7 +84,7 @@ fn migrate(url: &str) -> Result<(), StoreError> {
 }
 
 /// Writes a planned batch inside the caller's transaction, one statement per table that has
-/// rows ([`bulk::Columns`]): on PostgreSQL every statement is a network round trip, so a batch
+/// rows ([`columns::Columns`]): on PostgreSQL every statement is a network round trip, so a batch
 /// of a thousand transitions costs a handful of them rather than thousands. Each text depends
 /// only on its table, so it stays prepared on the connection, and the statements are
 /// pipelined: each is sent without waiting for the one before it, and PostgreSQL still runs
@@ -96,10 +96,10 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
     let mut sent: Vec<(BoxFuture<'_, QueryResult<usize>>, Option<usize>)> = Vec::new();
     let rows = &plan.flow_types;
     if !rows.is_empty() {
-        let q = bulk::Columns::insert(
+        let q = columns::Columns::insert(
             "flow_types",
-            bulk::FLOW_TYPE_COLUMNS,
-            bulk::FLOW_TYPE_CONFLICT,
+            columns::FLOW_TYPE_COLUMNS,
+            columns::FLOW_TYPE_CONFLICT,
         )
         .bind::<Text, _>(column(rows, |r| r.name))
         .bind::<Integer, _>(column(rows, |r| r.version))
@@ -110,7 +110,7 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
 
     let rows = &plan.new_flows;
     if !rows.is_empty() {
-        let q = bulk::Columns::insert("flows", bulk::FLOW_COLUMNS, "")
+        let q = columns::Columns::insert("flows", columns::FLOW_COLUMNS, "")
             .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.flow.id.0)))
             .bind::<Text, _>(column(rows, |r| r.flow.flow_type.as_str()))
             .bind::<Integer, _>(column(rows, |r| r.flow_type_version))
@@ -135,7 +135,7 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
 
     let rows = &plan.flow_changes;
     if !rows.is_empty() {
-        let q = bulk::Columns::update_flows()
+        let q = columns::Columns::update_flows()
             .bind::<SqlUuid, _>(column(rows, |r| r.id))
             .bind::<Text, _>(column(rows, |r| r.update.status.as_str()))
             .bind::<Nullable<Text>, _>(column(rows, |r| r.update.current_phase.as_deref()))
@@ -149,22 +149,26 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
 
     let rows = &plan.phases;
     if !rows.is_empty() {
-        let q = bulk::Columns::insert("phase_runs", bulk::PHASE_COLUMNS, bulk::PHASE_CONFLICT)
-            .bind::<SqlUuid, _>(column(rows, |r| r.flow_id))
-            .bind::<Integer, _>(column(rows, |r| r.position))
-            .bind::<Text, _>(column(rows, |r| r.phase.name.as_str()))
-            .bind::<Text, _>(column(rows, |r| r.phase.status.as_str()))
-            .bind::<Integer, _>(column(rows, |r| r.attempt))
-            .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.started_at))
-            .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.finished_at))
-            .bind::<Nullable<SqlJson>, _>(column(rows, |r| r.output))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.phase.error.as_deref()));
+        let q = columns::Columns::insert(
+            "phase_runs",
+            columns::PHASE_COLUMNS,
+            columns::PHASE_CONFLICT,
+        )
+        .bind::<SqlUuid, _>(column(rows, |r| r.flow_id))
+        .bind::<Integer, _>(column(rows, |r| r.position))
+        .bind::<Text, _>(column(rows, |r| r.phase.name.as_str()))
+        .bind::<Text, _>(column(rows, |r| r.phase.status.as_str()))
+        .bind::<Integer, _>(column(rows, |r| r.attempt))
+        .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.started_at))
+        .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.finished_at))
+        .bind::<Nullable<SqlJson>, _>(column(rows, |r| r.output))
+        .bind::<Nullable<Text>, _>(column(rows, |r| r.phase.error.as_deref()));
         sent.push((q.execute(&mut &*conn), None));
     }
 
     let rows = &plan.events;
     if !rows.is_empty() {
-        let q = bulk::Columns::insert("events", bulk::EVENT_COLUMNS, "")
+        let q = columns::Columns::insert("events", columns::EVENT_COLUMNS, "")
             .bind::<BigInt, _>(column(rows, |r| r.event.id))
             .bind::<SqlUuid, _>(column(rows, |r| r.flow_id))
             .bind::<BigInt, _>(column(rows, |r| r.seq))
@@ -184,7 +188,7 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
 
     let rows = &plan.failures;
     if !rows.is_empty() {
-        let q = bulk::Columns::insert("failures", bulk::FAILURE_COLUMNS, "")
+        let q = columns::Columns::insert("failures", columns::FAILURE_COLUMNS, "")
             .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.failure.flow_id.0)))
             .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.failure.master_flow_id.0)))
             .bind::<Nullable<Text>, _>(column(rows, |r| r.failure.phase.as_deref()))
@@ -199,7 +203,7 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
     // Deduplicated by id in the plan: one statement may not upsert a row twice.
     let rows = &plan.tasks;
     if !rows.is_empty() {
-        let q = bulk::Columns::insert("tasks", bulk::TASK_COLUMNS, bulk::TASK_CONFLICT)
+        let q = columns::Columns::insert("tasks", columns::TASK_COLUMNS, columns::TASK_CONFLICT)
             .bind::<SqlUuid, _>(column(rows, |r| r.id))
             .bind::<Text, _>(column(rows, |r| r.task.queue.as_str()))
             .bind::<SqlUuid, _>(column(rows, |r| r.flow_id))

@@ -23,7 +23,7 @@ use diesel::sqlite::Sqlite;
 
 use super::models::{EventWrite, FlowChange, PhaseWrite, TaskWrite};
 use super::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
-use super::{Plan, TxError, bulk};
+use super::{Plan, TxError, columns};
 
 /// The async connection type of the SQLite pool: a blocking connection driven on tokio's
 /// blocking threads.
@@ -409,7 +409,7 @@ impl QueryFragment<Sqlite> for UpsertPhases<'_, '_> {
             out.push_bind_param::<Nullable<Text>, _>(&row.phase.error)?;
         }
         out.push_sql(")");
-        out.push_sql(bulk::PHASE_CONFLICT);
+        out.push_sql(columns::PHASE_CONFLICT);
         Ok(())
     }
 }
@@ -467,20 +467,20 @@ impl QueryFragment<Sqlite> for UpsertTask<'_, '_> {
         out.push_sql(", ");
         out.push_bind_param::<SqlTime, _>(&row.updated_at)?;
         out.push_sql(")");
-        out.push_sql(bulk::TASK_CONFLICT);
+        out.push_sql(columns::TASK_CONFLICT);
         Ok(())
     }
 }
 
 impl RunQueryDsl<SqliteConnection> for UpsertTask<'_, '_> {}
 
-/// The column list of [`InsertEvents`], in its bind order ([`bulk::EVENT_COLUMNS`], checked by a
+/// The column list of [`InsertEvents`], in its bind order ([`columns::EVENT_COLUMNS`], checked by a
 /// test).
 const EVENT_COLUMN_LIST: &str = "id, flow_id, seq, master_flow_id, client_account_id, \
      engagement_id, flow_type, kind, status, current_phase, next_phase, progress_percentage, \
      error, at";
 
-/// The column list of [`UpsertTask`], in its bind order ([`bulk::TASK_COLUMNS`], checked by a
+/// The column list of [`UpsertTask`], in its bind order ([`columns::TASK_COLUMNS`], checked by a
 /// test).
 const TASK_COLUMN_LIST: &str = "id, queue, flow_id, master_flow_id, phase, attempt, \
      client_account_id, engagement_id, payload, status, lease_id, worker_id, lease_expires_at, \
@@ -493,12 +493,12 @@ mod tests {
 
     #[test]
     fn task_upsert_binds_in_column_order() {
-        assert_eq!(TASK_COLUMN_LIST, bulk::TASK_COLUMNS.join(", "));
+        assert_eq!(TASK_COLUMN_LIST, columns::TASK_COLUMNS.join(", "));
     }
 
     #[test]
     fn event_insert_binds_in_column_order() {
-        assert_eq!(EVENT_COLUMN_LIST, bulk::EVENT_COLUMNS.join(", "));
+        assert_eq!(EVENT_COLUMN_LIST, columns::EVENT_COLUMNS.join(", "));
     }
 
     #[test]

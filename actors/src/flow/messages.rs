@@ -27,14 +27,7 @@ pub struct PhaseProgress {
     pub fraction: f64,
 }
 
-/// A lifecycle request from a user.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ControlCommand {
-    Pause,
-    Resume,
-    Cancel,
-    Retry,
-}
+pub use crate::machine::ControlCommand;
 
 /// Applies a lifecycle request; answered with the flow once the transition has committed.
 #[derive(Message)]
@@ -61,3 +54,26 @@ pub struct Pong {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopFlow;
+
+/// A flow actor stopped; a fault or an outage triggers a restart.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlowStopped {
+    pub flow_id: FlowId,
+    pub generation: u64,
+    pub cause: StopCause,
+}
+
+/// Why a flow actor stopped. Only faults of the flow itself count toward its restart intensity:
+/// a database outage must never fail a healthy flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopCause {
+    /// The flow reached a terminal status.
+    Finished,
+    /// A newer life of the flow's actor owns it; this one was fenced off and has nothing to do.
+    Replaced,
+    /// A transition could not be committed: the database is unavailable.
+    StoreUnavailable(String),
+    /// Anything else: a crash, a stop without a reason.
+    Fault(String),
+}

@@ -18,15 +18,19 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
 use crate::faults::FaultPlan;
-use crate::handler::{HandlerError, HandlerSet, Heartbeat, PhaseContext, ProgressReporter};
+use crate::handler::{
+    ErrorClass, HandlerError, HandlerSet, Heartbeat, PhaseContext, ProgressReporter,
+};
 use crate::handler_pool::HandlerPool;
 use crate::machine::{self, Effect, Rejected, Step};
 use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, PhaseStatus, now};
 use crate::persistence::{Persist, PersistenceActor};
 use crate::store::{TransitionWrite, Write};
-use crate::supervisor::messages::{FlowStopped, StopCause};
-pub use messages::{Control, ControlCommand, PhaseFinished, PhaseProgress, Ping, Pong, StopFlow};
+pub use messages::{
+    Control, ControlCommand, FlowStopped, PhaseFinished, PhaseProgress, Ping, Pong, StopCause,
+    StopFlow,
+};
 
 /// What every flow actor shares: handlers, the writer, and whom to tell when it stops.
 #[derive(Clone)]
@@ -270,7 +274,8 @@ impl FlowActor {
             _ => (definition.handler.as_str(), definition.params.clone()),
         };
         let Some(handler) = self.env.handlers.get(handler_name) else {
-            let error = HandlerError::fatal(
+            let error = HandlerError::new(
+                ErrorClass::Unavailable,
                 "handler_missing",
                 format!("no handler `{handler_name}` is registered in this runtime"),
             );
@@ -355,7 +360,7 @@ impl FlowActor {
                     Err(_) => {
                         on_timeout.0.cancel();
                         on_timeout.1.abort();
-                        Err(HandlerError::retryable(
+                        Err(HandlerError::timeout(
                             "timeout",
                             format!("no result within {}s", timeout.as_secs_f64()),
                         ))
@@ -407,7 +412,7 @@ impl FlowActor {
             phase: stuck.phase,
             attempt: stuck.attempt,
             fallback: stuck.fallback,
-            result: Err(HandlerError::retryable(
+            result: Err(HandlerError::timeout(
                 "heartbeat_timeout",
                 format!(
                     "no heartbeat for {:.1}s (limit {limit_s}s)",
@@ -433,15 +438,6 @@ impl FlowActor {
             .filter_map(|p| Some((p.name.clone(), p.output.clone()?)))
             .collect()
     }
-}
-
-/// Errors that mean "nobody could run this", as opposed to "it ran and failed": only these
-/// switch a phase to its fallback.
-fn is_unavailable(error: &HandlerError) -> bool {
-    matches!(
-        error.kind.as_str(),
-        "handler_unavailable" | "handler_missing"
-    )
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
@@ -508,39 +504,17 @@ impl Handler<PhaseFinished> for FlowActor {
                 .metrics
                 .phase_finished(&self.flow.flow_type, &phase, seconds);
         }
-        let now = now();
-        let step = match result {
-            Ok(output) => machine::phase_succeeded_within(
-                &mut self.flow,
-                &self.definition,
-                (&phase, attempt),
-                output,
-                self.env.max_transitions,
-                now,
-            ),
-            Err(error) if !fallback && is_unavailable(&error) => {
-                warn!(flow_id = %self.flow.id, %phase, attempt, kind = %error.kind, message = %error.message, "phase handler unavailable");
-                machine::phase_fallback(
-                    &mut self.flow,
-                    &self.definition,
-                    &phase,
-                    attempt,
-                    error,
-                    now,
-                )
-            }
-            Err(error) => {
-                warn!(flow_id = %self.flow.id, %phase, attempt, kind = %error.kind, message = %error.message, "phase attempt failed");
-                machine::phase_failed(
-                    &mut self.flow,
-                    &self.definition,
-                    &phase,
-                    attempt,
-                    error,
-                    now,
-                )
-            }
-        };
+        if let Err(error) = &result {
+            warn!(flow_id = %self.flow.id, %phase, attempt, fallback, kind = %error.kind, class = ?error.class, message = %error.message, "phase attempt failed");
+        }
+        let step = machine::phase_finished(
+            &mut self.flow,
+            &self.definition,
+            (&phase, attempt, fallback),
+            result,
+            self.env.max_transitions,
+            now(),
+        );
         match step {
             Ok(step) => self.apply(step, None, ctx),
             Err(rejected) => debug!(flow_id = %self.flow.id, %rejected, "late result ignored"),
@@ -573,14 +547,7 @@ impl Handler<Control> for FlowActor {
     fn handle(&mut self, Control(command): Control, ctx: &mut Self::Context) -> Self::Result {
         let now = now();
         let in_flight = self.in_flight.is_some();
-        let result = match command {
-            ControlCommand::Pause => machine::pause(&mut self.flow, now),
-            ControlCommand::Resume => {
-                machine::resume(&mut self.flow, &self.definition, in_flight, now)
-            }
-            ControlCommand::Cancel => machine::cancel(&mut self.flow, now),
-            ControlCommand::Retry => machine::retry(&mut self.flow, &self.definition, now),
-        };
+        let result = machine::control(&mut self.flow, &self.definition, command, in_flight, now);
         match result {
             Ok(step) => {
                 info!(flow_id = %self.flow.id, ?command, status = %self.flow.status, "lifecycle request applied");

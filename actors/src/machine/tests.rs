@@ -41,6 +41,16 @@ fn ok(output: serde_json::Value) -> PhaseOutput {
     PhaseOutput::new(output)
 }
 
+/// An accepted `phase_finished` with no transition limit.
+fn finish(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    attempt: (&str, u32, bool),
+    result: PhaseResult,
+) -> Step {
+    phase_finished(flow, definition, attempt, result, u32::MAX, now()).unwrap()
+}
+
 fn statuses(step: &Step) -> Vec<(EventKind, FlowStatus, u64)> {
     step.events
         .iter()
@@ -393,7 +403,7 @@ fn an_unavailable_primary_switches_to_the_fallback_in_the_same_attempt() {
     def.phases[0].fallback = Some("sleep".into());
     let mut flow = new_flow(&def);
     start(&mut flow, &def, now());
-    let error = HandlerError::retryable("handler_unavailable", "nobody home");
+    let error = HandlerError::unavailable("nobody home");
     let step = phase_fallback(&mut flow, &def, "a", 1, error, now()).unwrap();
     assert_eq!(step.events[0].kind, EventKind::PhaseFallback);
     let failure = step.failure.as_ref().expect("the switch is journaled");
@@ -417,7 +427,7 @@ fn without_a_fallback_an_unavailable_primary_is_a_failure() {
     let def = definition();
     let mut flow = new_flow(&def);
     start(&mut flow, &def, now());
-    let error = HandlerError::retryable("handler_unavailable", "nobody home");
+    let error = HandlerError::unavailable("nobody home");
     let step = phase_fallback(&mut flow, &def, "a", 1, error, now()).unwrap();
     assert_eq!(step.effect, Effect::Stop);
     assert_eq!(flow.status, FlowStatus::Failed);
@@ -475,4 +485,147 @@ fn an_unstorable_output_fails_the_attempt_instead_of_being_written() {
     assert_eq!(failure.error_kind, "bad_output");
     assert!(flow.phases[0].output.is_none());
     assert_eq!(flow.status, FlowStatus::Failed, "no retries left on `a`");
+}
+
+#[test]
+fn create_writes_the_new_flow_with_its_first_events_and_then_runs_the_first_phase() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    let (write, effect) = create(&mut flow, &def, now());
+    let created = write.create.as_deref().expect("the write creates the flow");
+    assert_eq!(created, &flow);
+    assert_eq!(created.status, FlowStatus::Running);
+    assert_eq!(created.phases[0].status, PhaseStatus::Running);
+    assert!(
+        write.phases.is_empty(),
+        "the created row carries its phases"
+    );
+    assert!(write.failure.is_none());
+    let kinds: Vec<_> = write.events.iter().map(|e| (e.kind, e.seq)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::FlowInitialized, 1),
+            (EventKind::FlowStarted, 2),
+            (EventKind::PhaseStarted, 3),
+        ]
+    );
+    assert_eq!(
+        effect,
+        Effect::RunPhase {
+            phase: "a".into(),
+            attempt: 1
+        }
+    );
+}
+
+#[test]
+fn phase_finished_hands_an_unavailable_primary_to_the_fallback() {
+    let mut def = definition();
+    def.phases[0].fallback = Some("sleep".into());
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let step = finish(
+        &mut flow,
+        &def,
+        ("a", 1, false),
+        Err(HandlerError::unavailable("nobody home")),
+    );
+    assert_eq!(
+        step.effect,
+        Effect::RunFallback {
+            phase: "a".into(),
+            attempt: 1
+        }
+    );
+    // The fallback itself unavailable: an ordinary failure, no second switch.
+    let step = finish(
+        &mut flow,
+        &def,
+        ("a", 1, true),
+        Err(HandlerError::unavailable("nobody home either")),
+    );
+    assert_eq!(step.effect, Effect::Stop);
+    assert_eq!(flow.status, FlowStatus::Failed);
+}
+
+#[test]
+fn phase_finished_retries_by_class_not_by_label() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    phase_succeeded(&mut flow, &def, "a", 1, ok(json!(1)), now()).unwrap();
+    // "b" has retries = 2: a timeout is retried, whatever its label.
+    let step = finish(
+        &mut flow,
+        &def,
+        ("b", 1, false),
+        Err(HandlerError::timeout("heartbeat_timeout", "silent")),
+    );
+    assert!(matches!(step.effect, Effect::RetryAfter { .. }), "{step:?}");
+    retry_due(&mut flow, &def, "b", now()).unwrap();
+    // An unavailable primary without a fallback is not retried: it would be unavailable again.
+    let step = finish(
+        &mut flow,
+        &def,
+        ("b", 2, false),
+        Err(HandlerError::unavailable("refused")),
+    );
+    assert_eq!(step.effect, Effect::Stop);
+    let failure = step.failure.expect("journaled");
+    assert_eq!(failure.error_kind, "handler_unavailable");
+    assert_eq!(failure.diagnostic["retryable"], false);
+}
+
+#[test]
+fn phase_finished_with_an_output_is_a_success() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    let step = finish(&mut flow, &def, ("a", 1, false), Ok(ok(json!(1))));
+    assert_eq!(step.events[0].kind, EventKind::PhaseSucceeded);
+    assert_eq!(flow.phases[0].status, PhaseStatus::Succeeded);
+}
+
+#[test]
+fn control_routes_each_command_to_its_transition() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    control(&mut flow, &def, ControlCommand::Pause, true, now()).unwrap();
+    assert_eq!(flow.status, FlowStatus::Paused);
+    control(&mut flow, &def, ControlCommand::Resume, true, now()).unwrap();
+    assert_eq!(flow.status, FlowStatus::Running);
+    control(&mut flow, &def, ControlCommand::Cancel, true, now()).unwrap();
+    assert_eq!(flow.status, FlowStatus::Cancelled);
+    assert_eq!(
+        control(&mut flow, &def, ControlCommand::Retry, false, now()),
+        Err(Rejected::IllegalTransition(FlowStatus::Cancelled))
+    );
+}
+
+#[test]
+fn check_control_answers_for_a_finished_flow_without_changing_it() {
+    let def = definition();
+    let mut flow = new_flow(&def);
+    start(&mut flow, &def, now());
+    cancel(&mut flow, now()).unwrap();
+    let before = flow.clone();
+    assert_eq!(
+        check_control(&flow, &def, ControlCommand::Cancel, now()),
+        Ok(()),
+        "cancel is idempotent"
+    );
+    for command in [
+        ControlCommand::Pause,
+        ControlCommand::Resume,
+        ControlCommand::Retry,
+    ] {
+        assert_eq!(
+            check_control(&flow, &def, command, now()),
+            Err(Rejected::IllegalTransition(FlowStatus::Cancelled)),
+            "{command:?}"
+        );
+    }
+    assert_eq!(flow, before);
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 use actix::{Addr, Message};
 
 use crate::error::RuntimeError;
+/// Facts a flow actor reports to its supervisor; declared beside the flow actor, which sends them.
+pub use crate::flow::messages::{FlowStopped, StopCause};
 use crate::flow::{ControlCommand, FlowActor};
 use crate::ids::{FlowId, Tenant};
 use crate::model::{FlowState, NewFlow};
@@ -43,29 +45,6 @@ impl RecoverFlows {
             quiet_for: Some(quiet_for),
         }
     }
-}
-
-/// A flow actor stopped; a fault or an outage triggers a restart.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct FlowStopped {
-    pub flow_id: FlowId,
-    pub generation: u64,
-    pub cause: StopCause,
-}
-
-/// Why a flow actor stopped. Only faults of the flow itself count toward its restart intensity:
-/// a database outage must never fail a healthy flow.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StopCause {
-    /// The flow reached a terminal status.
-    Finished,
-    /// A newer life of the flow's actor owns it; this one was fenced off and has nothing to do.
-    Replaced,
-    /// A transition could not be committed: the database is unavailable.
-    StoreUnavailable(String),
-    /// Anything else: a crash, a stop without a reason.
-    Fault(String),
 }
 
 /// A lifecycle request for one flow of one tenant.

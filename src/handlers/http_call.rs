@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowd_actors::error::with_sources;
 use flowd_actors::handler::{HandlerError, PhaseContext, PhaseHandler, PhaseResult};
 use futures_util::future::BoxFuture;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -103,12 +104,7 @@ async fn check_target(policy: &TargetPolicy, url: &Url) -> Result<(), HandlerErr
     }
     let addresses = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|error| {
-            HandlerError::fatal(
-                "handler_unavailable",
-                format!("cannot resolve `{host}`: {error}"),
-            )
-        })?;
+        .map_err(|error| HandlerError::unavailable(format!("cannot resolve `{host}`: {error}")))?;
     for address in addresses {
         check_ip(policy, address.ip(), port).map_err(refused)?;
     }
@@ -168,7 +164,7 @@ async fn post(client: Client, policy: Arc<TargetPolicy>, ctx: PhaseContext) -> P
     };
     let reply = match reply {
         Err(_elapsed) => {
-            return Err(HandlerError::retryable(
+            return Err(HandlerError::timeout(
                 "timeout",
                 format!("no reply from {shown} within {}ms", params.timeout_ms),
             )
@@ -268,29 +264,17 @@ fn headers(extra: &BTreeMap<String, HeaderSpec>) -> Result<HeaderMap, HandlerErr
 /// broke midway may work next time.
 fn request_error(url: &Url, error: &reqwest::Error) -> HandlerError {
     let shown = shown(url);
-    let chain = error_chain(error).replace(url.as_str(), &shown);
+    // reqwest's message alone is vague ("error sending request"): the sources say why.
+    let chain = with_sources(error).replace(url.as_str(), &shown);
     let diagnostic = json!({ "url": shown, "error": chain });
     if error.is_timeout() {
-        HandlerError::retryable("timeout", format!("{shown} timed out")).with_diagnostic(diagnostic)
+        HandlerError::timeout("timeout", format!("{shown} timed out")).with_diagnostic(diagnostic)
     } else if error.is_connect() {
-        HandlerError::fatal("handler_unavailable", format!("cannot connect to {shown}"))
-            .with_diagnostic(diagnostic)
+        HandlerError::unavailable(format!("cannot connect to {shown}")).with_diagnostic(diagnostic)
     } else {
         HandlerError::retryable("http_error", format!("the request to {shown} failed"))
             .with_diagnostic(diagnostic)
     }
-}
-
-/// reqwest's message alone is vague ("error sending request"): the sources say why.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

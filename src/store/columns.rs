@@ -1,4 +1,7 @@
-//! PostgreSQL's commit statements: one per table per batch, whatever the batch's size. Each
+//! Each table's commit columns, in bind order: the one description both backends' commit
+//! statements are written from (SQLite's column lists are checked against it in its tests).
+//!
+//! And PostgreSQL's commit statements: one per table per batch, whatever the batch's size. Each
 //! column is bound as one array and `unnest` turns the arrays back into rows, so a statement's
 //! text depends only on its table: the connection keeps it prepared, PostgreSQL receives a
 //! dozen parameters instead of thousands, and builds no expression per row as it does for a

@@ -1,0 +1,122 @@
+//! Workers' reports under their lease: heartbeat, complete, fail. A report under a stale lease
+//! is refused.
+
+use super::*;
+
+impl Handler<ReportTask> for QueueActor {
+    type Result = ResponseActFuture<Self, Result<TaskRecord, QueueError>>;
+
+    fn handle(&mut self, report: ReportTask, _: &mut Self::Context) -> Self::Result {
+        let task_id = report.task_id;
+        let store = self.store.clone();
+        let load = async move {
+            match store.load_task(task_id).await {
+                Ok(found) => Ok(found),
+                Err(error) => Err(QueueError::Unavailable(error.to_string())),
+            }
+        };
+        // Tasks not in memory (e.g. just after a restart, before their flow re-attached) are
+        // read from the store, so a worker's result is never lost to timing.
+        let known = self.tasks.contains_key(&task_id);
+        Box::pin(
+            async move { if known { Ok(None) } else { load.await } }
+                .into_actor(self)
+                .then(move |loaded, act, ctx| {
+                    let answer = act.apply_report(report, loaded, ctx);
+                    fut::wrap_future(answer)
+                }),
+        )
+    }
+}
+
+impl QueueActor {
+    pub(super) fn apply_report(
+        &mut self,
+        report: ReportTask,
+        loaded: Result<Option<TaskRecord>, QueueError>,
+        ctx: &mut Context<Self>,
+    ) -> futures_util::future::BoxFuture<'static, Result<TaskRecord, QueueError>> {
+        use futures_util::FutureExt as _;
+        let task_id = report.task_id;
+        let ready = |result| async move { result }.boxed();
+        if !self.tasks.contains_key(&task_id) {
+            match loaded {
+                Err(error) => return ready(Err(error)),
+                Ok(None) => return ready(Err(QueueError::NotFound(task_id))),
+                Ok(Some(record)) if record.status == TaskStatus::Leased => {
+                    if let Some(expires_at) = record.lease_expires_at {
+                        self.leases.insert((expires_at, task_id));
+                    }
+                    let mut task = LiveTask::new(record);
+                    task.compact();
+                    self.tasks.insert(task_id, task);
+                }
+                Ok(Some(record)) => {
+                    if record.tenant() != report.tenant {
+                        return ready(Err(QueueError::NotFound(task_id)));
+                    }
+                    return ready(Err(QueueError::StaleLease {
+                        task_id,
+                        status: record.status,
+                        detail: "",
+                    }));
+                }
+            }
+        }
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return ready(Err(QueueError::NotFound(task_id)));
+        };
+        let record = &task.record;
+        if record.tenant() != report.tenant {
+            return ready(Err(QueueError::NotFound(task_id)));
+        }
+        let stale = |detail| QueueError::StaleLease {
+            task_id,
+            status: record.status,
+            detail,
+        };
+        if record.status != TaskStatus::Leased {
+            return ready(Err(stale("")));
+        }
+        if record.lease_id != Some(report.lease_id) {
+            return ready(Err(stale(" under another lease")));
+        }
+        if record.lease_expires_at.is_some_and(|at| at <= now()) {
+            return ready(Err(stale(" and its lease expired")));
+        }
+        match report.report {
+            Report::Heartbeat { extend } => {
+                let expires_at = now() + chrono::Duration::from_std(extend).unwrap_or_default();
+                task.record.lease_expires_at = Some(expires_at);
+                task.record.updated_at = now();
+                self.leases.insert((expires_at, task_id));
+                let record = task.record.clone();
+                let commit = self.persist(&record);
+                async move {
+                    commit.await?;
+                    Ok(record)
+                }
+                .boxed()
+            }
+            Report::Complete { output, next_phase } => {
+                let mut result = json!({ "output": output });
+                match next_phase {
+                    NextPhase::ByDefinition => {}
+                    NextPhase::Finish => result["next_phase"] = Value::Null,
+                    NextPhase::Named(name) => result["next_phase"] = Value::String(name),
+                }
+                match self.finish(task_id, TaskStatus::Completed, Some(result), ctx) {
+                    Some(commit) => commit.boxed(),
+                    None => ready(Err(QueueError::NotFound(task_id))),
+                }
+            }
+            Report::Fail { error, retryable } => {
+                let result = json!({ "error": error, "retryable": retryable });
+                match self.finish(task_id, TaskStatus::Failed, Some(result), ctx) {
+                    Some(commit) => commit.boxed(),
+                    None => ready(Err(QueueError::NotFound(task_id))),
+                }
+            }
+        }
+    }
+}
