@@ -618,11 +618,6 @@ impl Runtime {
         self.fanout.subscribe_tenant(tenant, after_id)
     }
 
-    /// The store, for reads.
-    pub fn store(&self) -> &Arc<dyn FlowStore> {
-        &self.store
-    }
-
     /// The bounds this runtime was started with.
     pub fn limits(&self) -> &Limits {
         &self.limits
