@@ -449,14 +449,7 @@ impl DbStore {
                 .await
                 .map_err(db_error)?
         });
-        rows.into_iter()
-            .map(|(status, count)| {
-                let status = status
-                    .parse::<FlowStatus>()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok((status, u64::try_from(count).unwrap_or(0)))
-            })
-            .collect()
+        status_counts_from(rows)
     }
 
     async fn tenant_status_counts(
@@ -473,14 +466,7 @@ impl DbStore {
                 .await
                 .map_err(db_error)?
         });
-        rows.into_iter()
-            .map(|(status, count)| {
-                let status = status
-                    .parse::<FlowStatus>()
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok((status, u64::try_from(count).unwrap_or(0)))
-            })
-            .collect()
+        status_counts_from(rows)
     }
 
     async fn round_trip(&self) -> Result<(), StoreError> {
@@ -727,6 +713,18 @@ where
 
 fn pool_error(error: diesel_async::pooled_connection::deadpool::PoolError) -> StoreError {
     StoreError::Unavailable(error.to_string())
+}
+
+/// `(status, count)` rows of a `GROUP BY status` as flow statuses.
+fn status_counts_from(rows: Vec<(String, i64)>) -> Result<Vec<(FlowStatus, u64)>, StoreError> {
+    rows.into_iter()
+        .map(|(status, count)| {
+            let status = status
+                .parse::<FlowStatus>()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok((status, u64::try_from(count).unwrap_or(0)))
+        })
+        .collect()
 }
 
 /// Every non-terminal status: the flows to resume at boot.
