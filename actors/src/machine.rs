@@ -173,6 +173,41 @@ pub fn recover(flow: &mut FlowState, definition: &FlowType, now: DateTime<Utc>) 
     }
 }
 
+/// A new actor for a flow whose previous one the health actor found silent: the restart is
+/// journaled (`missed_ping`) and on the event stream (`flow_restarted`), and the flow is then
+/// recovered as after any restart, in the same write.
+pub fn restarted(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> Step {
+    if flow.status.is_terminal() {
+        return recover(flow, definition, now);
+    }
+    let mut step = Step::new();
+    let (phase, attempt) = flow
+        .current()
+        .map_or((None, 0), |(_, p)| (Some(p.name.clone()), p.attempt));
+    step.failure = Some(FailureRecord {
+        id: 0,
+        flow_id: flow.id,
+        master_flow_id: flow.master_flow_id,
+        phase,
+        attempt,
+        error_kind: crate::status_reason::MISSED_PING.to_owned(),
+        message: detail.to_owned(),
+        diagnostic: json!({
+            "retryable": true,
+            "will_retry": flow.status == FlowStatus::Running,
+            "detail": "the flow actor was restarted from the stored state; a running attempt runs again with the same idempotency key",
+        }),
+        at: now,
+    });
+    step.emit(flow, EventKind::FlowRestarted, Some(detail.to_owned()), now);
+    merge(step, recover(flow, definition, now))
+}
+
 /// A running flow whose current phase is not in flight: start, re-run or retry it.
 fn continue_current(
     flow: &mut FlowState,
