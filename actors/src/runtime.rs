@@ -441,7 +441,10 @@ impl Runtime {
         // A restart after a missed ping is the reason until the flow's next transition: its
         // event is the flow's last one (from memory; one flow's read also asks the store).
         let last = match self.fanout.any_recent_event(flow.id) {
-            Some(event) => event.status_reason.clone().filter(|_| event.seq == flow.last_seq),
+            Some(event) => event
+                .status_reason
+                .clone()
+                .filter(|_| event.seq == flow.last_seq),
             None if count_children && flow.last_seq > 0 => self
                 .store
                 .flow_events(flow.id, flow.last_seq - 1, 1)
@@ -450,7 +453,8 @@ impl Runtime {
                 .and_then(|event| event.status_reason),
             None => None,
         };
-        if let Some(reason) = last.filter(|r| matches!(**r, StatusReason::RestartedByHealth { .. })) {
+        if let Some(reason) = last.filter(|r| matches!(**r, StatusReason::RestartedByHealth { .. }))
+        {
             return Ok(Some((*reason).clone()));
         }
         let definition = self

@@ -208,19 +208,28 @@ pub fn at_transition(
     let phase_definition = current.and_then(|p| definition.phase(&p.name));
     match (reason, phase_definition) {
         // The fallback runs this attempt: it is not waiting on the primary's queue.
-        (StatusReason::Running { phase, attempt, since, .. }, Some(d))
-            if last_kind == Some(EventKind::PhaseFallback) =>
-        {
-            Some(StatusReason::Running {
+        (
+            StatusReason::Running {
                 phase,
                 attempt,
-                handler: d.fallback.clone().unwrap_or_default(),
                 since,
-            })
-        }
-        (StatusReason::Running { phase, since: Some(since), .. }, Some(d))
-            if d.handler == "external" =>
-        {
+                ..
+            },
+            Some(d),
+        ) if last_kind == Some(EventKind::PhaseFallback) => Some(StatusReason::Running {
+            phase,
+            attempt,
+            handler: d.fallback.clone().unwrap_or_default(),
+            since,
+        }),
+        (
+            StatusReason::Running {
+                phase,
+                since: Some(since),
+                ..
+            },
+            Some(d),
+        ) if d.handler == "external" => {
             match d.params.get("queue").and_then(serde_json::Value::as_str) {
                 Some(queue) => Some(StatusReason::WaitingForWorker {
                     phase,
@@ -278,6 +287,7 @@ mod tests {
                 PhaseDefinition {
                     retry_backoff_ms: Some(2000),
                     retries: 3,
+                    params: json!({"queue": "crews"}),
                     ..PhaseDefinition::new("crew", "external")
                 },
                 PhaseDefinition::new("fan", "child_flows"),
@@ -430,5 +440,92 @@ mod tests {
                 total: 10,
             })
         );
+    }
+
+    #[test]
+    fn a_transition_stamps_every_event_with_what_the_actor_knows() {
+        let definition = definition();
+        let mut flow = flow(&definition);
+        flow.phases[0].status = PhaseStatus::Running;
+        flow.phases[0].attempt = 1;
+        flow.phases[0].started_at = Some(at(1));
+        let mut events = vec![
+            FlowEvent::of(&flow, EventKind::FlowStarted, None),
+            FlowEvent::of(&flow, EventKind::PhaseStarted, None),
+        ];
+        stamp(&mut events, &flow, &definition, None);
+        for event in &events {
+            assert_eq!(
+                event.status_reason.as_deref(),
+                Some(&StatusReason::WaitingForWorker {
+                    phase: "crew".into(),
+                    queue: "crews".into(),
+                    since: at(1),
+                })
+            );
+        }
+        // A restart after a missed ping is the reason, whatever the phase is doing.
+        let restart = FailureRecord {
+            id: 0,
+            flow_id: flow.id,
+            master_flow_id: flow.master_flow_id,
+            phase: Some("crew".into()),
+            attempt: 1,
+            error_kind: MISSED_PING.into(),
+            message: "no answer to ping within 5s".into(),
+            diagnostic: json!({}),
+            at: at(9),
+        };
+        assert_eq!(
+            at_transition(&flow, &definition, Some(&restart), None),
+            Some(StatusReason::RestartedByHealth {
+                phase: Some("crew".into()),
+                since: at(9),
+                detail: "no answer to ping within 5s".into(),
+            })
+        );
+        // Terminal: nothing to stamp.
+        flow.status = FlowStatus::Completed;
+        let mut events = vec![FlowEvent::of(&flow, EventKind::FlowCompleted, None)];
+        stamp(&mut events, &flow, &definition, None);
+        assert_eq!(events[0].status_reason, None);
+        assert!(
+            serde_json::to_value(&events[0])
+                .unwrap()
+                .get("status_reason")
+                .is_none(),
+            "absent, not null"
+        );
+    }
+
+    #[test]
+    fn a_failed_attempt_names_its_kind_and_a_fallback_is_not_waiting_on_the_queue() {
+        let mut definition = definition();
+        definition.phases[0].fallback = Some("noop".into());
+        let mut flow = flow(&definition);
+        flow.phases[0].status = PhaseStatus::Failed;
+        flow.phases[0].attempt = 1;
+        flow.phases[0].finished_at = Some(at(10));
+        let failure = FailureRecord {
+            id: 0,
+            flow_id: flow.id,
+            master_flow_id: flow.master_flow_id,
+            phase: Some("crew".into()),
+            attempt: 1,
+            error_kind: "timeout".into(),
+            message: "no result".into(),
+            diagnostic: json!({}),
+            at: at(10),
+        };
+        assert!(matches!(
+            at_transition(&flow, &definition, Some(&failure), None),
+            Some(StatusReason::RetryBackoff { after: Some(kind), .. }) if kind == "timeout"
+        ));
+        flow.phases[0].status = PhaseStatus::Running;
+        flow.phases[0].started_at = Some(at(11));
+        assert!(matches!(
+            at_transition(&flow, &definition, None, Some(EventKind::PhaseFallback)),
+            Some(StatusReason::Running { handler, .. }) if handler == "noop"
+        ));
     }
 }

@@ -180,9 +180,8 @@ impl EventRow {
             status_reason: self
                 .status_reason
                 .map(|json| {
-                    serde_json::from_str(&json).map_err(|e| {
-                        StoreError::Corrupt(format!("events.status_reason: {e}"))
-                    })
+                    serde_json::from_str(&json)
+                        .map_err(|e| StoreError::Corrupt(format!("events.status_reason: {e}")))
                 })
                 .transpose()?,
             client_account_id: self.client_account_id,

@@ -71,7 +71,12 @@ async fn create(
     }
     let mut flow = FlowState::new_initialized(&definition, request);
     let (mut write, effect) = machine::create(&mut flow, &definition, now());
-    crate::status_reason::stamp(&mut write.events, &flow, &definition, write.failure.as_ref());
+    crate::status_reason::stamp(
+        &mut write.events,
+        &flow,
+        &definition,
+        write.failure.as_ref(),
+    );
     persistence
         .send(Persist::unfenced(Write::Transition(write)))
         .await??;
