@@ -45,6 +45,16 @@ handler = "fail"
 params = { times = 1 }
 retries = 1
 retry_backoff_ms = 60000
+
+[[flow_types]]
+name = "hiccup"
+version = 1
+[[flow_types.phases]]
+name = "bump"
+handler = "fail"
+params = { times = 1 }
+retries = 1
+retry_backoff_ms = 300
 "#;
 
 const AUTH: &str = r#"
@@ -360,7 +370,59 @@ async fn events_carry_the_reason_and_a_missed_ping_restart_is_one(backend: Backe
     );
 }
 
+fn cli(server: &TestServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .args(args)
+        .args(["--server", &server.base])
+        .env_remove("FLOWD_API_KEY")
+        .output()
+        .expect("flowd runs")
+}
+
+async fn the_cli_says_why_in_show_and_watch(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let server = TestServer::start(config_for(&db, TYPES));
+    let crewed = create(&server, "crewed", None).await;
+    let crewed = crewed["id"].as_str().unwrap().to_owned();
+    wait_for_flow(&server, &crewed, Duration::from_secs(10), |f| {
+        f["status_reason"]["kind"] == "waiting_for_worker"
+    })
+    .await;
+    let shown = cli(&server, &["flows", "show", &crewed]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("why: waiting for a worker on queue `crews` since "),
+        "{text}"
+    );
+
+    // `watch` prints the reason each time the flow's events change it.
+    let hiccup = create(&server, "hiccup", None).await;
+    let hiccup = hiccup["id"].as_str().unwrap().to_owned();
+    let watched = cli(&server, &["flows", "watch", &hiccup]);
+    assert_eq!(watched.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&watched.stdout);
+    let whys: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("why: "))
+        .collect();
+    assert!(
+        whys.iter()
+            .any(|w| w.starts_with("running bump (fail), attempt 1")),
+        "{text}"
+    );
+    assert!(
+        whys.iter()
+            .any(|w| w.starts_with("retrying bump at ") && w.contains("(attempt 1 failed)")),
+        "{text}"
+    );
+    assert!(
+        whys.windows(2).all(|pair| pair[0] != pair[1]),
+        "printed only when it changes: {text}"
+    );
+}
+
 on_both_backends!(
+    the_cli_says_why_in_show_and_watch,
     the_dashboard_is_served_without_a_key_and_root_redirects,
     counts_and_queues_are_the_callers_own,
     every_non_terminal_flow_says_why_it_is_not_progressing,
