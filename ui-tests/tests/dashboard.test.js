@@ -213,6 +213,36 @@ test("with auth on, tenant B's key shows none of tenant A's flows", async (t) =>
   assert.equal(await other.evaluate(() => sessionStorage.getItem('flowd.key')), 'tenant-a-key');
 });
 
+test('flow types show handler kinds, versions and the next_phase graph; the health strip reads the runtime', async (t) => {
+  const page = await newPage(t);
+  await page.goto(`${open.base}/ui/types`);
+  const jumpy = page.locator('section[aria-label="jumpy"]');
+  await jumpy.waitFor();
+  assert.match(await jumpy.locator('h2').textContent(), /jumpy v1/);
+  const edges = await jumpy.locator('.graph li').allTextContents();
+  assert.deepEqual(edges, ['start → finish (jump)', 'skipped → finish', 'finish → end']);
+  assert.match(await jumpy.locator('tbody tr').nth(2).textContent(), /finish\s*sleep/);
+  assert.equal(await page.getAttribute('[data-nav="types"]', 'aria-current'), 'page');
+  await page.waitForSelector('#health >> text=ready');
+  assert.match(await page.textContent('#health'), /commit \d+(\.\d)? ms/);
+});
+
+test('a flow page is usable at phone width', async (t) => {
+  const page = await newPage(t);
+  await page.setViewportSize({ width: 375, height: 800 });
+  const flow = await api(open.base, '/v1/flows', { method: 'POST', body: { flow_type: 'flaky' }, expect: 201 });
+  await page.goto(`${open.base}/ui/flows/${flow.id}`);
+  await status(page, 'completed');
+  await page.waitForSelector('#failures tr[data-kind]');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `no horizontal page scroll at 375 px (${overflow})`);
+  // Input and outputs are collapsed until asked for.
+  const input = page.locator('details:has(summary:text-is("Input"))');
+  assert.equal(await input.getAttribute('open'), null);
+  await input.locator('summary').click();
+  assert.match(await input.locator('pre').textContent(), /\{/);
+});
+
 test('the flows page is readable at phone width and keyboard-operable', async (t) => {
   const page = await newPage(t);
   await page.setViewportSize({ width: 375, height: 800 });
