@@ -189,21 +189,18 @@ pub fn restarted(
     let (phase, attempt) = flow
         .current()
         .map_or((None, 0), |(_, p)| (Some(p.name.clone()), p.attempt));
-    step.failure = Some(FailureRecord {
-        id: 0,
-        flow_id: flow.id,
-        master_flow_id: flow.master_flow_id,
-        phase,
-        attempt,
-        error_kind: crate::status_reason::MISSED_PING.to_owned(),
-        message: detail.to_owned(),
-        diagnostic: json!({
-            "retryable": true,
-            "will_retry": flow.status == FlowStatus::Running,
-            "detail": "the flow actor was restarted from the stored state; a running attempt runs again with the same idempotency key",
-        }),
-        at: now,
+    let diagnostic = json!({
+        "retryable": true,
+        "will_retry": flow.status == FlowStatus::Running,
+        "detail": "the flow actor was restarted from the stored state; a running attempt runs again with the same idempotency key",
     });
+    step.failure = Some(journal_row(
+        flow,
+        (phase, attempt),
+        (crate::status_reason::MISSED_PING, detail),
+        diagnostic,
+        now,
+    ));
     step.emit(flow, EventKind::FlowRestarted, Some(detail.to_owned()), now);
     merge(step, recover(flow, definition, now))
 }
@@ -628,17 +625,13 @@ pub fn abort(
             step.touch(index);
         }
     }
-    step.failure = Some(FailureRecord {
-        id: 0,
-        flow_id: flow.id,
-        master_flow_id: flow.master_flow_id,
-        phase,
-        attempt,
-        error_kind: error_kind.to_owned(),
-        message: message.to_owned(),
-        diagnostic: json!({}),
-        at: now,
-    });
+    step.failure = Some(journal_row(
+        flow,
+        (phase, attempt),
+        (error_kind, message),
+        json!({}),
+        now,
+    ));
     flow.status = FlowStatus::Failed;
     step.emit(
         flow,
@@ -657,6 +650,27 @@ fn storable_error(mut error: HandlerError) -> HandlerError {
     error.message = storable_text(&error.message);
     error.diagnostic = make_storable(std::mem::take(&mut error.diagnostic));
     error
+}
+
+/// A failure-journal row of `flow`: `(phase, attempt)` it is about, `(kind, message)`.
+fn journal_row(
+    flow: &FlowState,
+    (phase, attempt): (Option<String>, u32),
+    (error_kind, message): (&str, &str),
+    diagnostic: serde_json::Value,
+    now: DateTime<Utc>,
+) -> FailureRecord {
+    FailureRecord {
+        id: 0,
+        flow_id: flow.id,
+        master_flow_id: flow.master_flow_id,
+        phase,
+        attempt,
+        error_kind: error_kind.to_owned(),
+        message: message.to_owned(),
+        diagnostic,
+        at: now,
+    }
 }
 
 fn merge(mut first: Step, rest: Step) -> Step {

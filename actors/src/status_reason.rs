@@ -442,6 +442,20 @@ mod tests {
         );
     }
 
+    fn journal(flow: &FlowState, kind: &str, message: &str, seconds: i64) -> FailureRecord {
+        FailureRecord {
+            id: 0,
+            flow_id: flow.id,
+            master_flow_id: flow.master_flow_id,
+            phase: Some("crew".into()),
+            attempt: 1,
+            error_kind: kind.into(),
+            message: message.into(),
+            diagnostic: json!({}),
+            at: at(seconds),
+        }
+    }
+
     #[test]
     fn a_transition_stamps_every_event_with_what_the_actor_knows() {
         let definition = definition();
@@ -465,17 +479,7 @@ mod tests {
             );
         }
         // A restart after a missed ping is the reason, whatever the phase is doing.
-        let restart = FailureRecord {
-            id: 0,
-            flow_id: flow.id,
-            master_flow_id: flow.master_flow_id,
-            phase: Some("crew".into()),
-            attempt: 1,
-            error_kind: MISSED_PING.into(),
-            message: "no answer to ping within 5s".into(),
-            diagnostic: json!({}),
-            at: at(9),
-        };
+        let restart = journal(&flow, MISSED_PING, "no answer to ping within 5s", 9);
         assert_eq!(
             at_transition(&flow, &definition, Some(&restart), None),
             Some(StatusReason::RestartedByHealth {
@@ -506,17 +510,7 @@ mod tests {
         flow.phases[0].status = PhaseStatus::Failed;
         flow.phases[0].attempt = 1;
         flow.phases[0].finished_at = Some(at(10));
-        let failure = FailureRecord {
-            id: 0,
-            flow_id: flow.id,
-            master_flow_id: flow.master_flow_id,
-            phase: Some("crew".into()),
-            attempt: 1,
-            error_kind: "timeout".into(),
-            message: "no result".into(),
-            diagnostic: json!({}),
-            at: at(10),
-        };
+        let failure = journal(&flow, "timeout", "no result", 10);
         assert!(matches!(
             at_transition(&flow, &definition, Some(&failure), None),
             Some(StatusReason::RetryBackoff { after: Some(kind), .. }) if kind == "timeout"
