@@ -385,16 +385,16 @@ fn text_or_number<'de, D: serde::Deserializer<'de>>(
 ) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Text {
+    enum Written {
         Text(String),
         Unsigned(u64),
         Signed(i64),
     }
     Ok(
-        Option::<Text>::deserialize(deserializer)?.map(|text| match text {
-            Text::Text(text) => text,
-            Text::Unsigned(n) => n.to_string(),
-            Text::Signed(n) => n.to_string(),
+        Option::<Written>::deserialize(deserializer)?.map(|written| match written {
+            Written::Text(text) => text,
+            Written::Unsigned(n) => n.to_string(),
+            Written::Signed(n) => n.to_string(),
         }),
     )
 }
