@@ -341,10 +341,14 @@ impl Application {
     }
 }
 
-/// Marks this node stopped; `served` is passed through.
+/// Marks this node stopped; `served` is passed through. Bounded in time: a process told to
+/// stop exits even when the database does not answer (the node then reads as `down`).
 async fn leave(cluster: &Cluster, served: std::io::Result<()>) -> std::io::Result<()> {
-    if let Err(error) = cluster.leave().await {
-        tracing::warn!(%error, "the node's row was not marked stopped");
+    let deadline = std::time::Duration::from_secs(3);
+    match actix_web::rt::time::timeout(deadline, cluster.leave()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "the node's row was not marked stopped"),
+        Err(_) => tracing::warn!("the node's row was not marked stopped within 3 s"),
     }
     served
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Backend, Reply, TestDatabase, TestServer, config_for};
+use common::{Backend, TestDatabase, TestServer, config_for, get_as};
 use serde_json::Value;
 
 /// Heartbeats every 100 ms; silent for 1 s is `down`.
@@ -19,28 +19,6 @@ const TIMEOUT: Duration = Duration::from_millis(1000);
 const AUTH: &str = "[auth]\nenabled = true\n\
     [[auth.keys]]\nkey = \"op\"\nclient_account_id = \"ops\"\nengagement_id = \"ops\"\nrole = \"admin\"\n\
     [[auth.keys]]\nkey = \"tk\"\nclient_account_id = \"acme\"\nengagement_id = \"e1\"\n";
-
-/// `GET path` with `Authorization: Bearer key` when given.
-async fn get_as(server: &TestServer, path: &str, key: Option<&str>) -> Reply {
-    let mut request = common::client().get(server.url(path));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    let mut response = request.send().await.expect("GET");
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let bytes = response.body().await.expect("body");
-    Reply {
-        status,
-        content_type,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
-}
 
 /// The node list as `server` sees it (auth off: the local caller is the operator).
 async fn nodes(server: &TestServer) -> Value {

@@ -57,6 +57,8 @@ pub struct NodeActor {
     stats: NodeStats,
     /// A heartbeat write is in flight: the next tick does not start another.
     writing: bool,
+    /// Heartbeat writes failed since the last one that succeeded.
+    failures_in_a_row: u64,
     stopping: bool,
     last_tick: Instant,
     last_written: Instant,
@@ -71,6 +73,7 @@ impl NodeActor {
             store,
             stats: NodeStats::default(),
             writing: false,
+            failures_in_a_row: 0,
             stopping: false,
             last_tick: now,
             last_written: now,
@@ -117,6 +120,7 @@ impl NodeActor {
         let node_id = &self.config.node_id;
         match written {
             Ok(true) => {
+                self.failures_in_a_row = 0;
                 let now = Instant::now();
                 let silence = now.duration_since(self.last_written);
                 self.last_written = now;
@@ -143,7 +147,16 @@ impl NodeActor {
             }
             Err(error) => {
                 self.stats.missed_heartbeats += 1;
-                warn!(node_id = %node_id, %error, "heartbeat not written");
+                self.failures_in_a_row += 1;
+                // Every second during an outage would drown the log: the 1st, 2nd, 4th, 8th …
+                if self.failures_in_a_row.is_power_of_two() {
+                    warn!(
+                        node_id = %node_id,
+                        %error,
+                        failures_in_a_row = self.failures_in_a_row,
+                        "heartbeat not written"
+                    );
+                }
             }
         }
     }
