@@ -5,6 +5,7 @@
 //! - [`sqlite`], [`postgres`]: pool construction and embedded migrations per backend.
 //! - `plan`: the commit plan, a batch turned into rows per table.
 //! - `columns`: each table's commit columns, and PostgreSQL's array-bound commit statements.
+//! - `nodes`: the `nodes` table of cluster mode, written by the node actor.
 //!
 //! Every read is written once; `with_conn!` expands it once per backend. The commit path is
 //! planned once (`plan::Plan`) and then written the way each backend is fastest: on SQLite with
@@ -14,6 +15,7 @@
 
 mod columns;
 pub mod models;
+mod nodes;
 mod plan;
 pub mod postgres;
 pub mod schema;
