@@ -13,7 +13,7 @@ use flowd_actors::events::{EventKind, FlowEvent};
 use flowd_actors::ids::FlowId;
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, PhaseState, PhaseStatus};
 use flowd_actors::store::{FlowUpdate, StoreError};
-use flowd_actors::task::{TaskId, TaskRecord, TaskStatus};
+use flowd_actors::task::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
 use serde_json::Value;
 
 use super::schema::{
@@ -414,7 +414,17 @@ impl TaskRow {
             lease_id: self.lease_id.map(|id| id.0),
             worker_id: self.worker_id,
             lease_expires_at: self.lease_expires_at.map(|t| t.0),
-            result: self.result.map(|j| j.0),
+            result: self
+                .result
+                .map(|j| {
+                    TaskOutcome::from_stored(j.0).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "tasks.result of task {}: not an outcome",
+                            self.id.0
+                        ))
+                    })
+                })
+                .transpose()?,
             created_at: self.created_at.0,
             updated_at: self.updated_at.0,
         })
@@ -433,7 +443,8 @@ pub struct TaskWrite<'a> {
     pub payload: DbJsonRef<'a>,
     pub lease_id: Option<DbUuid>,
     pub lease_expires_at: Option<DbTime>,
-    pub result: Option<DbJsonRef<'a>>,
+    /// The outcome in its stored form.
+    pub result: Option<DbJson>,
     pub created_at: DbTime,
     pub updated_at: DbTime,
 }
@@ -450,7 +461,7 @@ impl<'a> TaskWrite<'a> {
             payload: DbJsonRef(&task.payload),
             lease_id: task.lease_id.map(DbUuid),
             lease_expires_at: task.lease_expires_at.map(DbTime),
-            result: task.result.as_ref().map(DbJsonRef),
+            result: task.result.as_ref().map(|o| DbJson(o.to_stored())),
             created_at: DbTime(task.created_at),
             updated_at: DbTime(task.updated_at),
         })

@@ -217,7 +217,7 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
             .bind::<Nullable<SqlUuid>, _>(column(rows, |r| r.lease_id))
             .bind::<Nullable<Text>, _>(column(rows, |r| r.task.worker_id.as_deref()))
             .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.lease_expires_at))
-            .bind::<Nullable<SqlJson>, _>(column(rows, |r| r.result))
+            .bind::<Nullable<SqlJson>, _>(column(rows, |r| r.result.as_ref()))
             .bind::<SqlTime, _>(column(rows, |r| r.created_at))
             .bind::<SqlTime, _>(column(rows, |r| r.updated_at));
         sent.push((q.execute(&mut &*conn), None));
