@@ -14,7 +14,6 @@ use flowd_actors::ids::FlowId;
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, PhaseState, PhaseStatus};
 use flowd_actors::store::{FlowUpdate, StoreError};
 use flowd_actors::task::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
-use serde_json::Value;
 
 use super::schema::{
     DbJson, DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows, phase_runs, tasks,
@@ -244,12 +243,14 @@ impl FlowTypeRow {
 pub struct NewFlowType<'a> {
     pub name: &'a str,
     pub version: i32,
-    pub definition: Value,
+    pub definition: DbJson,
+    /// When the commit that first stores it was planned.
+    pub created_at: DbTime,
 }
 
 impl<'a> NewFlowType<'a> {
-    /// Converts and serializes a flow type for insertion.
-    pub fn from_domain(flow_type: &'a FlowType) -> Result<Self, StoreError> {
+    /// Converts and serializes a flow type for insertion at `now`.
+    pub fn from_domain(flow_type: &'a FlowType, now: DbTime) -> Result<Self, StoreError> {
         let definition = serde_json::to_value(flow_type).map_err(|e| {
             StoreError::Conflict(format!(
                 "flow type {} is not serializable: {e}",
@@ -259,7 +260,8 @@ impl<'a> NewFlowType<'a> {
         Ok(Self {
             name: &flow_type.name,
             version: to_i32("flow type version", flow_type.version)?,
-            definition,
+            definition: DbJson(definition),
+            created_at: now,
         })
     }
 }
@@ -268,8 +270,14 @@ impl<'a> NewFlowType<'a> {
 #[derive(Debug)]
 pub struct NewFlow<'a> {
     pub flow: &'a FlowState,
+    pub id: DbUuid,
     pub flow_type_version: i32,
+    pub input: DbJsonRef<'a>,
+    pub parent_flow_id: Option<DbUuid>,
+    pub master_flow_id: DbUuid,
     pub last_seq: i64,
+    pub created_at: DbTime,
+    pub updated_at: DbTime,
 }
 
 impl<'a> NewFlow<'a> {
@@ -277,8 +285,14 @@ impl<'a> NewFlow<'a> {
     pub fn from_domain(flow: &'a FlowState) -> Result<Self, StoreError> {
         Ok(Self {
             flow,
+            id: DbUuid(flow.id.0),
             flow_type_version: to_i32("flow_type_version", flow.flow_type_version)?,
+            input: DbJsonRef(&flow.input),
+            parent_flow_id: flow.parent_flow_id.map(|p| DbUuid(p.0)),
+            master_flow_id: DbUuid(flow.master_flow_id.0),
             last_seq: to_i64("last_seq", flow.last_seq)?,
+            created_at: DbTime(flow.created_at),
+            updated_at: DbTime(flow.updated_at),
         })
     }
 }
@@ -362,7 +376,11 @@ impl<'a> EventWrite<'a> {
 #[derive(Debug)]
 pub struct FailureWrite<'a> {
     pub failure: &'a FailureRecord,
+    pub flow_id: DbUuid,
+    pub master_flow_id: DbUuid,
     pub attempt: i32,
+    pub diagnostic: DbJsonRef<'a>,
+    pub at: DbTime,
 }
 
 impl<'a> FailureWrite<'a> {
@@ -370,7 +388,11 @@ impl<'a> FailureWrite<'a> {
     pub fn from_domain(failure: &'a FailureRecord) -> Result<Self, StoreError> {
         Ok(Self {
             failure,
+            flow_id: DbUuid(failure.flow_id.0),
+            master_flow_id: DbUuid(failure.master_flow_id.0),
             attempt: to_i32("failure attempt", failure.attempt)?,
+            diagnostic: DbJsonRef(&failure.diagnostic),
+            at: DbTime(failure.at),
         })
     }
 }
