@@ -145,8 +145,11 @@ impl Handler<Detach> for QueueActor {
             return;
         }
         task.waiter = None;
+        if !detach.withdraw {
+            return;
+        }
         let previous = task.record.clone();
-        if !detach.withdraw || !lease_machine::withdraw(&mut task.record, now()) {
+        if !lease_machine::withdraw(&mut task.record, now()) {
             return;
         }
         debug!(task_id = %detach.task_id, "attempt stopped waiting; task withdrawn");
