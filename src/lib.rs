@@ -6,8 +6,8 @@
 //! - [`handlers`]: the `command` and `http` phase handlers, for phases outside the process.
 //! - [`startup`]: builds store, runtime and HTTP server as one [`startup::Application`].
 //! - [`store`]: the diesel stores for SQLite and PostgreSQL.
-//! - [`http`]: the v1 API, problem+json errors and tenancy.
-//! - [`ws`]: websocket progress streams.
+//! - [`http`]: the v1 API, problem+json errors and tenancy, its websocket progress streams
+//!   ([`http::ws`]) among its resources.
 pub mod cli;
 pub mod configuration;
 pub mod handlers;
@@ -15,4 +15,3 @@ pub mod http;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
-pub mod ws;

@@ -906,7 +906,9 @@ async fn tasks_round_trip_by_id_and_by_attempt(store: &DbStore) {
     leased.lease_id = Some(uuid::Uuid::new_v4());
     leased.worker_id = Some("worker-7".into());
     leased.lease_expires_at = Some(leased.created_at + Duration::microseconds(30_000_001));
-    leased.result = Some(json!({"partial": [1, 2.5, "x"]}));
+    leased.result = Some(flowd_actors::task::TaskOutcome::succeeded(
+        json!({"partial": [1, 2.5, "x"]}),
+    ));
     leased.created_at -= Duration::microseconds(999_999);
     // The tasks come after the transition that created their flow, in one batch.
     commit(
@@ -974,7 +976,10 @@ async fn task_writes_move_status_lease_and_result(store: &DbStore) {
     t.lease_id = None;
     t.worker_id = None;
     t.lease_expires_at = None;
-    t.result = Some(json!({"output": {"rows": 3}, "next_phase": null}));
+    t.result = Some(flowd_actors::task::TaskOutcome::Succeeded {
+        output: json!({"rows": 3}),
+        next_phase: flowd_actors::handler::NextPhase::Finish,
+    });
     t.updated_at = now() + Duration::microseconds(1);
     commit(
         store,
@@ -992,7 +997,10 @@ async fn task_writes_move_status_lease_and_result(store: &DbStore) {
     rewritten.payload = json!({"changed": true});
     rewritten.created_at = now();
     rewritten.status = TaskStatus::Failed;
-    rewritten.result = Some(json!({"error": "late", "retryable": false}));
+    rewritten.result = Some(flowd_actors::task::TaskOutcome::Failed {
+        message: "late".into(),
+        retryable: false,
+    });
     commit(store, &[Write::Task(Box::new(rewritten.clone()))]).await;
     let stored = load_task(store, t.id).await;
     assert_eq!(stored.queue, t.queue);

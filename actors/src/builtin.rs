@@ -6,6 +6,15 @@ use serde_json::{Value, json};
 
 use crate::handler::{HandlerError, HandlerSet, PhaseContext, PhaseOutput, PhaseResult};
 
+impl HandlerSet {
+    /// The built-ins (`noop`, `sleep`, `fail`) and nothing else.
+    pub fn with_builtins() -> Self {
+        let mut set = Self::default();
+        register(&mut set);
+        set
+    }
+}
+
 /// Adds the built-ins to `set`.
 pub fn register(set: &mut HandlerSet) {
     set.register("noop", |_ctx: PhaseContext| async {

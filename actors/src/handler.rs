@@ -1,5 +1,6 @@
 //! Phase handlers: the code a phase runs. Rust programs that embed the runtime register their
-//! own; [`crate::builtin`] has the ones every runtime knows.
+//! own; the `builtin` module, built on this one, has the ones every runtime knows
+//! (`HandlerSet::with_builtins`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -241,20 +242,15 @@ where
     }
 }
 
-/// The handlers a runtime knows, by name. Built before the runtime starts and shared read-only.
+/// The handlers a runtime knows, by name. Built before the runtime starts and shared read-only;
+/// `with_builtins` (in the `builtin` module, which depends on this one and not the other way)
+/// starts one with the built-ins.
 #[derive(Clone, Default)]
 pub struct HandlerSet {
     handlers: HashMap<String, Arc<dyn PhaseHandler>>,
 }
 
 impl HandlerSet {
-    /// The built-ins (`noop`, `sleep`, `fail`) and nothing else.
-    pub fn with_builtins() -> Self {
-        let mut set = Self::default();
-        crate::builtin::register(&mut set);
-        set
-    }
-
     /// Adds or replaces the handler called `name`.
     pub fn register(&mut self, name: impl Into<String>, handler: impl PhaseHandler) -> &mut Self {
         self.handlers.insert(name.into(), Arc::new(handler));

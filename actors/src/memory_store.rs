@@ -441,10 +441,10 @@ mod tests {
         let mut moved = t.clone();
         moved.queue = "elsewhere".into();
         moved.status = TaskStatus::Completed;
-        moved.result = Some(json!({"output": 1}));
+        moved.result = Some(crate::task::TaskOutcome::succeeded(json!(1)));
         commit(&store, &[Write::Task(Box::new(moved))]).expect("update");
         t.status = TaskStatus::Completed;
-        t.result = Some(json!({"output": 1}));
+        t.result = Some(crate::task::TaskOutcome::succeeded(json!(1)));
         let loaded = store.load_task(t.id).now_or_never().expect("ready");
         assert_eq!(loaded.expect("load"), Some(t.clone()));
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::handler::NextPhase;
 use crate::ids::{FlowId, Tenant};
 use crate::model::UnknownStatus;
 
@@ -118,8 +119,8 @@ pub struct TaskRecord {
     pub lease_id: Option<Uuid>,
     pub worker_id: Option<String>,
     pub lease_expires_at: Option<DateTime<Utc>>,
-    /// `completed`: `{"output": …, "next_phase": …}`; `failed`: `{"error": …, "retryable": …}`.
-    pub result: Option<Value>,
+    /// What the worker reported: set once the task is `completed` or `failed`.
+    pub result: Option<TaskOutcome>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -130,6 +131,147 @@ impl TaskRecord {
         Tenant {
             client_account_id: self.client_account_id.clone(),
             engagement_id: self.engagement_id.clone(),
+        }
+    }
+}
+
+/// How a worker ended its task, as it reported it: parsed and checked once where the report
+/// arrives, then carried typed to the attempt waiting for it. Stored as JSON (see
+/// [`TaskOutcome::to_stored`]) so that an attempt re-attaching after a restart finds it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskOutcome {
+    /// The phase's output, and where the flow goes next.
+    Succeeded {
+        output: Value,
+        next_phase: NextPhase,
+    },
+    /// The worker gave up; the phase's retry policy applies only when `retryable`.
+    Failed { message: String, retryable: bool },
+}
+
+impl TaskOutcome {
+    /// A success that lets the definition pick the next phase.
+    pub fn succeeded(output: Value) -> Self {
+        Self::Succeeded {
+            output,
+            next_phase: NextPhase::ByDefinition,
+        }
+    }
+
+    /// The stored form: `{"output": …, "next_phase": …}` (`next_phase` absent when the definition
+    /// decides, null to finish) or `{"error": …, "retryable": …}`. Rows written before the
+    /// outcome was typed have the same shape.
+    pub fn to_stored(&self) -> Value {
+        match self {
+            Self::Succeeded { output, next_phase } => {
+                let mut stored = serde_json::Map::new();
+                stored.insert("output".into(), output.clone());
+                match next_phase {
+                    NextPhase::ByDefinition => {}
+                    NextPhase::Finish => {
+                        stored.insert("next_phase".into(), Value::Null);
+                    }
+                    NextPhase::Named(name) => {
+                        stored.insert("next_phase".into(), Value::String(name.clone()));
+                    }
+                }
+                Value::Object(stored)
+            }
+            Self::Failed { message, retryable } => {
+                serde_json::json!({ "error": message, "retryable": retryable })
+            }
+        }
+    }
+
+    /// Reads the stored form back; `None` when it is not an object of either shape. Missing
+    /// fields take the defaults a worker's report has (no output: null; no `retryable`: true).
+    pub fn from_stored(stored: Value) -> Option<Self> {
+        let Value::Object(mut stored) = stored else {
+            return None;
+        };
+        if let Some(error) = stored.remove("error") {
+            let retryable = match stored.remove("retryable") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(retryable)) => retryable,
+                Some(_) => return None,
+            };
+            let message = match error {
+                Value::String(message) => message,
+                _ => "the worker reported a failure".to_owned(),
+            };
+            return Some(Self::Failed { message, retryable });
+        }
+        let next_phase = match stored.remove("next_phase") {
+            None => NextPhase::ByDefinition,
+            Some(Value::Null) => NextPhase::Finish,
+            Some(Value::String(name)) => NextPhase::Named(name),
+            Some(_) => return None,
+        };
+        let output = stored.remove("output").unwrap_or(Value::Null);
+        Some(Self::Succeeded { output, next_phase })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn outcomes_keep_their_stored_shape() {
+        let cases = [
+            (
+                TaskOutcome::succeeded(json!({"n": 1})),
+                json!({"output": {"n": 1}}),
+            ),
+            (
+                TaskOutcome::Succeeded {
+                    output: json!(2),
+                    next_phase: NextPhase::Finish,
+                },
+                json!({"output": 2, "next_phase": null}),
+            ),
+            (
+                TaskOutcome::Succeeded {
+                    output: json!(null),
+                    next_phase: NextPhase::Named("b".into()),
+                },
+                json!({"output": null, "next_phase": "b"}),
+            ),
+            (
+                TaskOutcome::Failed {
+                    message: "boom".into(),
+                    retryable: false,
+                },
+                json!({"error": "boom", "retryable": false}),
+            ),
+        ];
+        for (outcome, stored) in cases {
+            assert_eq!(outcome.to_stored(), stored);
+            assert_eq!(TaskOutcome::from_stored(stored), Some(outcome));
+        }
+    }
+
+    #[test]
+    fn stored_outcomes_take_the_report_defaults() {
+        assert_eq!(
+            TaskOutcome::from_stored(json!({"error": "x"})),
+            Some(TaskOutcome::Failed {
+                message: "x".into(),
+                retryable: true
+            })
+        );
+        assert_eq!(
+            TaskOutcome::from_stored(json!({})),
+            Some(TaskOutcome::succeeded(Value::Null))
+        );
+        for corrupt in [
+            json!("done"),
+            json!({"output": 1, "next_phase": 3}),
+            json!({"error": "x", "retryable": "no"}),
+        ] {
+            assert_eq!(TaskOutcome::from_stored(corrupt.clone()), None, "{corrupt}");
         }
     }
 }

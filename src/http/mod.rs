@@ -1,4 +1,5 @@
-//! The HTTP API: a module per resource, problem+json errors, and tenant resolution.
+//! The HTTP API: a module per resource (the websocket streams in `ws` among them), problem+json
+//! errors, and tenant resolution.
 
 pub mod auth;
 pub mod cluster;
@@ -11,6 +12,7 @@ pub mod openapi;
 pub mod ops;
 pub mod tasks;
 pub mod ui;
+pub mod ws;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -42,8 +44,8 @@ pub fn routes(config: &mut web::ServiceConfig, faults: bool) {
                 .route("/flows/{id}/retry", web::post().to(flows::retry))
                 .route("/flows/{id}/events", web::get().to(flows::events))
                 .route("/flows/{id}/failures", web::get().to(flows::failures))
-                .route("/flows/{id}/ws", web::get().to(crate::ws::flow_stream))
-                .route("/events/ws", web::get().to(crate::ws::tenant_stream))
+                .route("/flows/{id}/ws", web::get().to(ws::flow_stream))
+                .route("/events/ws", web::get().to(ws::tenant_stream))
                 .route("/flow-types", web::get().to(flow_types::list))
                 .route("/flow-types/{name}", web::get().to(flow_types::get))
                 .route("/flow-types/{name}", web::put().to(flow_types::put))

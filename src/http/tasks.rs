@@ -1,6 +1,10 @@
 //! External workers: `POST /v1/queues/{queue}/poll` leases the oldest task of a queue (waiting
 //! for one up to a limit), and `/v1/tasks/{id}/heartbeat|complete|fail` report on it under the
 //! lease. Queues are per tenant: a worker's key decides whose tasks it sees.
+//!
+//! A report is parsed and checked here, once (its `next_phase` against the flow's phases), into
+//! a typed [`Report`]; the queue's lease machine decides whether the lease still holds, and the
+//! attempt waiting on the task gets the outcome typed, with no JSON in between.
 
 use std::time::Duration;
 
@@ -243,13 +247,20 @@ pub async fn heartbeat(
     let body: HeartbeatBody = object_body(body.into_inner())?;
     let task_id = parse_task_id(&path)?;
     let extend = lease_length(body.lease_s)?;
+    let report = Report::Heartbeat { extend };
+    send_report(&runtime, caller, task_id, body.lease_id, report).await
+}
+
+/// Hands a checked report to the queue; the answer is the task's state after it.
+async fn send_report(
+    runtime: &Runtime,
+    caller: Caller,
+    task_id: TaskId,
+    lease_id: Uuid,
+    report: Report,
+) -> Result<HttpResponse, ApiError> {
     let record = runtime
-        .report_task(
-            caller.tenant,
-            task_id,
-            body.lease_id,
-            Report::Heartbeat { extend },
-        )
+        .report_task(caller.tenant, task_id, lease_id, report)
         .await?;
     Ok(HttpResponse::Ok().json(TaskState::from(record)))
 }
@@ -293,10 +304,7 @@ pub async fn complete(
         output: body.output,
         next_phase,
     };
-    let record = runtime
-        .report_task(caller.tenant, task_id, body.lease_id, report)
-        .await?;
-    Ok(HttpResponse::Ok().json(TaskState::from(record)))
+    send_report(&runtime, caller, task_id, body.lease_id, report).await
 }
 
 /// Fails a task: a failed attempt of its phase, retried by the phase's policy if `retryable`.
@@ -317,8 +325,5 @@ pub async fn fail(
         error: body.error,
         retryable: body.retryable,
     };
-    let record = runtime
-        .report_task(caller.tenant, task_id, body.lease_id, report)
-        .await?;
-    Ok(HttpResponse::Ok().json(TaskState::from(record)))
+    send_report(&runtime, caller, task_id, body.lease_id, report).await
 }

@@ -13,8 +13,7 @@ use flowd_actors::events::{EventKind, FlowEvent};
 use flowd_actors::ids::FlowId;
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, PhaseState, PhaseStatus};
 use flowd_actors::store::{FlowUpdate, StoreError};
-use flowd_actors::task::{TaskId, TaskRecord, TaskStatus};
-use serde_json::Value;
+use flowd_actors::task::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
 
 use super::schema::{
     DbJson, DbJsonRef, DbTime, DbUuid, events, failures, flow_types, flows, phase_runs, tasks,
@@ -253,12 +252,14 @@ impl FlowTypeRow {
 pub struct NewFlowType<'a> {
     pub name: &'a str,
     pub version: i32,
-    pub definition: Value,
+    pub definition: DbJson,
+    /// When the commit that first stores it was planned.
+    pub created_at: DbTime,
 }
 
 impl<'a> NewFlowType<'a> {
-    /// Converts and serializes a flow type for insertion.
-    pub fn from_domain(flow_type: &'a FlowType) -> Result<Self, StoreError> {
+    /// Converts and serializes a flow type for insertion at `now`.
+    pub fn from_domain(flow_type: &'a FlowType, now: DbTime) -> Result<Self, StoreError> {
         let definition = serde_json::to_value(flow_type).map_err(|e| {
             StoreError::Conflict(format!(
                 "flow type {} is not serializable: {e}",
@@ -268,7 +269,8 @@ impl<'a> NewFlowType<'a> {
         Ok(Self {
             name: &flow_type.name,
             version: to_i32("flow type version", flow_type.version)?,
-            definition,
+            definition: DbJson(definition),
+            created_at: now,
         })
     }
 }
@@ -277,8 +279,14 @@ impl<'a> NewFlowType<'a> {
 #[derive(Debug)]
 pub struct NewFlow<'a> {
     pub flow: &'a FlowState,
+    pub id: DbUuid,
     pub flow_type_version: i32,
+    pub input: DbJsonRef<'a>,
+    pub parent_flow_id: Option<DbUuid>,
+    pub master_flow_id: DbUuid,
     pub last_seq: i64,
+    pub created_at: DbTime,
+    pub updated_at: DbTime,
 }
 
 impl<'a> NewFlow<'a> {
@@ -286,8 +294,14 @@ impl<'a> NewFlow<'a> {
     pub fn from_domain(flow: &'a FlowState) -> Result<Self, StoreError> {
         Ok(Self {
             flow,
+            id: DbUuid(flow.id.0),
             flow_type_version: to_i32("flow_type_version", flow.flow_type_version)?,
+            input: DbJsonRef(&flow.input),
+            parent_flow_id: flow.parent_flow_id.map(|p| DbUuid(p.0)),
+            master_flow_id: DbUuid(flow.master_flow_id.0),
             last_seq: to_i64("last_seq", flow.last_seq)?,
+            created_at: DbTime(flow.created_at),
+            updated_at: DbTime(flow.updated_at),
         })
     }
 }
@@ -377,7 +391,11 @@ impl<'a> EventWrite<'a> {
 #[derive(Debug)]
 pub struct FailureWrite<'a> {
     pub failure: &'a FailureRecord,
+    pub flow_id: DbUuid,
+    pub master_flow_id: DbUuid,
     pub attempt: i32,
+    pub diagnostic: DbJsonRef<'a>,
+    pub at: DbTime,
 }
 
 impl<'a> FailureWrite<'a> {
@@ -385,7 +403,11 @@ impl<'a> FailureWrite<'a> {
     pub fn from_domain(failure: &'a FailureRecord) -> Result<Self, StoreError> {
         Ok(Self {
             failure,
+            flow_id: DbUuid(failure.flow_id.0),
+            master_flow_id: DbUuid(failure.master_flow_id.0),
             attempt: to_i32("failure attempt", failure.attempt)?,
+            diagnostic: DbJsonRef(&failure.diagnostic),
+            at: DbTime(failure.at),
         })
     }
 }
@@ -429,7 +451,17 @@ impl TaskRow {
             lease_id: self.lease_id.map(|id| id.0),
             worker_id: self.worker_id,
             lease_expires_at: self.lease_expires_at.map(|t| t.0),
-            result: self.result.map(|j| j.0),
+            result: self
+                .result
+                .map(|j| {
+                    TaskOutcome::from_stored(j.0).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "tasks.result of task {}: not an outcome",
+                            self.id.0
+                        ))
+                    })
+                })
+                .transpose()?,
             created_at: self.created_at.0,
             updated_at: self.updated_at.0,
         })
@@ -448,7 +480,8 @@ pub struct TaskWrite<'a> {
     pub payload: DbJsonRef<'a>,
     pub lease_id: Option<DbUuid>,
     pub lease_expires_at: Option<DbTime>,
-    pub result: Option<DbJsonRef<'a>>,
+    /// The outcome in its stored form.
+    pub result: Option<DbJson>,
     pub created_at: DbTime,
     pub updated_at: DbTime,
 }
@@ -465,7 +498,7 @@ impl<'a> TaskWrite<'a> {
             payload: DbJsonRef(&task.payload),
             lease_id: task.lease_id.map(DbUuid),
             lease_expires_at: task.lease_expires_at.map(DbTime),
-            result: task.result.as_ref().map(DbJsonRef),
+            result: task.result.as_ref().map(|o| DbJson(o.to_stored())),
             created_at: DbTime(task.created_at),
             updated_at: DbTime(task.updated_at),
         })

@@ -2,10 +2,9 @@
 //! writes them. Reads never pass through here.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
-use flowd_actors::ids::FlowId;
 use flowd_actors::store::{StoreError, Write};
-use flowd_actors::task::TaskId;
 
 use super::models::{
     EventWrite, FailureWrite, FlowChange, NewFlow, NewFlowType, PhaseWrite, TaskWrite,
@@ -29,11 +28,11 @@ pub(super) struct Plan<'a> {
     pub(super) events: Vec<EventWrite<'a>>,
     pub(super) failures: Vec<FailureWrite<'a>>,
     pub(super) tasks: Vec<TaskWrite<'a>>,
-    pub(super) now: DbTime,
 }
 
 impl<'a> Plan<'a> {
     pub(super) fn of(batch: &'a [Write]) -> Result<Self, StoreError> {
+        let now = DbTime(flowd_actors::model::now());
         let mut plan = Plan {
             flow_types: Vec::new(),
             new_flows: Vec::new(),
@@ -42,36 +41,18 @@ impl<'a> Plan<'a> {
             events: Vec::new(),
             failures: Vec::new(),
             tasks: Vec::new(),
-            now: DbTime(flowd_actors::model::now()),
         };
-        let mut change_index: HashMap<FlowId, usize> = HashMap::new();
-        let mut phase_index: HashMap<(FlowId, usize), usize> = HashMap::new();
+        let mut changes = Latest::default();
+        let mut phases = Latest::default();
         // Empty until a batch carries a task: batches of transitions pay nothing for tasks.
-        let mut task_index: HashMap<TaskId, usize> = HashMap::new();
-        let mut put_phase =
-            |plan: &mut Plan<'a>, write: PhaseWrite<'a>, key: (FlowId, usize)| match phase_index
-                .get(&key)
-            {
-                Some(&i) => plan.phases[i] = write,
-                None => {
-                    phase_index.insert(key, plan.phases.len());
-                    plan.phases.push(write);
-                }
-            };
+        let mut tasks = Latest::default();
         for write in batch {
             match write {
-                Write::FlowType(flow_type) => {
-                    plan.flow_types.push(NewFlowType::from_domain(flow_type)?)
-                }
+                Write::FlowType(flow_type) => plan
+                    .flow_types
+                    .push(NewFlowType::from_domain(flow_type, now)?),
                 Write::Task(task) => {
-                    let row = TaskWrite::from_domain(task)?;
-                    match task_index.get(&task.id) {
-                        Some(&i) => plan.tasks[i] = row,
-                        None => {
-                            task_index.insert(task.id, plan.tasks.len());
-                            plan.tasks.push(row);
-                        }
-                    }
+                    tasks.put(&mut plan.tasks, task.id, TaskWrite::from_domain(task)?);
                 }
                 Write::Transition(t) => {
                     if let Some(created) = &t.create {
@@ -79,20 +60,14 @@ impl<'a> Plan<'a> {
                         plan.new_flows.push(NewFlow::from_domain(created)?);
                         for (position, phase) in created.phases.iter().enumerate() {
                             let row = PhaseWrite::from_domain(created.id, position, phase)?;
-                            put_phase(&mut plan, row, (created.id, position));
+                            phases.put(&mut plan.phases, (created.id, position), row);
                         }
                     } else {
                         let change = FlowChange::from_domain(t.flow_id, &t.flow)?;
-                        match change_index.get(&t.flow_id) {
-                            Some(&i) => plan.flow_changes[i] = change,
-                            None => {
-                                change_index.insert(t.flow_id, plan.flow_changes.len());
-                                plan.flow_changes.push(change);
-                            }
-                        }
+                        changes.put(&mut plan.flow_changes, t.flow_id, change);
                         for (position, phase) in &t.phases {
                             let row = PhaseWrite::from_domain(t.flow_id, *position, phase)?;
-                            put_phase(&mut plan, row, (t.flow_id, *position));
+                            phases.put(&mut plan.phases, (t.flow_id, *position), row);
                         }
                     }
                     for event in &t.events {
@@ -113,5 +88,27 @@ impl<'a> Plan<'a> {
             }
         }
         Ok(plan)
+    }
+}
+
+/// Where each key's row stands in its list, so that a later write of the same row replaces the
+/// earlier one in place (keeping the first one's position).
+struct Latest<K>(HashMap<K, usize>);
+
+impl<K> Default for Latest<K> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<K: Hash + Eq> Latest<K> {
+    fn put<R>(&mut self, rows: &mut Vec<R>, key: K, row: R) {
+        match self.0.get(&key) {
+            Some(&i) => rows[i] = row,
+            None => {
+                self.0.insert(key, rows.len());
+                rows.push(row);
+            }
+        }
     }
 }

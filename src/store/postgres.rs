@@ -2,7 +2,6 @@
 
 use diesel::ConnectionError;
 use diesel::QueryResult;
-use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
 use diesel_async::RunQueryDsl;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
@@ -14,9 +13,8 @@ use flowd_actors::store::StoreError;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, try_join_all};
 
-use super::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
-use super::schema::{DbJsonRef, DbTime, DbUuid};
-use super::{Plan, TxError, columns};
+use super::columns::Columns;
+use super::{Plan, TxError};
 
 /// The PostgreSQL pool.
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -84,7 +82,7 @@ fn migrate(url: &str) -> Result<(), StoreError> {
 }
 
 /// Writes a planned batch inside the caller's transaction, one statement per table that has
-/// rows ([`columns::Columns`]): on PostgreSQL every statement is a network round trip, so a batch
+/// rows ([`Columns`]): on PostgreSQL every statement is a network round trip, so a batch
 /// of a thousand transitions costs a handful of them rather than thousands. Each text depends
 /// only on its table, so it stays prepared on the connection, and the statements are
 /// pipelined: each is sent without waiting for the one before it, and PostgreSQL still runs
@@ -92,139 +90,36 @@ fn migrate(url: &str) -> Result<(), StoreError> {
 /// COMMIT.
 pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Result<(), TxError> {
     let conn: &AsyncPgConnection = c;
-    // Each sent statement, with the rows it must touch when that is checked (flow updates).
-    let mut sent: Vec<(BoxFuture<'_, QueryResult<usize>>, Option<usize>)> = Vec::new();
-    let rows = &plan.flow_types;
-    if !rows.is_empty() {
-        let q = columns::Columns::insert(
-            "flow_types",
-            columns::FLOW_TYPE_COLUMNS,
-            columns::FLOW_TYPE_CONFLICT,
-        )
-        .bind::<Text, _>(column(rows, |r| r.name))
-        .bind::<Integer, _>(column(rows, |r| r.version))
-        .bind::<SqlJson, _>(column(rows, |r| DbJsonRef(&r.definition)))
-        .bind::<SqlTime, _>(column(rows, |_| plan.now));
-        sent.push((q.execute(&mut &*conn), None));
+    // Each statement, with the rows it must touch when that is checked (flow updates).
+    let mut planned: Vec<(Columns<'_>, Option<usize>)> = Vec::new();
+    if !plan.flow_types.is_empty() {
+        planned.push((Columns::insert(&plan.flow_types), None));
     }
-
-    let rows = &plan.new_flows;
-    if !rows.is_empty() {
-        let q = columns::Columns::insert("flows", columns::FLOW_COLUMNS, "")
-            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.flow.id.0)))
-            .bind::<Text, _>(column(rows, |r| r.flow.flow_type.as_str()))
-            .bind::<Integer, _>(column(rows, |r| r.flow_type_version))
-            .bind::<Text, _>(column(rows, |r| r.flow.status.as_str()))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.flow.current_phase.as_deref()))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.flow.next_phase.as_deref()))
-            .bind::<Double, _>(column(rows, |r| r.flow.progress_percentage))
-            .bind::<SqlJson, _>(column(rows, |r| DbJsonRef(&r.flow.input)))
-            .bind::<Nullable<SqlUuid>, _>(column(rows, |r| {
-                r.flow.parent_flow_id.map(|p| DbUuid(p.0))
-            }))
-            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.flow.master_flow_id.0)))
-            .bind::<Text, _>(column(rows, |r| r.flow.client_account_id.as_str()))
-            .bind::<Text, _>(column(rows, |r| r.flow.engagement_id.as_str()))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.flow.created_by.as_deref()))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.flow.idempotency_key.as_deref()))
-            .bind::<BigInt, _>(column(rows, |r| r.last_seq))
-            .bind::<SqlTime, _>(column(rows, |r| DbTime(r.flow.created_at)))
-            .bind::<SqlTime, _>(column(rows, |r| DbTime(r.flow.updated_at)));
-        sent.push((q.execute(&mut &*conn), None));
+    if !plan.new_flows.is_empty() {
+        planned.push((Columns::insert(&plan.new_flows), None));
     }
-
-    let rows = &plan.flow_changes;
-    if !rows.is_empty() {
-        let q = columns::Columns::update_flows()
-            .bind::<SqlUuid, _>(column(rows, |r| r.id))
-            .bind::<Text, _>(column(rows, |r| r.update.status.as_str()))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.update.current_phase.as_deref()))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.update.next_phase.as_deref()))
-            .bind::<Double, _>(column(rows, |r| r.update.progress_percentage))
-            .bind::<BigInt, _>(column(rows, |r| r.last_seq))
-            .bind::<SqlTime, _>(column(rows, |r| r.updated_at));
+    if !plan.flow_changes.is_empty() {
         // Keyed by id and deduplicated, so each change matches exactly one row.
-        sent.push((q.execute(&mut &*conn), Some(rows.len())));
+        let expected = Some(plan.flow_changes.len());
+        planned.push((Columns::update(&plan.flow_changes), expected));
     }
-
-    let rows = &plan.phases;
-    if !rows.is_empty() {
-        let q = columns::Columns::insert(
-            "phase_runs",
-            columns::PHASE_COLUMNS,
-            columns::PHASE_CONFLICT,
-        )
-        .bind::<SqlUuid, _>(column(rows, |r| r.flow_id))
-        .bind::<Integer, _>(column(rows, |r| r.position))
-        .bind::<Text, _>(column(rows, |r| r.phase.name.as_str()))
-        .bind::<Text, _>(column(rows, |r| r.phase.status.as_str()))
-        .bind::<Integer, _>(column(rows, |r| r.attempt))
-        .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.started_at))
-        .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.finished_at))
-        .bind::<Nullable<SqlJson>, _>(column(rows, |r| r.output))
-        .bind::<Nullable<Text>, _>(column(rows, |r| r.phase.error.as_deref()));
-        sent.push((q.execute(&mut &*conn), None));
+    if !plan.phases.is_empty() {
+        planned.push((Columns::insert(&plan.phases), None));
     }
-
-    let rows = &plan.events;
-    if !rows.is_empty() {
-        let q = columns::Columns::insert("events", columns::EVENT_COLUMNS, "")
-            .bind::<BigInt, _>(column(rows, |r| r.event.id))
-            .bind::<SqlUuid, _>(column(rows, |r| r.flow_id))
-            .bind::<BigInt, _>(column(rows, |r| r.seq))
-            .bind::<SqlUuid, _>(column(rows, |r| r.master_flow_id))
-            .bind::<Text, _>(column(rows, |r| r.event.client_account_id.as_str()))
-            .bind::<Text, _>(column(rows, |r| r.event.engagement_id.as_str()))
-            .bind::<Text, _>(column(rows, |r| r.event.flow_type.as_str()))
-            .bind::<Text, _>(column(rows, |r| r.event.kind.as_str()))
-            .bind::<Text, _>(column(rows, |r| r.event.status.as_str()))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.event.current_phase.as_deref()))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.event.next_phase.as_deref()))
-            .bind::<Double, _>(column(rows, |r| r.event.progress_percentage))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.event.error.as_deref()))
-            .bind::<SqlTime, _>(column(rows, |r| r.at))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.status_reason.as_deref()));
-        sent.push((q.execute(&mut &*conn), None));
+    if !plan.events.is_empty() {
+        planned.push((Columns::insert(&plan.events), None));
     }
-
-    let rows = &plan.failures;
-    if !rows.is_empty() {
-        let q = columns::Columns::insert("failures", columns::FAILURE_COLUMNS, "")
-            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.failure.flow_id.0)))
-            .bind::<SqlUuid, _>(column(rows, |r| DbUuid(r.failure.master_flow_id.0)))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.failure.phase.as_deref()))
-            .bind::<Integer, _>(column(rows, |r| r.attempt))
-            .bind::<Text, _>(column(rows, |r| r.failure.error_kind.as_str()))
-            .bind::<Text, _>(column(rows, |r| r.failure.message.as_str()))
-            .bind::<SqlJson, _>(column(rows, |r| DbJsonRef(&r.failure.diagnostic)))
-            .bind::<SqlTime, _>(column(rows, |r| DbTime(r.failure.at)));
-        sent.push((q.execute(&mut &*conn), None));
+    if !plan.failures.is_empty() {
+        planned.push((Columns::insert(&plan.failures), None));
     }
-
     // Deduplicated by id in the plan: one statement may not upsert a row twice.
-    let rows = &plan.tasks;
-    if !rows.is_empty() {
-        let q = columns::Columns::insert("tasks", columns::TASK_COLUMNS, columns::TASK_CONFLICT)
-            .bind::<SqlUuid, _>(column(rows, |r| r.id))
-            .bind::<Text, _>(column(rows, |r| r.task.queue.as_str()))
-            .bind::<SqlUuid, _>(column(rows, |r| r.flow_id))
-            .bind::<SqlUuid, _>(column(rows, |r| r.master_flow_id))
-            .bind::<Text, _>(column(rows, |r| r.task.phase.as_str()))
-            .bind::<Integer, _>(column(rows, |r| r.attempt))
-            .bind::<Text, _>(column(rows, |r| r.task.client_account_id.as_str()))
-            .bind::<Text, _>(column(rows, |r| r.task.engagement_id.as_str()))
-            .bind::<SqlJson, _>(column(rows, |r| r.payload))
-            .bind::<Text, _>(column(rows, |r| r.task.status.as_str()))
-            .bind::<Nullable<SqlUuid>, _>(column(rows, |r| r.lease_id))
-            .bind::<Nullable<Text>, _>(column(rows, |r| r.task.worker_id.as_deref()))
-            .bind::<Nullable<SqlTime>, _>(column(rows, |r| r.lease_expires_at))
-            .bind::<Nullable<SqlJson>, _>(column(rows, |r| r.result))
-            .bind::<SqlTime, _>(column(rows, |r| r.created_at))
-            .bind::<SqlTime, _>(column(rows, |r| r.updated_at));
-        sent.push((q.execute(&mut &*conn), None));
+    if !plan.tasks.is_empty() {
+        planned.push((Columns::insert(&plan.tasks), None));
     }
-
-    let (statements, expected): (Vec<_>, Vec<_>) = sent.into_iter().unzip();
+    let (statements, expected): (Vec<BoxFuture<'_, QueryResult<usize>>>, Vec<_>) = planned
+        .into_iter()
+        .map(|(statement, expected)| (statement.execute(&mut &*conn), expected))
+        .unzip();
     // Outputs come back in the order sent, so the first error is the statement that failed,
     // not one that PostgreSQL refused afterwards because the transaction was already aborted.
     let touched = try_join_all(statements).await?;
@@ -234,9 +129,4 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
         }
     }
     Ok(())
-}
-
-/// One column of `rows`, as a statement binds it.
-fn column<'a, R, T>(rows: &'a [R], value: impl Fn(&'a R) -> T) -> Vec<T> {
-    rows.iter().map(value).collect()
 }

@@ -243,9 +243,22 @@ impl FromSql<SqlTime, Sqlite> for DbTime {
     }
 }
 
-/// A JSON column value read from the database.
+/// A JSON column value read from the database, or written where no domain value holds the JSON
+/// (a task's outcome is serialized at the store boundary).
 #[derive(Debug, Clone, PartialEq, FromSqlRow)]
 pub struct DbJson(pub Value);
+
+impl ToSql<SqlJson, Pg> for DbJson {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        <Value as ToSql<diesel::sql_types::Jsonb, Pg>>::to_sql(&self.0, out)
+    }
+}
+
+impl ToSql<SqlJson, Sqlite> for DbJson {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
+        <Value as ToSql<diesel::sql_types::Json, Sqlite>>::to_sql(&self.0, out)
+    }
+}
 
 impl FromSql<SqlJson, Pg> for DbJson {
     fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {

@@ -16,15 +16,15 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use flowd_actors::store::StoreError;
 use futures_util::FutureExt;
 
-use super::schema::{DbJsonRef, DbTime, DbUuid, failures, flow_types, flows};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::result::QueryResult;
-use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text};
+use diesel::sql_types::Text;
 use diesel::sqlite::Sqlite;
 
-use super::models::{EventWrite, FlowChange, PhaseWrite, TaskWrite};
-use super::schema::sql_types::{SqlJson, SqlTime, SqlUuid};
-use super::{Plan, TxError, columns};
+use super::columns::CommitRow;
+use super::models::FlowChange;
+use super::schema::sql_types::SqlUuid;
+use super::{Plan, TxError};
 
 /// The async connection type of the SQLite pool: a blocking connection driven on tokio's
 /// blocking threads.
@@ -214,42 +214,11 @@ pub fn is_sqlite_url(url: &str) -> bool {
 /// multi-row statements of every length, as PostgreSQL used to get, were several times slower
 /// than cached single-row ones at 1000 transitions in the first session.)
 pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result<(), TxError> {
-    use diesel::prelude::*;
-
-    for r in &plan.flow_types {
-        diesel::insert_into(flow_types::table)
-            .values((
-                flow_types::name.eq(r.name),
-                flow_types::version.eq(r.version),
-                flow_types::definition.eq(DbJsonRef(&r.definition)),
-                flow_types::created_at.eq(plan.now),
-            ))
-            .on_conflict_do_nothing()
-            .execute(conn)?;
+    for row in &plan.flow_types {
+        InsertRows::one(row).execute(conn)?;
     }
-    for r in &plan.new_flows {
-        let f = r.flow;
-        diesel::insert_into(flows::table)
-            .values((
-                flows::id.eq(DbUuid(f.id.0)),
-                flows::flow_type.eq(f.flow_type.as_str()),
-                flows::flow_type_version.eq(r.flow_type_version),
-                flows::status.eq(f.status.as_str()),
-                flows::current_phase.eq(f.current_phase.as_deref()),
-                flows::next_phase.eq(f.next_phase.as_deref()),
-                flows::progress_percentage.eq(f.progress_percentage),
-                flows::input.eq(DbJsonRef(&f.input)),
-                flows::parent_flow_id.eq(f.parent_flow_id.map(|p| DbUuid(p.0))),
-                flows::master_flow_id.eq(DbUuid(f.master_flow_id.0)),
-                flows::client_account_id.eq(f.client_account_id.as_str()),
-                flows::engagement_id.eq(f.engagement_id.as_str()),
-                flows::created_by.eq(f.created_by.as_deref()),
-                flows::idempotency_key.eq(f.idempotency_key.as_deref()),
-                flows::last_seq.eq(r.last_seq),
-                flows::created_at.eq(DbTime(f.created_at)),
-                flows::updated_at.eq(DbTime(f.updated_at)),
-            ))
-            .execute(conn)?;
+    for row in &plan.new_flows {
+        InsertRows::one(row).execute(conn)?;
     }
     let mut missing = 0;
     for change in &plan.flow_changes {
@@ -264,28 +233,16 @@ pub(super) fn write_plan(conn: &mut SqliteConnection, plan: &Plan<'_>) -> Result
         return Err(TxError::MissingFlows(missing));
     }
     for chunk in in_chunks(&plan.phases) {
-        UpsertPhases(chunk).execute(conn)?;
+        InsertRows::chunk(chunk).execute(conn)?;
     }
     for chunk in in_chunks(&plan.events) {
-        InsertEvents(chunk).execute(conn)?;
+        InsertRows::chunk(chunk).execute(conn)?;
     }
-    for r in &plan.failures {
-        let f = r.failure;
-        diesel::insert_into(failures::table)
-            .values((
-                failures::flow_id.eq(DbUuid(f.flow_id.0)),
-                failures::master_flow_id.eq(DbUuid(f.master_flow_id.0)),
-                failures::phase.eq(f.phase.as_deref()),
-                failures::attempt.eq(r.attempt),
-                failures::error_kind.eq(f.error_kind.as_str()),
-                failures::message.eq(f.message.as_str()),
-                failures::diagnostic.eq(DbJsonRef(&f.diagnostic)),
-                failures::at.eq(DbTime(f.at)),
-            ))
-            .execute(conn)?;
+    for row in &plan.failures {
+        InsertRows::one(row).execute(conn)?;
     }
-    for task in &plan.tasks {
-        UpsertTask(task).execute(conn)?;
+    for row in &plan.tasks {
+        InsertRows::one(row).execute(conn)?;
     }
     Ok(())
 }
@@ -308,59 +265,59 @@ fn in_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
     chunks.chain(rest.chunks(1))
 }
 
-/// `INSERT INTO events … VALUES (…), (…)` for a chunk of events ([`in_chunks`]). Cached by its
-/// text.
-struct InsertEvents<'p, 'a>(&'p [EventWrite<'a>]);
+/// `INSERT INTO table (columns) VALUES (…), (…)` and the table's conflict clause, for rows of
+/// one table described in [`super::columns`]: one row, or a chunk of them ([`in_chunks`], `OR FAIL`).
+/// Cached by its text, of which each table has one per row count.
+struct InsertRows<'p, R> {
+    rows: &'p [R],
+    or_fail: bool,
+}
 
-impl QueryId for InsertEvents<'_, '_> {
+impl<'p, R: CommitRow> InsertRows<'p, R> {
+    fn one(row: &'p R) -> Self {
+        Self {
+            rows: std::slice::from_ref(row),
+            or_fail: false,
+        }
+    }
+
+    fn chunk(rows: &'p [R]) -> Self {
+        Self {
+            rows,
+            or_fail: true,
+        }
+    }
+}
+
+impl<R> QueryId for InsertRows<'_, R> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-impl QueryFragment<Sqlite> for InsertEvents<'_, '_> {
+impl<R: CommitRow> QueryFragment<Sqlite> for InsertRows<'_, R> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql("INSERT OR FAIL INTO events (");
-        out.push_sql(EVENT_COLUMN_LIST);
+        out.push_sql(if self.or_fail {
+            "INSERT OR FAIL INTO "
+        } else {
+            "INSERT INTO "
+        });
+        out.push_sql(R::TABLE);
+        for (i, column) in R::COLUMNS.iter().enumerate() {
+            out.push_sql(if i == 0 { " (" } else { ", " });
+            out.push_sql(column);
+        }
         out.push_sql(") VALUES ");
-        for (i, row) in self.0.iter().enumerate() {
-            let e = row.event;
+        for (i, row) in self.rows.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { "), (" });
-            out.push_bind_param::<BigInt, _>(&e.id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<SqlUuid, _>(&row.flow_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<BigInt, _>(&row.seq)?;
-            out.push_sql(", ");
-            out.push_bind_param::<SqlUuid, _>(&row.master_flow_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&e.client_account_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&e.engagement_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&e.flow_type)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, str>(e.kind.as_str())?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, str>(e.status.as_str())?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&e.current_phase)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&e.next_phase)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Double, _>(&e.progress_percentage)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&e.error)?;
-            out.push_sql(", ");
-            out.push_bind_param::<SqlTime, _>(&row.at)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&row.status_reason)?;
+            row.bind_values(&mut out)?;
         }
         out.push_sql(")");
+        out.push_sql(R::CONFLICT);
         Ok(())
     }
 }
 
-impl RunQueryDsl<SqliteConnection> for InsertEvents<'_, '_> {}
+impl<R: CommitRow> RunQueryDsl<SqliteConnection> for InsertRows<'_, R> {}
 
 /// `UPDATE flows … WHERE id = ?` for one flow. diesel never caches the statements of its own
 /// `update` and upsert builders (their text may vary with the changeset); this one has a fixed
@@ -383,28 +340,18 @@ impl<const SETS_STATUS: bool> QueryId for UpdateFlow<'_, '_, SETS_STATUS> {
 impl<const SETS_STATUS: bool> QueryFragment<Sqlite> for UpdateFlow<'_, '_, SETS_STATUS> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         let change = self.0;
-        let update = change.update;
         out.push_sql("UPDATE flows SET ");
-        if SETS_STATUS {
-            out.push_sql("status = ");
-            out.push_bind_param::<Text, str>(update.status.as_str())?;
-            out.push_sql(", ");
-        }
-        out.push_sql("current_phase = ");
-        out.push_bind_param::<Nullable<Text>, _>(&update.current_phase)?;
-        out.push_sql(", next_phase = ");
-        out.push_bind_param::<Nullable<Text>, _>(&update.next_phase)?;
-        out.push_sql(", progress_percentage = ");
-        out.push_bind_param::<Double, _>(&update.progress_percentage)?;
-        out.push_sql(", last_seq = ");
-        out.push_bind_param::<BigInt, _>(&change.last_seq)?;
-        out.push_sql(", updated_at = ");
-        out.push_bind_param::<SqlTime, _>(&change.updated_at)?;
+        let skip: &[&str] = if SETS_STATUS {
+            &["id"]
+        } else {
+            &["id", "status"]
+        };
+        change.bind_assignments(skip, &mut out)?;
         out.push_sql(" WHERE id = ");
         out.push_bind_param::<SqlUuid, _>(&change.id)?;
         if !SETS_STATUS {
             out.push_sql(" AND status = ");
-            out.push_bind_param::<Text, str>(update.status.as_str())?;
+            out.push_bind_param::<Text, str>(change.update.status.as_str())?;
         }
         Ok(())
     }
@@ -412,133 +359,10 @@ impl<const SETS_STATUS: bool> QueryFragment<Sqlite> for UpdateFlow<'_, '_, SETS_
 
 impl<const SETS_STATUS: bool> RunQueryDsl<SqliteConnection> for UpdateFlow<'_, '_, SETS_STATUS> {}
 
-/// Insert-or-overwrite of a chunk of phase rows ([`in_chunks`]). Cached by its text. A batch
-/// holds each phase row once ([`super::Plan`]).
-struct UpsertPhases<'p, 'a>(&'p [PhaseWrite<'a>]);
-
-impl QueryId for UpsertPhases<'_, '_> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl QueryFragment<Sqlite> for UpsertPhases<'_, '_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql(
-            "INSERT OR FAIL INTO phase_runs (flow_id, position, name, status, attempt, started_at, \
-             finished_at, output, error) VALUES ",
-        );
-        for (i, row) in self.0.iter().enumerate() {
-            out.push_sql(if i == 0 { "(" } else { "), (" });
-            out.push_bind_param::<SqlUuid, _>(&row.flow_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Integer, _>(&row.position)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&row.phase.name)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, str>(row.phase.status.as_str())?;
-            out.push_sql(", ");
-            out.push_bind_param::<Integer, _>(&row.attempt)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<SqlTime>, _>(&row.started_at)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<SqlTime>, _>(&row.finished_at)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<SqlJson>, _>(&row.output)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&row.phase.error)?;
-        }
-        out.push_sql(")");
-        out.push_sql(columns::PHASE_CONFLICT);
-        Ok(())
-    }
-}
-
-impl RunQueryDsl<SqliteConnection> for UpsertPhases<'_, '_> {}
-
-/// Insert of one task, or update of its status, lease and result, with a fixed, cacheable text
-/// (see [`UpdateFlow`]): leases and heartbeats rewrite task rows often.
-struct UpsertTask<'p, 'a>(&'p TaskWrite<'a>);
-
-/// The static query id of [`UpsertTask`].
-struct UpsertTaskId;
-
-impl QueryId for UpsertTask<'_, '_> {
-    type QueryId = UpsertTaskId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl QueryFragment<Sqlite> for UpsertTask<'_, '_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        let row = self.0;
-        let task = row.task;
-        out.push_sql("INSERT INTO tasks (");
-        out.push_sql(TASK_COLUMN_LIST);
-        out.push_sql(") VALUES (");
-        out.push_bind_param::<SqlUuid, _>(&row.id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&task.queue)?;
-        out.push_sql(", ");
-        out.push_bind_param::<SqlUuid, _>(&row.flow_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<SqlUuid, _>(&row.master_flow_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&task.phase)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Integer, _>(&row.attempt)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&task.client_account_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&task.engagement_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<SqlJson, _>(&row.payload)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, str>(task.status.as_str())?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<SqlUuid>, _>(&row.lease_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&task.worker_id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<SqlTime>, _>(&row.lease_expires_at)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<SqlJson>, _>(&row.result)?;
-        out.push_sql(", ");
-        out.push_bind_param::<SqlTime, _>(&row.created_at)?;
-        out.push_sql(", ");
-        out.push_bind_param::<SqlTime, _>(&row.updated_at)?;
-        out.push_sql(")");
-        out.push_sql(columns::TASK_CONFLICT);
-        Ok(())
-    }
-}
-
-impl RunQueryDsl<SqliteConnection> for UpsertTask<'_, '_> {}
-
-/// The column list of [`InsertEvents`], in its bind order ([`columns::EVENT_COLUMNS`], checked by a
-/// test).
-const EVENT_COLUMN_LIST: &str = "id, flow_id, seq, master_flow_id, client_account_id, \
-     engagement_id, flow_type, kind, status, current_phase, next_phase, progress_percentage, \
-     error, at, status_reason";
-
-/// The column list of [`UpsertTask`], in its bind order ([`columns::TASK_COLUMNS`], checked by a
-/// test).
-const TASK_COLUMN_LIST: &str = "id, queue, flow_id, master_flow_id, phase, attempt, \
-     client_account_id, engagement_id, payload, status, lease_id, worker_id, lease_expires_at, \
-     result, created_at, updated_at";
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
-
-    #[test]
-    fn task_upsert_binds_in_column_order() {
-        assert_eq!(TASK_COLUMN_LIST, columns::TASK_COLUMNS.join(", "));
-    }
-
-    #[test]
-    fn event_insert_binds_in_column_order() {
-        assert_eq!(EVENT_COLUMN_LIST, columns::EVENT_COLUMNS.join(", "));
-    }
 
     #[test]
     fn strips_the_scheme() {

@@ -1,24 +1,20 @@
 //! The attempt side: a phase attempt submits its task and waits; it may detach early. A
-//! task's end (completed, failed, expired) becomes the attempt's result.
+//! task's end (completed, failed, expired) becomes the attempt's result
+//! ([`lease_machine::attempt_result`]).
 
 use super::*;
 
 impl QueueActor {
-    /// Ends a task with `status`, commits it, then tells the attempt waiting for it.
+    /// Commits a task the lease machine just finished (from `previous`), then tells the attempt
+    /// waiting for it; a failed commit restores `previous`.
     pub(super) fn finish(
         &mut self,
         task_id: TaskId,
-        status: TaskStatus,
-        result: Option<Value>,
+        previous: TaskRecord,
         ctx: &mut Context<Self>,
     ) -> Option<impl Future<Output = Result<TaskRecord, QueueError>> + use<>> {
-        let task = self.tasks.get_mut(&task_id)?;
-        let previous = task.record.clone();
-        let stamp = now();
-        task.record.status = status;
-        task.record.result = result;
-        task.record.updated_at = stamp;
-        let record = task.record.clone();
+        let record = self.tasks.get(&task_id)?.record.clone();
+        let (status, stamp) = (record.status, record.updated_at);
         self.unqueue(&record);
         let commit = self.persist(&record);
         let (done, answer) = oneshot::channel();
@@ -34,7 +30,7 @@ impl QueueActor {
                         });
                         if unchanged
                             && let Some(task) = act.tasks.remove(&task_id)
-                            && let Some(outcome) = outcome_of(&task.record)
+                            && let Some(outcome) = lease_machine::attempt_result(&task.record)
                         {
                             act.finished
                                 .insert(task_id, (Instant::now(), outcome.clone()));
@@ -60,66 +56,6 @@ impl QueueActor {
     }
 }
 
-/// Queued again, with no lease: a worker's report under the old lease is stale from now on.
-pub(super) fn back_on_queue(record: &mut TaskRecord) {
-    record.status = TaskStatus::Queued;
-    record.lease_id = None;
-    record.worker_id = None;
-    record.lease_expires_at = None;
-    record.updated_at = now();
-}
-
-/// What a finished task means for its attempt; `None` while it is not finished.
-fn outcome_of(record: &TaskRecord) -> Option<PhaseResult> {
-    let result = record.result.as_ref();
-    match record.status {
-        TaskStatus::Completed => {
-            let output = result
-                .and_then(|r| r.get("output"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            let next_phase = match result.and_then(|r| r.get("next_phase")) {
-                None => NextPhase::ByDefinition,
-                Some(Value::String(name)) => NextPhase::Named(name.clone()),
-                Some(_) => NextPhase::Finish,
-            };
-            Some(Ok(PhaseOutput { output, next_phase }))
-        }
-        TaskStatus::Failed => {
-            let message = result
-                .and_then(|r| r.get("error"))
-                .and_then(Value::as_str)
-                .unwrap_or("the worker reported a failure")
-                .to_owned();
-            let retryable = result
-                .and_then(|r| r.get("retryable"))
-                .and_then(Value::as_bool)
-                .unwrap_or(true);
-            let error = HandlerError {
-                kind: "worker_failed".into(),
-                message,
-                class: if retryable {
-                    ErrorClass::Retryable
-                } else {
-                    ErrorClass::Fatal
-                },
-                diagnostic: json!({ "task_id": record.id, "worker_id": record.worker_id }),
-            };
-            Some(Err(error))
-        }
-        TaskStatus::Expired => Some(Err(HandlerError::retryable(
-            "lease_expired",
-            format!(
-                "worker {} stopped heartbeating task {}; its lease expired",
-                record.worker_id.as_deref().unwrap_or("(unnamed)"),
-                record.id
-            ),
-        )
-        .with_diagnostic(json!({ "task_id": record.id, "worker_id": record.worker_id })))),
-        TaskStatus::Queued | TaskStatus::Leased | TaskStatus::Withdrawn => None,
-    }
-}
-
 impl Handler<Submit> for QueueActor {
     type Result = ResponseActFuture<Self, Result<Attached, QueueError>>;
 
@@ -142,7 +78,7 @@ impl Handler<Submit> for QueueActor {
             let _ = sender.send(result.clone());
             return Box::pin(fut::ready(Ok(attached)));
         }
-        if let Some(result) = outcome_of(&task) {
+        if let Some(result) = lease_machine::attempt_result(&task) {
             let _ = sender.send(result);
             return Box::pin(fut::ready(Ok(attached)));
         }
@@ -151,21 +87,13 @@ impl Handler<Submit> for QueueActor {
             .entry(task_id)
             .or_insert_with(|| LiveTask::new(task));
         live.waiter = Some((token, sender));
-        let mut write = !stored;
-        match live.record.status {
-            TaskStatus::Queued => {}
-            TaskStatus::Leased => {
-                if let Some(expires_at) = live.record.lease_expires_at {
-                    self.leases.insert((expires_at, task_id));
-                }
-            }
-            // Finishing: the pending commit hands the outcome to the waiter just attached.
-            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Expired => {}
-            TaskStatus::Withdrawn => {
-                // Withdrawn by an earlier life of this attempt: back on the queue.
-                back_on_queue(&mut live.record);
-                write = true;
-            }
+        // Withdrawn by an earlier life of this attempt: back on the queue. A finishing task's
+        // pending commit hands the outcome to the waiter just attached.
+        let write = lease_machine::resubmit(&mut live.record, now()) || !stored;
+        if live.record.status == TaskStatus::Leased
+            && let Some(expires_at) = live.record.lease_expires_at
+        {
+            self.leases.insert((expires_at, task_id));
         }
         let queued = live.record.status == TaskStatus::Queued;
         let key = Self::key(&live.record);
@@ -220,8 +148,12 @@ impl Handler<Detach> for QueueActor {
         if !detach.withdraw {
             return;
         }
+        let previous = task.record.clone();
+        if !lease_machine::withdraw(&mut task.record, now()) {
+            return;
+        }
         debug!(task_id = %detach.task_id, "attempt stopped waiting; task withdrawn");
-        if let Some(commit) = self.finish(detach.task_id, TaskStatus::Withdrawn, None, ctx) {
+        if let Some(commit) = self.finish(detach.task_id, previous, ctx) {
             ctx.spawn(fut::wrap_future(async move {
                 if let Err(error) = commit.await {
                     warn!(%error, "withdrawal not committed");

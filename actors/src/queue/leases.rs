@@ -1,7 +1,7 @@
 //! Leases: a polling worker gets the oldest queued task with a lease; an expired lease puts
 //! the attempt's end in motion; a task no worker claims within its window is withdrawn.
 
-use super::attempts::back_on_queue;
+use super::lease_machine::{LeaseTerms, Unclaimed};
 use super::*;
 
 impl QueueActor {
@@ -54,15 +54,18 @@ impl QueueActor {
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
-        let at = now();
-        let expires_at = at + chrono::Duration::from_std(poller.lease).unwrap_or_default();
-        let record = &mut task.record;
-        record.status = TaskStatus::Leased;
-        record.lease_id = Some(Uuid::new_v4());
-        record.worker_id = poller.worker_id.clone();
-        record.lease_expires_at = Some(expires_at);
-        record.updated_at = at;
-        let record = record.clone();
+        let terms = LeaseTerms {
+            worker_id: poller.worker_id.clone(),
+            length: poller.lease,
+            lease_id: Uuid::new_v4(),
+        };
+        let Some(expires_at) = lease_machine::grant(&mut task.record, terms, now()) else {
+            // Not queued (the caller checked): the poller waits on for another task.
+            let key = Self::key(&task.record);
+            self.pollers.entry(key).or_default().push_front(poller);
+            return;
+        };
+        let record = task.record.clone();
         self.unqueue(&record);
         self.leases.insert((expires_at, task_id));
         let commit = self.persist(&record);
@@ -105,16 +108,23 @@ impl QueueActor {
         }));
     }
 
-    pub(super) fn requeue_in_memory(&mut self, task_id: TaskId) {
-        if let Some(task) = self.tasks.get_mut(&task_id) {
-            back_on_queue(&mut task.record);
+    /// Takes back a lease its worker never received; `false` when the task was not leased.
+    pub(super) fn requeue_in_memory(&mut self, task_id: TaskId) -> bool {
+        let requeued = self
+            .tasks
+            .get_mut(&task_id)
+            .is_some_and(|task| lease_machine::requeue(&mut task.record, now()));
+        if requeued {
             self.enqueue(task_id);
         }
+        requeued
     }
 
     /// Puts a task back on its queue (durably) and offers it to waiting workers.
     pub(super) fn requeue(&mut self, task_id: TaskId, ctx: &mut Context<Self>) {
-        self.requeue_in_memory(task_id);
+        if !self.requeue_in_memory(task_id) {
+            return;
+        }
         let Some(task) = self.tasks.get(&task_id) else {
             return;
         };
@@ -135,13 +145,14 @@ impl QueueActor {
                 break;
             }
             self.leases.pop_first();
-            let current = self.tasks.get(&task_id).is_some_and(|t| {
-                t.record.status == TaskStatus::Leased
-                    && t.record.lease_expires_at == Some(expires_at)
-            });
-            if current {
+            let Some(task) = self.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            let previous = task.record.clone();
+            // An index entry whose task moved on (a heartbeat, a result) expires nothing.
+            if lease_machine::expire(&mut task.record, expires_at, at) {
                 info!(task_id = %task_id, "lease expired; the attempt fails");
-                if let Some(commit) = self.finish(task_id, TaskStatus::Expired, None, ctx) {
+                if let Some(commit) = self.finish(task_id, previous, ctx) {
                     ctx.spawn(fut::wrap_future(async move {
                         if let Err(error) = commit.await {
                             warn!(%error, "expiry not committed; retried at the next sweep");
@@ -169,27 +180,26 @@ impl QueueActor {
         let Some(task) = self.tasks.get(&task_id) else {
             return;
         };
-        if task.record.status != TaskStatus::Queued
-            || task.waiter.as_ref().map(|(t, _)| *t) != Some(token)
+        let seen = self.worker_seen(&Self::key(&task.record), window);
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        let attached = task.waiter.as_ref().map(|(t, _)| *t) == Some(token);
+        let previous = task.record.clone();
+        let error = match lease_machine::unclaimed(&mut task.record, attached, seen, window, now())
         {
-            return;
-        }
-        let key = Self::key(&task.record);
-        if self.worker_seen(&key, window) {
-            ctx.run_later(window, move |act, ctx| {
-                act.check_unclaimed(task_id, token, window, ctx)
-            });
-            return;
-        }
-        let queue = task.record.queue.clone();
-        let waiter = self.tasks.get_mut(&task_id).and_then(|t| t.waiter.take());
-        info!(task_id = %task_id, %queue, "no worker polled the queue; task withdrawn");
-        let error = HandlerError::unavailable(format!(
-            "no worker polled queue `{queue}` within {}s",
-            window.as_secs_f64()
-        ))
-        .with_diagnostic(json!({ "queue": queue, "task_id": task_id }));
-        if let Some(commit) = self.finish(task_id, TaskStatus::Withdrawn, None, ctx) {
+            Unclaimed::Moot => return,
+            Unclaimed::Wait => {
+                ctx.run_later(window, move |act, ctx| {
+                    act.check_unclaimed(task_id, token, window, ctx)
+                });
+                return;
+            }
+            Unclaimed::Withdraw(error) => error,
+        };
+        let waiter = task.waiter.take();
+        info!(task_id = %task_id, queue = %task.record.queue, "no worker polled the queue; task withdrawn");
+        if let Some(commit) = self.finish(task_id, previous, ctx) {
             ctx.spawn(fut::wrap_future(async move {
                 let committed = commit.await;
                 if let Some((_, waiter)) = waiter {

@@ -7,11 +7,14 @@
 //! about it, so a restart loses no task and no result. After a restart the flows re-run their
 //! interrupted attempts, which re-attach to their stored tasks; leases survive with them.
 //!
-//! One file per job: `attempts` (phase attempts submit and detach their tasks; a task's end
-//! becomes the attempt's result), `leases` (polling workers get leases; expired leases and
-//! unclaimed tasks), `reports` (workers' heartbeats and results).
+//! The rules (which transitions a task may take, what a finished task means for its attempt)
+//! are the pure [`lease_machine`]; this actor only carries them out. One file per job:
+//! `attempts` (phase attempts submit and detach their tasks; a task's end becomes the attempt's
+//! result), `leases` (polling workers get leases; expired leases and unclaimed tasks), `reports`
+//! (workers' heartbeats and results).
 
 mod attempts;
+pub mod lease_machine;
 mod leases;
 pub mod messages;
 mod reports;
@@ -22,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::handler::{ErrorClass, HandlerError, NextPhase, PhaseOutput, PhaseResult};
+use crate::handler::{HandlerError, PhaseResult};
 use crate::ids::Tenant;
 use crate::model::now;
 use crate::persistence::{Persist, PersistenceActor};

@@ -1,6 +1,7 @@
 //! Workers' reports under their lease: heartbeat, complete, fail. A report under a stale lease
 //! is refused.
 
+use super::lease_machine::Reported;
 use super::*;
 
 impl Handler<ReportTask> for QueueActor {
@@ -38,6 +39,7 @@ impl QueueActor {
     ) -> futures_util::future::BoxFuture<'static, Result<TaskRecord, QueueError>> {
         use futures_util::FutureExt as _;
         let task_id = report.task_id;
+        let at = now();
         let ready = |result| async move { result }.boxed();
         if !self.tasks.contains_key(&task_id) {
             match loaded {
@@ -52,43 +54,27 @@ impl QueueActor {
                     self.tasks.insert(task_id, task);
                 }
                 Ok(Some(record)) => {
-                    if record.tenant() != report.tenant {
-                        return ready(Err(QueueError::NotFound(task_id)));
-                    }
-                    return ready(Err(QueueError::StaleLease {
-                        task_id,
-                        status: record.status,
-                        detail: "",
-                    }));
+                    // Not leased: the machine refuses any report on it.
+                    let refused =
+                        lease_machine::admit(&record, &report.tenant, report.lease_id, at).err();
+                    return ready(Err(refused.unwrap_or(QueueError::NotFound(task_id))));
                 }
             }
         }
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return ready(Err(QueueError::NotFound(task_id)));
         };
-        let record = &task.record;
-        if record.tenant() != report.tenant {
-            return ready(Err(QueueError::NotFound(task_id)));
-        }
-        let stale = |detail| QueueError::StaleLease {
-            task_id,
-            status: record.status,
-            detail,
-        };
-        if record.status != TaskStatus::Leased {
-            return ready(Err(stale("")));
-        }
-        if record.lease_id != Some(report.lease_id) {
-            return ready(Err(stale(" under another lease")));
-        }
-        if record.lease_expires_at.is_some_and(|at| at <= now()) {
-            return ready(Err(stale(" and its lease expired")));
-        }
-        match report.report {
-            Report::Heartbeat { extend } => {
-                let expires_at = now() + chrono::Duration::from_std(extend).unwrap_or_default();
-                task.record.lease_expires_at = Some(expires_at);
-                task.record.updated_at = now();
+        let previous = task.record.clone();
+        let reported = lease_machine::report(
+            &mut task.record,
+            &report.tenant,
+            report.lease_id,
+            report.report,
+            at,
+        );
+        match reported {
+            Err(refused) => ready(Err(refused)),
+            Ok(Reported::Extended { expires_at }) => {
                 self.leases.insert((expires_at, task_id));
                 let record = task.record.clone();
                 let commit = self.persist(&record);
@@ -98,25 +84,10 @@ impl QueueActor {
                 }
                 .boxed()
             }
-            Report::Complete { output, next_phase } => {
-                let mut result = json!({ "output": output });
-                match next_phase {
-                    NextPhase::ByDefinition => {}
-                    NextPhase::Finish => result["next_phase"] = Value::Null,
-                    NextPhase::Named(name) => result["next_phase"] = Value::String(name),
-                }
-                match self.finish(task_id, TaskStatus::Completed, Some(result), ctx) {
-                    Some(commit) => commit.boxed(),
-                    None => ready(Err(QueueError::NotFound(task_id))),
-                }
-            }
-            Report::Fail { error, retryable } => {
-                let result = json!({ "error": error, "retryable": retryable });
-                match self.finish(task_id, TaskStatus::Failed, Some(result), ctx) {
-                    Some(commit) => commit.boxed(),
-                    None => ready(Err(QueueError::NotFound(task_id))),
-                }
-            }
+            Ok(Reported::Finished) => match self.finish(task_id, previous, ctx) {
+                Some(commit) => commit.boxed(),
+                None => ready(Err(QueueError::NotFound(task_id))),
+            },
         }
     }
 }

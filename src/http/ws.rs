@@ -8,7 +8,7 @@
 //! waits for it.
 //!
 //! A stream costs the server only while its client reads: a frame that cannot be handed to
-//! the connection within [`SEND_TIMEOUT`] (the client stopped reading and every buffer is
+//! the connection within `SEND_TIMEOUT`, 10 s (the client stopped reading and every buffer is
 //! full) ends the stream, and a client that leaves during catch-up stops it.
 
 use std::sync::Arc;
