@@ -8,6 +8,8 @@
 //! - [`store`]: the diesel stores for SQLite and PostgreSQL.
 //! - [`http`]: the v1 API, problem+json errors and tenancy.
 //! - [`ws`]: websocket progress streams.
+//! - `testing` (cargo feature `testing`): throw-away databases and the real server as a child
+//!   process, for tests and the harness.
 pub mod cli;
 pub mod configuration;
 pub mod handlers;
@@ -15,4 +17,6 @@ pub mod http;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod ws;
