@@ -1,7 +1,7 @@
 //! A fresh database per test or harness run: a SQLite file in a temp dir, or a PostgreSQL
 //! database created next to an admin URL and dropped (with its open connections) when done.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 
@@ -94,7 +94,10 @@ impl TestDatabase {
                 let name = format!("flowd_t_{}", uuid::Uuid::new_v4().simple());
                 let url = sibling_url(admin, &name)?;
                 // The name is fresh, but a leftover of a crashed run must not fail the next.
-                psql(admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+                psql(
+                    admin,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )?;
                 psql(admin, &format!("CREATE DATABASE {name}"))?;
                 Ok(Self {
                     url,
@@ -109,8 +112,8 @@ impl TestDatabase {
     }
 
     /// The scratch directory, removed with the database.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
     }
 
     /// Runs `statement` on the admin connection (PostgreSQL only), e.g. to kill connections.
@@ -133,7 +136,10 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Some(Throwaway { admin, name }) = &self.postgres
-            && let Err(error) = psql(admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            && let Err(error) = psql(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
         {
             // Nothing to return to from a drop; a leftover database is worth a line.
             eprintln!("{error}");
