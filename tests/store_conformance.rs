@@ -2,8 +2,7 @@
 //! run on), SQLite always (a temp file), and PostgreSQL when the tests were built with
 //! `FLOWD_TEST_POSTGRES_URL` set (cfg `flowd_postgres_tests`; each test gets its own throw-away
 //! database). Without it the PostgreSQL tests are not built at all. A case that only a diesel
-//! store can have (a cloned handle sharing one pool) is in `db_only!`, on SQLite and
-//! PostgreSQL.
+//! store can have (a cloned handle sharing one pool) runs on SQLite and PostgreSQL alone.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -55,6 +54,34 @@ impl TestDb {
     }
 }
 
+/// The cases on SQLite, and on PostgreSQL when built for it, in the two modules named.
+macro_rules! on_diesel_stores {
+    ($sqlite:ident, $postgres:ident: $($name:ident),* $(,)?) => {
+        mod $sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDb::sqlite().await;
+                    super::$name(&db.store).await;
+                    db.finish();
+                }
+            )*
+        }
+
+        #[cfg(flowd_postgres_tests)]
+        mod $postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDb::postgres().await;
+                    super::$name(&db.store).await;
+                    db.finish();
+                }
+            )*
+        }
+    };
+}
+
 /// Every case on every store: memory, SQLite, and PostgreSQL when built for it.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -68,56 +95,7 @@ macro_rules! conformance {
             )*
         }
 
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = super::TestDb::sqlite().await;
-                    super::$name(&db.store).await;
-                    db.finish();
-                }
-            )*
-        }
-
-        #[cfg(flowd_postgres_tests)]
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = super::TestDb::postgres().await;
-                    super::$name(&db.store).await;
-                    db.finish();
-                }
-            )*
-        }
-    };
-}
-
-/// Cases about the diesel stores' handle itself, on SQLite and PostgreSQL.
-macro_rules! db_only {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_db {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = super::TestDb::sqlite().await;
-                    super::$name(&db.store).await;
-                    db.finish();
-                }
-            )*
-        }
-
-        #[cfg(flowd_postgres_tests)]
-        mod postgres_db {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let db = super::TestDb::postgres().await;
-                    super::$name(&db.store).await;
-                    db.finish();
-                }
-            )*
-        }
+        on_diesel_stores!(sqlite, postgres: $($name),*);
     };
 }
 
@@ -140,7 +118,8 @@ conformance!(
     tree_events_cover_the_whole_tree_in_id_order,
 );
 
-db_only!(a_cloned_store_shares_the_database);
+// Cases about the diesel stores' handle itself, which the memory store does not have.
+on_diesel_stores!(sqlite_db, postgres_db: a_cloned_store_shares_the_database);
 
 // ---------------------------------------------------------------------------------------------
 
