@@ -4,6 +4,9 @@
 //! if any flow is left neither completed nor failed.
 //!
 //! `cargo run --release --example chaos [-- --db sqlite|postgres --steady 200]`
+//!
+//! Fault injection is compiled only with the cargo feature `faults`; examples get it (and
+//! `flowd::testing`) from the crate's dev-dependency on itself, with no flags.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use flowd::store::DbStore;
+use flowd::testing::{Backend, TestDatabase};
 use flowd_actors::definition::{FlowType, PhaseDefinition};
 use flowd_actors::events::FlowEvent;
 use flowd_actors::handler::HandlerSet;
@@ -28,7 +32,7 @@ use serde_json::{Value, json};
 struct Args {
     /// `sqlite` (a temp file) or `postgres` (a throw-away database on FLOWD_TEST_POSTGRES_URL).
     #[arg(long, default_value = "sqlite")]
-    db: String,
+    db: Backend,
     /// Healthy flows running alongside the faults.
     #[arg(long, default_value_t = 200)]
     steady: usize,
@@ -181,38 +185,12 @@ struct Injection {
     ids: Vec<FlowId>,
 }
 
-async fn connect(
-    db: &str,
-) -> anyhow::Result<(DbStore, Option<(String, String)>, tempfile::TempDir)> {
-    let scratch = tempfile::tempdir()?;
-    if db == "postgres" {
-        let admin = std::env::var("FLOWD_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!("flowd_chaos_{}", uuid::Uuid::new_v4().simple());
-        for statement in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            let status = std::process::Command::new("psql")
-                .args([admin.as_str(), "-q", "-c", &statement])
-                .status()?;
-            anyhow::ensure!(status.success(), "psql failed: {statement}");
-        }
-        let base = admin
-            .rsplit_once('/')
-            .map_or(admin.as_str(), |(base, _)| base)
-            .to_owned();
-        let store = DbStore::connect(&format!("{base}/{name}"), 8).await?;
-        return Ok((store, Some((admin, name)), scratch));
-    }
-    let url = format!("sqlite://{}", scratch.path().join("chaos.db").display());
-    Ok((DbStore::connect(&url, 8).await?, None, scratch))
-}
-
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (inner, postgres, _scratch) = connect(&args.db).await?;
+    // Dropped last, after the runtime: a PostgreSQL database is dropped with it.
+    let database = TestDatabase::create(args.db)?;
+    let inner = DbStore::connect(&database.url, 8).await?;
     let store = Arc::new(Outage {
         inner,
         down: AtomicBool::new(false),
@@ -389,16 +367,6 @@ async fn main() -> anyhow::Result<()> {
         metrics.failures_by_kind()
     );
     println!("elapsed: {:.1}s", started.elapsed().as_secs_f64());
-    if let Some((admin, name)) = postgres {
-        let _ = std::process::Command::new("psql")
-            .args([
-                admin.as_str(),
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            ])
-            .status();
-    }
     anyhow::ensure!(stuck == 0, "{stuck} flows stuck");
     anyhow::ensure!(
         all_expected && steady_done == steady.len(),

@@ -41,6 +41,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ use actix_web::rt::System;
 use clap::{Parser, ValueEnum};
 use flowd::store::DbStore;
 use flowd::store::sqlite::SqliteSync;
+use flowd::testing::{Backend, ServerLogs, TestDatabase, TestServer, postgres_admin_url};
 use flowd_actors::definition::{FlowType, PhaseDefinition};
 use flowd_actors::events::EventKind;
 use flowd_actors::handler::{HandlerSet, PhaseContext, PhaseOutput};
@@ -81,15 +83,14 @@ mod ws_fanout;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// The first phase of `start_latency` flows: records when it begins running.
 const MARK_HANDLER: &str = "bench_mark";
 
 #[derive(Parser, Debug)]
 #[command(about = "flowd load harness: one JSON object per run on stdout")]
 struct Args {
-    /// Backend of the fresh database each run gets.
-    #[arg(long, value_enum)]
+    /// Backend of the fresh database each run gets: `sqlite` or `postgres`.
+    #[arg(long)]
     db: Backend,
     /// Flows per run (N); 5000 unless given, 40 for `ws_fanout`.
     #[arg(long)]
@@ -151,21 +152,6 @@ impl Args {
             self.scenario,
             Scenario::HttpStartLatency | Scenario::WsFanout | Scenario::Soak
         )
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Sqlite => "sqlite",
-            Self::Postgres => "postgres",
-        }
     }
 }
 
@@ -277,7 +263,7 @@ fn run_once(args: &Args) -> Result<Figures, String> {
     if args.scenario == Scenario::SuspendedMemory && std::env::var_os(FRESH_PROCESS).is_none() {
         return in_fresh_process();
     }
-    let database = BenchDatabase::new(args.db)?;
+    let database = bench_database(args.db)?;
     let url = database.url.clone();
     System::new().block_on(async {
         let result = tokio::time::timeout(Duration::from_secs(args.timeout_s), async {
@@ -729,60 +715,10 @@ fn round(value: f64) -> Value {
     json!((value * 1000.0).round() / 1000.0)
 }
 
-/// The real server as a child process: `recovery` must SIGKILL it, and `http_start_latency`
-/// measures it alone in its process, as deployed.
-struct Server {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Server {
-    /// Starts `flowd` (built beside this example) and waits for its listening line.
-    fn start(config: &std::path::Path) -> Result<Self, String> {
-        use std::io::BufRead;
-        let binary = std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .parent()
-            .and_then(|examples| examples.parent())
-            .map(|dir| dir.join("flowd"))
-            .filter(|path| path.exists())
-            .ok_or(
-                "build the server first: `cargo build --release --bin flowd` (this scenario runs \
-                 the real binary)",
-            )?;
-        let mut child = Command::new(binary)
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start flowd: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        let base = line
-            .trim()
-            .strip_prefix("flowd listening on ")
-            .ok_or_else(|| format!("flowd did not start: {line:?}"))?
-            .to_owned();
-        Ok(Self { child, base })
-    }
-
-    /// SIGKILL: a crash, no shutdown hooks.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The real server as a child process, its logs discarded: `recovery` must SIGKILL it, and
+/// `http_start_latency` measures it alone in its process, as deployed.
+fn start_server(config: &Path) -> Result<TestServer, String> {
+    TestServer::spawn(config, &[], ServerLogs::Discard).map_err(|e| e.to_string())
 }
 
 /// The `[database]` line for `--sqlite-sync`: none for the default, so that servers built
@@ -850,7 +786,7 @@ async fn recovery(args: &Args, url: &str) -> Result<Figures, String> {
         .timeout(Duration::from_secs(60))
         .finish();
     let n = args.flows() as f64;
-    let server = Server::start(&config)?;
+    let server = start_server(&config)?;
     let base = server.base.clone();
     let creates = futures_util::stream::iter(0..args.flows())
         .map(|_| {
@@ -881,7 +817,7 @@ async fn recovery(args: &Args, url: &str) -> Result<Figures, String> {
     server.kill();
 
     let restarted = Instant::now();
-    let server = Server::start(&config)?;
+    let server = start_server(&config)?;
     let to_listening = restarted.elapsed().as_secs_f64();
     let to_resumed = until_metric(
         &client,
@@ -938,7 +874,7 @@ async fn http_start_latency(args: &Args, url: &str) -> Result<Figures, String> {
         ));
     }
     std::fs::write(&config, toml).map_err(|e| e.to_string())?;
-    let server = Server::start(&config)?;
+    let server = start_server(&config)?;
     let endpoint = format!("{}/v1/flows", server.base);
     let client = awc::Client::builder()
         .connector(awc::Connector::new().limit(args.concurrency))
@@ -1133,68 +1069,9 @@ async fn ws_fanout(args: &Args, url: &str) -> Result<Figures, String> {
     ]))
 }
 
-/// A fresh database for one run, removed when dropped.
-struct BenchDatabase {
-    url: String,
-    _dir: tempfile::TempDir,
-    postgres: Option<(String, String)>,
-}
-
-impl BenchDatabase {
-    fn new(backend: Backend) -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
-        match backend {
-            Backend::Sqlite => Ok(Self {
-                url: format!("sqlite://{}", dir.path().join("bench.db").display()),
-                _dir: dir,
-                postgres: None,
-            }),
-            Backend::Postgres => {
-                let admin = std::env::var("FLOWD_BENCH_POSTGRES_URL")
-                    .or_else(|_| std::env::var("FLOWD_TEST_POSTGRES_URL"))
-                    .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
-                let name = format!("flowd_bench_{}", uuid::Uuid::new_v4().simple());
-                psql(
-                    &admin,
-                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                )?;
-                psql(&admin, &format!("CREATE DATABASE {name}"))?;
-                let base = admin
-                    .rsplit_once('/')
-                    .map_or(admin.as_str(), |(base, _)| base);
-                Ok(Self {
-                    url: format!("{base}/{name}"),
-                    _dir: dir,
-                    postgres: Some((admin.clone(), name)),
-                })
-            }
-        }
-    }
-}
-
-impl Drop for BenchDatabase {
-    fn drop(&mut self) {
-        if let Some((admin, name)) = &self.postgres
-            && let Err(error) = psql(
-                admin,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            )
-        {
-            eprintln!("{error}");
-        }
-    }
-}
-
-fn psql(url: &str, statement: &str) -> Result<(), String> {
-    let status = Command::new("psql")
-        .env("PGOPTIONS", "--client-min-messages=warning")
-        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", statement])
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("psql failed on {url}: {statement}"))
-    }
+/// A fresh database for one run, removed when dropped: PostgreSQL's next to
+/// `FLOWD_BENCH_POSTGRES_URL`, else the tests' admin database.
+fn bench_database(backend: Backend) -> Result<TestDatabase, String> {
+    let admin = std::env::var("FLOWD_BENCH_POSTGRES_URL").unwrap_or_else(|_| postgres_admin_url());
+    TestDatabase::create_at(backend, &admin).map_err(|e| e.to_string())
 }

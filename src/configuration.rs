@@ -429,7 +429,9 @@ fn host_name() -> String {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultSettings {
-    /// Adds the `panic` and `block` handlers and `POST /v1/flows/{id}/faults/freeze`.
+    /// Adds the `panic` and `block` handlers and `POST /v1/flows/{id}/faults/freeze`. Needs a
+    /// build with the cargo feature `faults` (tests and examples have it); any other build
+    /// refuses to start with it on.
     pub enabled: bool,
 }
 

@@ -8,6 +8,8 @@
 //! - [`store`]: the diesel stores for SQLite and PostgreSQL.
 //! - [`http`]: the v1 API, problem+json errors and tenancy, its websocket progress streams
 //!   ([`http::ws`]) among its resources.
+//! - `testing` (cargo feature `testing`): throw-away databases and the real server as a child
+//!   process, for tests and the harness.
 pub mod cli;
 pub mod configuration;
 pub mod handlers;
@@ -15,3 +17,5 @@ pub mod http;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

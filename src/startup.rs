@@ -52,6 +52,12 @@ pub enum StartupError {
         bind: String,
         reason: std::io::Error,
     },
+    /// `[faults] enabled = true` in a build without fault injection: refused, not ignored.
+    #[error(
+        "`faults.enabled` is on, but this flowd was built without fault injection (the cargo \
+         feature `faults`, for tests and chaos runs): turn it off"
+    )]
+    FaultsNotBuilt,
 }
 
 impl From<RuntimeError> for StartupError {
@@ -88,6 +94,15 @@ fn postgres_target(url: &str) -> Option<String> {
     } else {
         format!("{host_port}:5432")
     })
+}
+
+/// Fault injection exists only in a build with the cargo feature `faults` (`built`); a config
+/// that asks for it anywhere else fails startup instead of running without it.
+fn check_faults(requested: bool, built: bool) -> Result<(), StartupError> {
+    if requested && !built {
+        return Err(StartupError::FaultsNotBuilt);
+    }
+    Ok(())
 }
 
 /// Fails fast, with the host, port and the operating system's reason, when PostgreSQL does not
@@ -168,6 +183,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let mut handlers = HandlerSet::with_builtins();
         crate::handlers::register(&mut handlers, &settings.security);
+        #[cfg(feature = "faults")]
         if settings.faults.enabled {
             tracing::warn!("fault injection is enabled: never do this in production");
             flowd_actors::builtin::register_faults(&mut handlers);
@@ -180,6 +196,7 @@ impl Application {
         settings: Settings,
         handlers: HandlerSet,
     ) -> Result<Self, StartupError> {
+        check_faults(settings.faults.enabled, cfg!(feature = "faults"))?;
         // Configured flow types before anything starts, so the message can name the type.
         // `child_flows` and `external` are added by the runtime itself.
         for flow_type in &settings.flow_types {
@@ -356,6 +373,18 @@ async fn leave(cluster: &Cluster, served: std::io::Result<()>) -> std::io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_without_the_feature_are_refused_in_one_line() {
+        assert!(check_faults(false, false).is_ok());
+        assert!(check_faults(false, true).is_ok());
+        assert!(check_faults(true, true).is_ok());
+        let refused = check_faults(true, false).expect_err("no fault injection built in");
+        let message = refused.to_string();
+        assert!(message.contains("faults.enabled"), "{message}");
+        assert!(message.contains("cargo feature `faults`"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+    }
 
     #[test]
     fn database_targets_name_host_and_port_never_the_password() {

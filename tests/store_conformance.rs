@@ -1,117 +1,101 @@
-//! One conformance suite for every diesel backend: SQLite always (a temp file), PostgreSQL when
-//! the tests were built with `FLOWD_TEST_POSTGRES_URL` set (cfg `flowd_postgres_tests`; each
-//! test gets its own throw-away database). Without it the PostgreSQL tests are not built at all.
+//! One conformance suite for every store: the in-memory store (which the actors' own tests
+//! run on), SQLite always (a temp file), and PostgreSQL when the tests were built with
+//! `FLOWD_TEST_POSTGRES_URL` set (cfg `flowd_postgres_tests`; each test gets its own throw-away
+//! database). Without it the PostgreSQL tests are not built at all. A case that only a diesel
+//! store can have (a cloned handle sharing one pool) runs on SQLite and PostgreSQL alone.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::Duration;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+#[cfg(flowd_postgres_tests)]
+use diesel_async::RunQueryDsl;
 use flowd::store::DbStore;
+use flowd::testing::{Backend, TestDatabase};
 use flowd_actors::definition::{FlowType, PhaseDefinition};
 use flowd_actors::events::{EventKind, FlowEvent};
 use flowd_actors::ids::{FlowId, Tenant};
+use flowd_actors::memory_store::MemoryStore;
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, NewFlow, PhaseStatus, now};
 use flowd_actors::store::{FlowQuery, FlowStore, FlowUpdate, StoreError, TransitionWrite, Write};
 use flowd_actors::task::{TaskId, TaskRecord, TaskStatus};
 use serde_json::json;
-use tempfile::TempDir;
 
-/// A store on a fresh database, and what it takes to throw the database away.
+/// A diesel store on a fresh database; the database goes when this does, after the store.
 struct TestDb {
     store: DbStore,
-    _dir: Option<TempDir>,
-    postgres: Option<(String, String)>,
-    #[cfg_attr(not(flowd_postgres_tests), allow(dead_code))]
-    url: String,
+    database: TestDatabase,
 }
 
 impl TestDb {
     async fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let database = TestDatabase::new(Backend::Sqlite);
         // A nested folder checks that connect creates the parent directory.
-        let url = format!("sqlite://{}/nested/flowd.db", dir.path().display());
+        let url = format!("sqlite://{}/nested/flowd.db", database.dir().display());
         let store = DbStore::connect(&url, 4).await.expect("connect sqlite");
         assert_eq!(store.backend_name(), "sqlite");
-        TestDb {
-            store,
-            _dir: Some(dir),
-            postgres: None,
-            url,
-        }
+        TestDb { store, database }
     }
 
     #[cfg(flowd_postgres_tests)]
-    async fn postgres() -> Option<TestDb> {
-        let admin_url = std::env::var("FLOWD_TEST_POSTGRES_URL").ok()?;
-        let name = format!("flowd_t_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = AsyncPgConnection::establish(&admin_url)
+    async fn postgres() -> TestDb {
+        let database = TestDatabase::new(Backend::Postgres);
+        let store = DbStore::connect(&database.url, 4)
             .await
-            .expect("connect admin");
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await
-            .expect("drop database");
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create database");
-        let base = admin_url.split('?').next().unwrap_or(&admin_url);
-        let prefix = base
-            .rsplit_once('/')
-            .map(|(prefix, _)| prefix)
-            .expect("database url with a path");
-        let url = format!("{prefix}/{name}");
-        let store = DbStore::connect(&url, 4).await.expect("connect postgres");
+            .expect("connect postgres");
         assert_eq!(store.backend_name(), "postgres");
-        Some(TestDb {
-            store,
-            _dir: None,
-            postgres: Some((admin_url, name)),
-            url,
-        })
+        TestDb { store, database }
     }
 
-    async fn finish(self) {
-        let TestDb {
-            store, postgres, ..
-        } = self;
+    /// Closes the store's connections before the database is dropped.
+    fn finish(self) {
+        let TestDb { store, database } = self;
         drop(store);
-        if let Some((admin_url, name)) = postgres {
-            let mut admin = AsyncPgConnection::establish(&admin_url)
-                .await
-                .expect("connect admin");
-            diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await
-                .expect("drop database");
-        }
+        drop(database);
     }
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
+/// The cases on SQLite, and on PostgreSQL when built for it, in the two modules named.
+macro_rules! on_diesel_stores {
+    ($sqlite:ident, $postgres:ident: $($name:ident),* $(,)?) => {
+        mod $sqlite {
             $(
                 #[tokio::test]
                 async fn $name() {
                     let db = super::TestDb::sqlite().await;
                     super::$name(&db.store).await;
-                    db.finish().await;
+                    db.finish();
                 }
             )*
         }
 
         #[cfg(flowd_postgres_tests)]
-        mod postgres {
+        mod $postgres {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let db = super::TestDb::postgres().await.expect("FLOWD_TEST_POSTGRES_URL is set");
+                    let db = super::TestDb::postgres().await;
                     super::$name(&db.store).await;
-                    db.finish().await;
+                    db.finish();
                 }
             )*
         }
+    };
+}
+
+/// Every case on every store: memory, SQLite, and PostgreSQL when built for it.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let store = super::MemoryStore::new();
+                    super::$name(&store).await;
+                }
+            )*
+        }
+
+        on_diesel_stores!(sqlite, postgres: $($name),*);
     };
 }
 
@@ -133,6 +117,9 @@ conformance!(
     a_task_attempt_is_queued_once,
     tree_events_cover_the_whole_tree_in_id_order,
 );
+
+// Cases about the diesel stores' handle itself, which the memory store does not have.
+on_diesel_stores!(sqlite_db, postgres_db: a_cloned_store_shares_the_database);
 
 // ---------------------------------------------------------------------------------------------
 
@@ -257,7 +244,7 @@ fn task(flow: &FlowState, phase: &str, attempt: u32) -> TaskRecord {
     }
 }
 
-async fn load_task(store: &DbStore, id: TaskId) -> TaskRecord {
+async fn load_task(store: &dyn FlowStore, id: TaskId) -> TaskRecord {
     store
         .load_task(id)
         .await
@@ -265,11 +252,11 @@ async fn load_task(store: &DbStore, id: TaskId) -> TaskRecord {
         .expect("task exists")
 }
 
-async fn commit(store: &DbStore, batch: &[Write]) {
+async fn commit(store: &dyn FlowStore, batch: &[Write]) {
     store.commit(batch).await.expect("commit");
 }
 
-async fn load(store: &DbStore, id: FlowId) -> FlowState {
+async fn load(store: &dyn FlowStore, id: FlowId) -> FlowState {
     store
         .load_flow(id)
         .await
@@ -279,7 +266,7 @@ async fn load(store: &DbStore, id: FlowId) -> FlowState {
 
 // ---------------------------------------------------------------------------------------------
 
-async fn create_round_trips_every_field(store: &DbStore) {
+async fn create_round_trips_every_field(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let acme = tenant("acme");
     let mut parent = new_flow(&definition, &acme, None, Some("key-1"));
@@ -317,7 +304,7 @@ async fn create_round_trips_every_field(store: &DbStore) {
     );
 }
 
-async fn update_changes_flow_and_phase_rows(store: &DbStore) {
+async fn update_changes_flow_and_phase_rows(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let mut flow = new_flow(&definition, &tenant("acme"), None, None);
     let mut other = new_flow(&definition, &tenant("acme"), None, None);
@@ -373,7 +360,7 @@ async fn update_changes_flow_and_phase_rows(store: &DbStore) {
     assert!(ids(FlowStatus::Initialized).await.is_empty());
 }
 
-async fn events_come_back_in_order_after_a_cursor(store: &DbStore) {
+async fn events_come_back_in_order_after_a_cursor(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let mut a = new_flow(&definition, &tenant("acme"), None, None);
     let mut b = new_flow(&definition, &tenant("acme"), None, None);
@@ -458,7 +445,7 @@ async fn events_come_back_in_order_after_a_cursor(store: &DbStore) {
     );
 }
 
-async fn failures_are_journaled_oldest_first(store: &DbStore) {
+async fn failures_are_journaled_oldest_first(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let mut flow = new_flow(&definition, &tenant("acme"), None, None);
     let mut other = new_flow(&definition, &tenant("acme"), None, None);
@@ -519,7 +506,7 @@ async fn failures_are_journaled_oldest_first(store: &DbStore) {
     );
 }
 
-async fn idempotency_key_finds_the_flow_within_its_tenant(store: &DbStore) {
+async fn idempotency_key_finds_the_flow_within_its_tenant(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let mut flow = new_flow(&definition, &tenant("acme"), None, Some("retry-me"));
     let mut same_key_elsewhere = new_flow(&definition, &tenant("globex"), None, Some("retry-me"));
@@ -568,7 +555,7 @@ async fn idempotency_key_finds_the_flow_within_its_tenant(store: &DbStore) {
     assert!(store.load_flow(duplicate.id).await.expect("load").is_none());
 }
 
-async fn listing_filters_and_pages_newest_first(store: &DbStore) {
+async fn listing_filters_and_pages_newest_first(store: &dyn FlowStore) {
     let discovery = flow_type("discovery", 1);
     let collection = flow_type("collection", 2);
     let acme = tenant("acme");
@@ -675,7 +662,7 @@ async fn listing_filters_and_pages_newest_first(store: &DbStore) {
     assert_eq!(globex, vec![foreign]);
 }
 
-async fn active_flows_exclude_terminal_ones(store: &DbStore) {
+async fn active_flows_exclude_terminal_ones(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let statuses = [
         FlowStatus::Initialized,
@@ -711,7 +698,7 @@ async fn active_flows_exclude_terminal_ones(store: &DbStore) {
     );
 }
 
-async fn flow_types_round_trip_and_ignore_duplicates(store: &DbStore) {
+async fn flow_types_round_trip_and_ignore_duplicates(store: &dyn FlowStore) {
     assert!(store.load_flow_types().await.expect("none yet").is_empty());
     let v1 = flow_type("discovery", 1);
     let mut v2 = flow_type("discovery", 2);
@@ -746,7 +733,7 @@ async fn flow_types_round_trip_and_ignore_duplicates(store: &DbStore) {
     assert_eq!(stored, vec![other, v1, v2]);
 }
 
-async fn a_failing_batch_commits_nothing(store: &DbStore) {
+async fn a_failing_batch_commits_nothing(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let mut existing = new_flow(&definition, &tenant("acme"), None, None);
     commit(store, &[create(&mut existing).0]).await;
@@ -836,7 +823,7 @@ async fn a_failing_batch_commits_nothing(store: &DbStore) {
 
 /// A batch as large as a busy persistence actor gathers: every row of every table lands, each
 /// with its own values, and events keep their order.
-async fn a_large_batch_commits_every_row_in_order(store: &DbStore) {
+async fn a_large_batch_commits_every_row_in_order(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let mut flows: Vec<FlowState> = (0..600)
         .map(|i| {
@@ -869,7 +856,7 @@ async fn a_large_batch_commits_every_row_in_order(store: &DbStore) {
     );
 }
 
-async fn max_event_id_tracks_the_highest_id(store: &DbStore) {
+async fn max_event_id_tracks_the_highest_id(store: &dyn FlowStore) {
     assert_eq!(store.max_event_id().await.expect("empty"), 0);
     let definition = flow_type("discovery", 1);
     let mut flow = new_flow(&definition, &tenant("acme"), None, None);
@@ -885,17 +872,28 @@ async fn max_event_id_tracks_the_highest_id(store: &DbStore) {
     assert_eq!(store.max_event_id().await.expect("two"), id);
 }
 
-async fn empty_batch_and_ping(store: &DbStore) {
+async fn empty_batch_and_ping(store: &dyn FlowStore) {
     store.ping().await.expect("ping");
     commit(store, &[]).await;
     assert_eq!(store.max_event_id().await.expect("max"), 0);
+}
+
+/// A clone of a `DbStore` (one per HTTP worker) is a handle on the same pool and database.
+async fn a_cloned_store_shares_the_database(store: &DbStore) {
     let clone = store.clone();
     clone.ping().await.expect("ping clone");
+    let mut flow = new_flow(&flow_type("discovery", 1), &tenant("acme"), None, None);
+    commit(&clone, &[create(&mut flow).0]).await;
+    assert_eq!(load(store, flow.id).await, flow);
+    assert_eq!(
+        clone.max_event_id().await.expect("max"),
+        store.max_event_id().await.expect("max")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 
-async fn tasks_round_trip_by_id_and_by_attempt(store: &DbStore) {
+async fn tasks_round_trip_by_id_and_by_attempt(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let mut flow = new_flow(&definition, &tenant("acme"), None, None);
     let (created, _) = create(&mut flow);
@@ -950,7 +948,7 @@ async fn tasks_round_trip_by_id_and_by_attempt(store: &DbStore) {
     }
 }
 
-async fn task_writes_move_status_lease_and_result(store: &DbStore) {
+async fn task_writes_move_status_lease_and_result(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let mut flow = new_flow(&definition, &tenant("acme"), None, None);
     let (created, _) = create(&mut flow);
@@ -1015,7 +1013,7 @@ async fn task_writes_move_status_lease_and_result(store: &DbStore) {
     assert_eq!(found, Some(stored));
 }
 
-async fn a_task_attempt_is_queued_once(store: &DbStore) {
+async fn a_task_attempt_is_queued_once(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let mut flow = new_flow(&definition, &tenant("acme"), None, None);
     let (created, _) = create(&mut flow);
@@ -1076,7 +1074,7 @@ async fn a_task_attempt_is_queued_once(store: &DbStore) {
     );
 }
 
-async fn tree_events_cover_the_whole_tree_in_id_order(store: &DbStore) {
+async fn tree_events_cover_the_whole_tree_in_id_order(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let acme = tenant("acme");
     let mut master = new_flow(&definition, &acme, None, None);
@@ -1173,9 +1171,7 @@ async fn tree_events_cover_the_whole_tree_in_id_order(store: &DbStore) {
 #[cfg(flowd_postgres_tests)]
 #[tokio::test]
 async fn postgres_writer_updates_flows_by_key_on_a_small_table() {
-    let db = TestDb::postgres()
-        .await
-        .expect("FLOWD_TEST_POSTGRES_URL is set");
+    let db = TestDb::postgres().await;
     let definition = flow_type("planned", 1);
     for _ in 0..3 {
         let mut flow = new_flow(&definition, &tenant("acme"), None, None);
@@ -1183,7 +1179,7 @@ async fn postgres_writer_updates_flows_by_key_on_a_small_table() {
         commit(&db.store, &[write]).await;
     }
 
-    let writer = flowd::store::postgres::writer(&db.url).expect("writer pool");
+    let writer = flowd::store::postgres::writer(&db.database.url).expect("writer pool");
     let mut conn = writer.get().await.expect("writer connection");
     diesel::sql_query(
         "CREATE FUNCTION plan_of(statement TEXT) RETURNS SETOF TEXT LANGUAGE plpgsql \
@@ -1215,7 +1211,7 @@ async fn postgres_writer_updates_flows_by_key_on_a_small_table() {
     assert!(!plan.iter().any(|l| l.contains("Seq Scan")), "{plan:#?}");
     drop(conn);
     drop(writer);
-    db.finish().await;
+    db.finish();
 }
 
 /// One line of `EXPLAIN`'s output.

@@ -47,7 +47,8 @@ async fn sleep(ctx: PhaseContext) -> PhaseResult {
 /// Adds the fault-injection handlers: `panic` (panics with `message` for the first `times`
 /// attempts, default all) and `block` (blocks its
 /// thread for `ms`, as a handler calling a synchronous library would). For chaos runs and fault
-/// tests only: a runtime registers them only when told to.
+/// tests only (cargo feature `faults`): a runtime registers them only when told to.
+#[cfg(feature = "faults")]
 pub fn register_faults(set: &mut HandlerSet) {
     set.register("panic", |ctx: PhaseContext| async move {
         let times = match ctx.params.get("times") {

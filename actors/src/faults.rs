@@ -1,6 +1,8 @@
 //! Test-only fault injection: makes chosen flow actors stop answering their mailbox, so the
-//! health actor's detection, restarts and restart intensity can be exercised for real. Empty
-//! (and free) unless a test or `[faults] enabled = true` puts something in it.
+//! health actor's detection, restarts and restart intensity can be exercised for real.
+//!
+//! Compiled only with the cargo feature `faults` (tests, the chaos run): the plan is consulted
+//! under a lock on every actor start and ping, which a production build should not pay for.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -12,7 +12,8 @@
 //! - [`events`]: flow events and their fan-out to subscribers.
 //! - [`store`]: the storage contract; [`memory_store`]: an in-memory store for tests.
 //! - [`task`]: external tasks that remote workers lease from queues.
-//! - [`error`]: the runtime's errors; [`faults`]: test-only fault injection.
+//! - [`error`]: the runtime's errors; `faults`: test-only fault injection (cargo feature
+//!   `faults`, off by default: a default build has no fault code on its actors' paths).
 //! - Actors, one folder each with its messages: [`supervisor`], [`flow`], [`registry`],
 //!   [`persistence`], [`health`], [`queue`] (external tasks).
 //! - [`runtime`]: the handle that starts the actors and that callers hold.
@@ -113,6 +114,7 @@ pub mod definition;
 pub mod error;
 pub mod events;
 pub mod external;
+#[cfg(feature = "faults")]
 pub mod faults;
 pub mod flow;
 pub mod handler;

@@ -1,7 +1,9 @@
 //! An in-memory [`FlowStore`] for actor tests and examples that need no database. It honours
-//! the same contract as the diesel stores: a batch applies whole or not at all.
+//! the same contract as the diesel stores, and passes the same conformance suite
+//! (`tests/store_conformance.rs`): a batch applies whole or not at all, and what their tables'
+//! keys refuse it refuses too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
 
 use futures_util::future::{BoxFuture, FutureExt};
@@ -19,6 +21,8 @@ struct Tables {
     flow_types: BTreeMap<(String, u32), FlowType>,
     flows: BTreeMap<FlowId, FlowState>,
     events: BTreeMap<i64, FlowEvent>,
+    /// `(flow_id, seq)` of every event: the events table's unique key besides the id.
+    event_seqs: HashSet<(FlowId, u64)>,
     failures: Vec<FailureRecord>,
     idempotency: HashMap<(Tenant, String), FlowId>,
     tasks: BTreeMap<TaskId, TaskRecord>,
@@ -87,6 +91,19 @@ impl MemoryStore {
                         }
                     }
                     for event in &t.events {
+                        // A transition carries its own flow's events only, each seq once.
+                        if event.flow_id != t.flow_id {
+                            return Err(StoreError::Conflict(format!(
+                                "event of flow {} in a transition of flow {}",
+                                event.flow_id, t.flow_id
+                            )));
+                        }
+                        if !tables.event_seqs.insert((event.flow_id, event.seq)) {
+                            return Err(StoreError::Conflict(format!(
+                                "flow {} already has event seq {}",
+                                event.flow_id, event.seq
+                            )));
+                        }
                         if tables.events.insert(event.id, event.clone()).is_some() {
                             return Err(StoreError::Conflict(format!(
                                 "event id {} exists",
@@ -288,7 +305,7 @@ impl FlowStore for MemoryStore {
             .tables
             .lock()
             .events
-            .range(after + 1..)
+            .range((Bound::Excluded(after), Bound::Unbounded))
             .map(|(_, e)| e)
             .filter(|e| {
                 e.client_account_id == tenant.client_account_id

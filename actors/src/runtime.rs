@@ -13,6 +13,7 @@ use crate::definition::FlowType;
 use crate::error::RuntimeError;
 use crate::events::{CommittedEvent, EventFanout, FlowEvent, KeyedReceiver};
 use crate::external::{ExternalHandler, TaskQueue};
+#[cfg(feature = "faults")]
 use crate::faults::FaultPlan;
 use crate::flow::ControlCommand;
 use crate::handler::HandlerSet;
@@ -141,6 +142,7 @@ pub struct Runtime {
     store: Arc<dyn FlowStore>,
     fanout: EventFanout,
     metrics: Arc<RuntimeMetrics>,
+    #[cfg(feature = "faults")]
     faults: Arc<FaultPlan>,
     limits: Limits,
 }
@@ -155,6 +157,7 @@ impl Runtime {
         flow_types: Vec<FlowType>,
     ) -> Result<Self, RuntimeError> {
         let metrics = Arc::new(RuntimeMetrics::with_max_series(config.max_metric_series));
+        #[cfg(feature = "faults")]
         let faults = Arc::new(FaultPlan::default());
         let last_event_id = store.max_event_id().await?;
         let fanout = EventFanout::starting_after(config.event_buffer, last_event_id);
@@ -221,6 +224,7 @@ impl Runtime {
             intensity: config.restart_intensity,
             handler_pool: handler_pool.clone(),
             metrics: metrics.clone(),
+            #[cfg(feature = "faults")]
             faults: faults.clone(),
         }));
         register_in_order(&registry, flow_types).await?;
@@ -242,6 +246,7 @@ impl Runtime {
             store,
             fanout,
             metrics,
+            #[cfg(feature = "faults")]
             faults,
             limits: config.limits.clone(),
         })
@@ -708,7 +713,9 @@ impl Runtime {
         &self.metrics
     }
 
-    /// Test-only fault injection (the API exposes it only with `[faults] enabled = true`).
+    /// Test-only fault injection (cargo feature `faults`; the API exposes it only with
+    /// `[faults] enabled = true`).
+    #[cfg(feature = "faults")]
     pub fn faults(&self) -> &FaultPlan {
         &self.faults
     }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::{Args, Figures, Server, create_over_http, percentiles, scrape, sync_toml};
+use super::{Args, Figures, create_over_http, percentiles, scrape, start_server, sync_toml};
 
 /// The flow type every create starts.
 const FLOW_TYPE: &str = "e2e_noop";
@@ -221,8 +221,8 @@ pub(super) async fn run(args: &Args, url: &str) -> Result<Figures, String> {
         ));
     }
     std::fs::write(&config, toml).map_err(|e| e.to_string())?;
-    let server = Server::start(&config)?;
-    let pid = server.child.id().to_string();
+    let server = start_server(&config)?;
+    let pid = server.pid().to_string();
     let endpoint = format!("{}/v1/flows", server.base);
     let ws_base = server.base.replacen("http", "ws", 1);
     // Every client holds one pooled connection for its creates and, per flow, one websocket.

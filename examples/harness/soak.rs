@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Args, Figures, HttpCreate, OpenLoop, Server, open_loop_creates, percentiles, scrape};
+use super::{
+    Args, Figures, HttpCreate, OpenLoop, open_loop_creates, percentiles, scrape, start_server,
+};
 
 /// The flow type every soak create starts.
 const FLOW_TYPE: &str = "soak_mixed";
@@ -81,8 +83,8 @@ pub async fn run(args: &Args, url: &str) -> Result<Figures, String> {
     let config_path = scratch.path().join("soak.toml");
     std::fs::write(&config_path, config(url, super::sync_toml(args), &log))
         .map_err(|e| e.to_string())?;
-    let server = Server::start(&config_path)?;
-    let pid = server.child.id();
+    let server = start_server(&config_path)?;
+    let pid = server.pid();
     let client = awc::Client::builder()
         .connector(awc::Connector::new().limit(args.concurrency))
         .timeout(Duration::from_secs(120))

@@ -1,4 +1,5 @@
-//! Test-only fault injection over HTTP, mounted only with `[faults] enabled = true`.
+//! Test-only fault injection over HTTP, mounted only with `[faults] enabled = true` in a build
+//! with the cargo feature `faults`.
 
 use std::time::Duration;
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cluster;
 pub mod dashboard;
 pub mod errors;
+#[cfg(feature = "faults")]
 pub mod faults;
 pub mod flow_types;
 pub mod flows;
@@ -18,12 +19,18 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::http::errors::ApiError;
 
-/// Mounts every route of the API; `faults` adds the test-only fault-injection routes.
+/// Mounts every route of the API; `faults` adds the test-only fault-injection routes (in a
+/// build with the cargo feature `faults`; startup refuses `faults` without it).
 pub fn routes(config: &mut web::ServiceConfig, faults: bool) {
-    let mut v1 = web::scope("/v1");
-    if faults {
-        v1 = v1.configure(faults::routes);
-    }
+    let v1 = web::scope("/v1");
+    #[cfg(feature = "faults")]
+    let v1 = if faults {
+        v1.configure(faults::routes)
+    } else {
+        v1
+    };
+    #[cfg(not(feature = "faults"))]
+    let _ = faults;
     config
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))

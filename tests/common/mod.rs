@@ -1,22 +1,16 @@
 //! Black-box test support: the real `flowd` binary on a free port, over HTTP, with a fresh
 //! database per test — a SQLite file in a temp dir, or a throw-away PostgreSQL database when
 //! `FLOWD_TEST_POSTGRES_URL` is set (then, and only then, the PostgreSQL variants are built).
+//! The database and the server come from `flowd::testing`; the HTTP and websocket helpers are
+//! the tests' own.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use flowd::testing::{Backend, TestDatabase, TestServer};
 use serde_json::Value;
-
-/// Which database a scenario runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 /// Runs `scenario` on SQLite, and on PostgreSQL when the tests were built with
 /// `FLOWD_TEST_POSTGRES_URL` set (cfg `flowd_postgres_tests`, see build.rs). Without it the
@@ -44,87 +38,6 @@ macro_rules! on_both_backends {
     };
 }
 
-/// A database made for one test and dropped after it.
-pub struct TestDatabase {
-    pub url: String,
-    dir: tempfile::TempDir,
-    postgres: Option<(String, String)>,
-}
-
-impl TestDatabase {
-    pub fn new(backend: Backend) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        match backend {
-            Backend::Sqlite => Self {
-                url: format!("sqlite://{}", dir.path().join("flowd.db").display()),
-                dir,
-                postgres: None,
-            },
-            Backend::Postgres => {
-                let admin =
-                    std::env::var("FLOWD_TEST_POSTGRES_URL").expect("FLOWD_TEST_POSTGRES_URL");
-                let name = format!("flowd_t_{}", uuid::Uuid::new_v4().simple());
-                psql(
-                    &admin,
-                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                );
-                psql(&admin, &format!("CREATE DATABASE {name}"));
-                let base = admin
-                    .rsplit_once('/')
-                    .map_or(admin.as_str(), |(base, _)| base);
-                Self {
-                    url: format!("{base}/{name}"),
-                    dir,
-                    postgres: Some((admin.clone(), name)),
-                }
-            }
-        }
-    }
-
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-
-    /// Runs `statement` on the admin connection (PostgreSQL only), e.g. to kill connections.
-    pub fn admin(&self, statement: &str) {
-        let (admin, _) = self.postgres.as_ref().expect("a PostgreSQL test database");
-        psql(admin, statement);
-    }
-
-    /// The throw-away PostgreSQL database's name.
-    pub fn postgres_name(&self) -> Option<&str> {
-        self.postgres.as_ref().map(|(_, name)| name.as_str())
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        if let Some((admin, name)) = &self.postgres {
-            psql(
-                admin,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            );
-        }
-    }
-}
-
-fn psql(url: &str, statement: &str) {
-    let status = Command::new("psql")
-        .env("PGOPTIONS", "--client-min-messages=warning")
-        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", statement])
-        .stdout(Stdio::null())
-        .status()
-        .expect("psql runs");
-    assert!(status.success(), "psql failed: {statement}");
-}
-
-/// A running `flowd` process.
-pub struct TestServer {
-    pub base: String,
-    pub config: PathBuf,
-    child: Child,
-}
-
 /// Writes a config with `flow_types_toml` (and any extra TOML) for `db`, and starts the server.
 pub fn config_for(db: &TestDatabase, extra_toml: &str) -> PathBuf {
     let path = db.dir().join("config.toml");
@@ -134,62 +47,6 @@ pub fn config_for(db: &TestDatabase, extra_toml: &str) -> PathBuf {
     );
     std::fs::write(&path, toml).expect("config written");
     path
-}
-
-impl TestServer {
-    /// Starts the binary and waits for its "listening" line.
-    pub fn start(config: PathBuf) -> Self {
-        Self::start_with_env(config, &[])
-    }
-
-    /// Like [`TestServer::start`], with extra `FLOWD_*` overrides in the environment.
-    pub fn start_with_env(config: PathBuf, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flowd"))
-            .arg("--config")
-            .arg(&config)
-            .envs(env.iter().copied())
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("flowd starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
-        let base = line
-            .trim()
-            .strip_prefix("flowd listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_owned();
-        Self {
-            base,
-            config,
-            child,
-        }
-    }
-
-    /// SIGKILL: no shutdown hooks, no flush — a crash.
-    pub fn kill(mut self) -> PathBuf {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reap");
-        self.config.clone()
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A response: status, content type and JSON body (Null when not JSON).

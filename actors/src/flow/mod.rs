@@ -17,6 +17,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
+#[cfg(feature = "faults")]
 use crate::faults::FaultPlan;
 use crate::handler::{
     ErrorClass, HandlerError, HandlerSet, Heartbeat, PhaseContext, ProgressReporter,
@@ -46,7 +47,8 @@ pub struct FlowEnv {
     /// Where handler tasks run: never on a flow actor's arbiter.
     pub handler_pool: Arc<HandlerPool>,
     pub metrics: Arc<RuntimeMetrics>,
-    /// Test-only fault injection; empty in production.
+    /// Test-only fault injection (cargo feature `faults`).
+    #[cfg(feature = "faults")]
     pub faults: Arc<FaultPlan>,
 }
 
@@ -434,6 +436,7 @@ impl FlowActor {
     }
 
     /// Test-only: stops handling the mailbox for a while, as a stuck actor would.
+    #[cfg(feature = "faults")]
     fn freeze_if_planned(&mut self, ctx: &mut Context<Self>) {
         if let Some(duration) = self.env.faults.take_freeze(self.flow.id) {
             warn!(flow_id = %self.flow.id, ?duration, "fault injection: mailbox frozen");
@@ -465,6 +468,7 @@ impl Actor for FlowActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        #[cfg(feature = "faults")]
         self.freeze_if_planned(ctx);
         match self.start.take() {
             Some(StartMode::Run(effect)) => self.carry_out(effect, ctx),
@@ -595,6 +599,7 @@ impl Handler<Ping> for FlowActor {
     type Result = MessageResult<Ping>;
 
     fn handle(&mut self, _: Ping, ctx: &mut Self::Context) -> Self::Result {
+        #[cfg(feature = "faults")]
         self.freeze_if_planned(ctx);
         self.check_heartbeat(ctx);
         MessageResult(Pong {

@@ -23,6 +23,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::error::RuntimeError;
+#[cfg(feature = "faults")]
 use crate::faults::FaultPlan;
 use crate::flow::{FlowActor, FlowEnv};
 use crate::handler::HandlerSet;
@@ -68,6 +69,7 @@ pub struct Supervisor {
     intensity: RestartIntensity,
     handler_pool: Arc<HandlerPool>,
     metrics: Arc<RuntimeMetrics>,
+    #[cfg(feature = "faults")]
     faults: Arc<FaultPlan>,
     restarts: HashMap<FlowId, VecDeque<Instant>>,
     /// Consecutive restarts waiting for the database, per flow: they back off, uncounted.
@@ -90,6 +92,8 @@ pub struct SupervisorParts {
     pub intensity: RestartIntensity,
     pub handler_pool: Arc<HandlerPool>,
     pub metrics: Arc<RuntimeMetrics>,
+    /// Test-only fault injection (cargo feature `faults`).
+    #[cfg(feature = "faults")]
     pub faults: Arc<FaultPlan>,
 }
 
@@ -111,6 +115,7 @@ impl Supervisor {
             intensity: parts.intensity,
             handler_pool: parts.handler_pool,
             metrics: parts.metrics,
+            #[cfg(feature = "faults")]
             faults: parts.faults,
             restarts: HashMap::new(),
             store_retries: HashMap::new(),

@@ -44,6 +44,7 @@ impl Supervisor {
                     max_transitions: self.max_transitions,
                     handler_pool: self.handler_pool.clone(),
                     metrics: self.metrics.clone(),
+                    #[cfg(feature = "faults")]
                     faults: self.faults.clone(),
                 })
             })
