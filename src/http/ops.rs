@@ -41,6 +41,6 @@ pub async fn metrics(
     keys.may_read_metrics(&request)?;
     let text = runtime.render_metrics().await?;
     Ok(HttpResponse::Ok()
-        .insert_header(("content-type", "text/plain; version=0.0.4"))
+        .insert_header(("content-type", flowd_actors::metrics::CONTENT_TYPE))
         .body(text))
 }
