@@ -55,8 +55,22 @@ fn seconds_histogram() -> Histogram {
 /// error kinds cannot grow the exposition without bound.
 struct Capped<M> {
     max: usize,
-    /// Series by first, then second label value, and how many there are.
-    series: RwLock<(HashMap<String, HashMap<String, M>>, usize)>,
+    series: RwLock<Series<M>>,
+}
+
+/// Series by first, then second label value, and how many there are.
+struct Series<M> {
+    by_first: HashMap<String, HashMap<String, M>>,
+    len: usize,
+}
+
+impl<M> Default for Series<M> {
+    fn default() -> Self {
+        Self {
+            by_first: HashMap::new(),
+            len: 0,
+        }
+    }
 }
 
 impl<M> Capped<M> {
@@ -80,14 +94,14 @@ impl<M> Capped<M> {
         if let Some(series) = self
             .series
             .read()
-            .0
+            .by_first
             .get(first)
             .and_then(|by| by.get(second))
         {
             return record(series);
         }
         let mut guard = self.series.write();
-        let (by_first, len) = &mut *guard;
+        let Series { by_first, len } = &mut *guard;
         let exists = by_first
             .get(first)
             .is_some_and(|by| by.contains_key(second));
@@ -357,7 +371,7 @@ impl RuntimeMetrics {
             .handles
             .series
             .read()
-            .0
+            .by_first
             .iter()
             .flat_map(|(kind, by)| {
                 by.values()
