@@ -68,8 +68,9 @@ pub enum ConfigOrigin {
 
 /// Sections that `FLOWD_<SECTION>__<KEY>` variables may override; other `FLOWD_*` variables
 /// (e.g. `FLOWD_CONFIG`, `FLOWD_TEST_POSTGRES_URL`) are not configuration keys.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "server", "database", "health", "auth", "log", "faults", "limits", "security", "metrics",
+    "cluster",
 ];
 
 /// Everything flowd reads from its configuration. Unknown sections are refused, like unknown
@@ -95,6 +96,8 @@ pub struct Settings {
     pub security: SecuritySettings,
     #[serde(default)]
     pub metrics: MetricsSettings,
+    #[serde(default)]
+    pub cluster: ClusterSettings,
     /// Flow types registered at start; a flow pins the version it started with.
     #[serde(default)]
     pub flow_types: Vec<FlowType>,
@@ -271,6 +274,157 @@ impl Default for MetricsSettings {
     }
 }
 
+/// This process as a node of the cluster of its database (see docs/cluster.md). On SQLite the
+/// cluster is always this one node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// This node's name in the `nodes` table; `HOST-PID` when absent, so two processes never
+    /// share one by accident. A fixed name keeps one row across restarts.
+    #[serde(deserialize_with = "text_or_number")]
+    pub node_id: Option<String>,
+    /// How often the node writes its heartbeat.
+    pub heartbeat_ms: Option<u64>,
+    /// A node whose last heartbeat is older than this is reported `down`. At least twice
+    /// `heartbeat_ms`, so that one late heartbeat does not make a node look dead.
+    pub node_timeout_ms: Option<u64>,
+    /// Where other nodes and operators reach this node's API (`host:port` or a URL); shown in
+    /// `/v1/cluster/nodes`, not used for routing yet.
+    pub advertise: Option<String>,
+}
+
+impl ClusterSettings {
+    /// Heartbeat interval when `heartbeat_ms` is absent.
+    pub const DEFAULT_HEARTBEAT_MS: u64 = 1000;
+    /// Node timeout when `node_timeout_ms` is absent.
+    pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 5000;
+    /// Longest node id: it is a key column and a metric-free log field, not a document.
+    pub const MAX_NODE_ID_LEN: usize = 128;
+
+    /// The heartbeat interval in effect.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.unwrap_or(Self::DEFAULT_HEARTBEAT_MS))
+    }
+
+    /// The node timeout in effect.
+    pub fn node_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.node_timeout_ms
+                .unwrap_or(Self::DEFAULT_NODE_TIMEOUT_MS),
+        )
+    }
+
+    /// The node id in effect: the configured one, or `HOST-PID`.
+    pub fn node_id(&self) -> String {
+        match &self.node_id {
+            Some(id) => id.clone(),
+            None => format!("{}-{}", host_name(), std::process::id()),
+        }
+    }
+
+    /// Refuses values that cannot work, each with a one-line reason.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.node_id {
+            let reason = if id.is_empty() {
+                Some("must not be empty (leave it out for HOST-PID)".to_owned())
+            } else if id.len() > Self::MAX_NODE_ID_LEN {
+                Some(format!("at most {} characters", Self::MAX_NODE_ID_LEN))
+            } else if !id.chars().all(is_node_id_char) {
+                Some("only letters, digits, '.', '-' and '_'".to_owned())
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(ConfigError::BadValue {
+                    key: "cluster.node_id",
+                    value: id.clone(),
+                    reason,
+                });
+            }
+        }
+        let heartbeat = self.heartbeat_ms.unwrap_or(Self::DEFAULT_HEARTBEAT_MS);
+        if !(10..=60_000).contains(&heartbeat) {
+            return Err(ConfigError::BadValue {
+                key: "cluster.heartbeat_ms",
+                value: heartbeat.to_string(),
+                reason: "expected 10 to 60000 milliseconds".into(),
+            });
+        }
+        let timeout = self
+            .node_timeout_ms
+            .unwrap_or(Self::DEFAULT_NODE_TIMEOUT_MS);
+        if timeout < 2 * heartbeat || timeout > 3_600_000 {
+            return Err(ConfigError::BadValue {
+                key: "cluster.node_timeout_ms",
+                value: timeout.to_string(),
+                reason: format!(
+                    "expected at least twice cluster.heartbeat_ms ({}) and at most 3600000",
+                    2 * heartbeat
+                ),
+            });
+        }
+        if let Some(advertise) = &self.advertise
+            && (advertise.trim().is_empty()
+                || advertise.len() > 512
+                || advertise.chars().any(char::is_whitespace))
+        {
+            return Err(ConfigError::BadValue {
+                key: "cluster.advertise",
+                value: advertise.clone(),
+                reason: "expected host:port or a URL without spaces, e.g. 10.0.0.5:8080".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A text value that may also be written as a number: `FLOWD_CLUSTER__NODE_ID=7` reaches
+/// serde as the integer 7, and a node may well be called "7".
+fn text_or_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+    }
+    Ok(
+        Option::<Written>::deserialize(deserializer)?.map(|written| match written {
+            Written::Text(text) => text,
+            Written::Unsigned(n) => n.to_string(),
+            Written::Signed(n) => n.to_string(),
+        }),
+    )
+}
+
+/// Characters a node id may hold: safe in logs, URLs, metric labels and file names.
+fn is_node_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+}
+
+/// This machine's host name for the default node id, cut to the characters a node id may hold;
+/// `localhost` when the system does not say.
+fn host_name() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let name = read("/proc/sys/kernel/hostname")
+        .or_else(|| read("/etc/hostname"))
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .filter(|c| is_node_id_char(*c))
+        .take(ClusterSettings::MAX_NODE_ID_LEN - 12)
+        .collect();
+    if name.is_empty() {
+        "localhost".to_owned()
+    } else {
+        name
+    }
+}
+
 /// Fault injection, for chaos runs and fault tests; never on in production.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -423,7 +577,7 @@ impl Settings {
                 reason: "expected sqlite://PATH or postgres://user@host:port/db".into(),
             });
         }
-        Ok(())
+        self.cluster.validate()
     }
 
     /// Settings that start but are probably not what was meant, as sentences for the log.
@@ -605,6 +759,56 @@ mod tests {
         let warning = unknown_variable("FLOWD_SERVER_BIND").expect("a warning");
         assert!(warning.contains("FLOWD_SERVER_BIND") && warning.contains("two underscores"));
         assert!(unknown_variable("FLOWD_SERVR__BIND").is_some());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
+    fn cluster_keys_are_read_and_checked() {
+        figment::Jail::expect_with(|jail| {
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            let id = settings.cluster.node_id();
+            assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+            assert!(id.chars().all(is_node_id_char), "{id}");
+            assert_eq!(settings.cluster.heartbeat(), Duration::from_secs(1));
+            assert_eq!(settings.cluster.node_timeout(), Duration::from_secs(5));
+
+            jail.create_file(
+                "c.toml",
+                "[cluster]\nnode_id = \"node-a\"\nheartbeat_ms = 200\nnode_timeout_ms = 1000\nadvertise = \"10.0.0.5:8080\"\n",
+            )?;
+            let settings = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(settings.cluster.node_id(), "node-a");
+            assert_eq!(settings.cluster.heartbeat(), Duration::from_millis(200));
+            assert_eq!(settings.cluster.advertise.as_deref(), Some("10.0.0.5:8080"));
+
+            for (toml, key) in [
+                ("node_id = \"a b\"", "cluster.node_id"),
+                ("node_id = \"\"", "cluster.node_id"),
+                ("heartbeat_ms = 0", "cluster.heartbeat_ms"),
+                (
+                    "heartbeat_ms = 1000\nnode_timeout_ms = 1500",
+                    "cluster.node_timeout_ms",
+                ),
+                ("advertise = \" \"", "cluster.advertise"),
+            ] {
+                jail.create_file("bad.toml", &format!("[cluster]\n{toml}\n"))?;
+                let error = Settings::load(Some(Path::new("bad.toml"))).expect_err(toml);
+                let text = error.to_string();
+                assert!(text.contains(key) && !text.contains('\n'), "{toml}: {text}");
+            }
+            jail.create_file("typo.toml", "[cluster]\nheartbeat = 5\n")?;
+            assert!(matches!(
+                Settings::load(Some(Path::new("typo.toml"))),
+                Err(ConfigError::Invalid(_))
+            ));
+            jail.set_env("FLOWD_CLUSTER__NODE_ID", "from-env");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.cluster.node_id(), "from-env");
+            jail.set_env("FLOWD_CLUSTER__NODE_ID", "7");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.cluster.node_id(), "7");
+            Ok(())
+        });
     }
 
     #[test]

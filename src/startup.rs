@@ -7,6 +7,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use flowd_actors::Runtime;
+use flowd_actors::cluster::{Cluster, ClusterError, NodeConfig, NodeStore};
 use flowd_actors::error::RuntimeError;
 use flowd_actors::handler::HandlerSet;
 use flowd_actors::store::StoreError;
@@ -36,6 +37,15 @@ pub enum StartupError {
         name: String,
         error: flowd_actors::definition::DefinitionError,
     },
+    /// Another process holds the SQLite database: SQLite is single-node.
+    #[error(
+        "database {path} is in use by another flowd process (it holds {lock}); SQLite is \
+         single-node: stop that process, or use PostgreSQL to run several nodes"
+    )]
+    DatabaseInUse { path: String, lock: String },
+    /// This node could not register in the `nodes` table.
+    #[error("cannot join the cluster of the database: {0}")]
+    Cluster(ClusterError),
     /// The listen address is taken, not ours or malformed.
     #[error("cannot listen on {bind}: {reason}")]
     Bind {
@@ -100,11 +110,57 @@ async fn check_postgres_reachable(url: &str) -> Result<(), StartupError> {
     }
 }
 
-/// A started flowd: the runtime is running and the server is bound.
+/// Takes `<db>.lock` beside a SQLite database, exclusively, for as long as the returned file
+/// lives (the process's life, through [`Application`]): a second flowd on the same file finds
+/// it held and refuses to start, before it migrates or writes anything. The operating system
+/// releases the lock when the process ends in any way, SIGKILL included, so a crash never
+/// leaves a stale lock behind. Not for PostgreSQL, whose nodes share a database by design.
+fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, StartupError> {
+    if !crate::store::sqlite::is_sqlite_url(url) {
+        return Ok(None);
+    }
+    let path = crate::store::sqlite::path_of(url);
+    if path.as_os_str().is_empty() || path.to_string_lossy().starts_with(':') {
+        return Ok(None); // an in-memory database belongs to this process alone
+    }
+    let mut lock = path.clone().into_os_string();
+    lock.push(".lock");
+    let lock = std::path::PathBuf::from(lock);
+    let unavailable = |what: String| StartupError::Database {
+        target: path.display().to_string(),
+        error: StoreError::Unavailable(what),
+    };
+    if let Some(parent) = lock.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| unavailable(format!("cannot open {}: {e}", lock.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartupError::DatabaseInUse {
+            path: path.display().to_string(),
+            lock: lock.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(unavailable(format!("cannot lock {}: {e}", lock.display())))
+        }
+    }
+}
+
+/// A started flowd: the runtime is running, the node has joined its cluster and the server is
+/// bound.
 pub struct Application {
     address: SocketAddr,
     server: Server,
     runtime: Runtime,
+    cluster: Cluster,
+    /// Held, never read: the SQLite database's `<db>.lock` (see [`lock_sqlite`]).
+    _sqlite_lock: Option<std::fs::File>,
 }
 
 impl Application {
@@ -144,6 +200,8 @@ impl Application {
             }
         })?;
         let url = &settings.database.url;
+        // Before the database is opened (and migrated): a second process stops here.
+        let sqlite_lock = lock_sqlite(url)?;
         check_postgres_reachable(url).await?;
         let store =
             DbStore::connect_with_sync(url, settings.database.pool_size, settings.database.sync)
@@ -153,14 +211,36 @@ impl Application {
                     error,
                 })?;
         tracing::info!(backend = store.backend_name(), "database ready");
-        let runtime = Runtime::start(
+        let store = Arc::new(store);
+        let nodes: Arc<dyn NodeStore> = store.clone();
+        let cluster = Cluster::join(
+            NodeConfig {
+                node_id: settings.cluster.node_id(),
+                advertise: settings.cluster.advertise.clone(),
+                heartbeat: settings.cluster.heartbeat(),
+                node_timeout: settings.cluster.node_timeout(),
+            },
+            nodes,
+        )
+        .await
+        .map_err(StartupError::Cluster)?;
+        let runtime = match Runtime::start(
             settings.runtime_config(),
-            Arc::new(store),
+            store,
             handlers,
             settings.flow_types.clone(),
         )
-        .await?;
+        .await
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                // Say goodbye rather than be reported `down` as if this node had crashed.
+                let _ = cluster.leave().await;
+                return Err(error.into());
+            }
+        };
         let runtime_data = web::Data::new(runtime.clone());
+        let cluster_data = web::Data::new(cluster.clone());
         let keys = web::Data::new(KeyRing::new(&settings));
         let max_body = settings.server.max_body_bytes;
         let faults_enabled = settings.faults.enabled;
@@ -168,6 +248,7 @@ impl Application {
             App::new()
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(runtime_data.clone())
+                .app_data(cluster_data.clone())
                 .app_data(keys.clone())
                 .app_data(
                     web::JsonConfig::default()
@@ -190,7 +271,10 @@ impl Application {
         };
         // Small frames (websocket events) must not wait for delayed ACKs; bursts of
         // subscribers connecting at once must not find the accept queue full.
+        // Signals are handled in `run_until_stopped`: actix's own handling stops the whole
+        // system 300 ms after the server, too early to tell the cluster this node stopped.
         let server = server
+            .disable_signals()
             .tcp_nodelay(true)
             .backlog(4096)
             .bind(&settings.server.bind)
@@ -206,6 +290,8 @@ impl Application {
             address,
             server,
             runtime,
+            cluster,
+            _sqlite_lock: sqlite_lock,
         })
     }
 
@@ -219,10 +305,52 @@ impl Application {
         &self.runtime
     }
 
-    /// Serves until the process is told to stop (SIGINT/SIGTERM).
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+    /// This node's membership of the cluster, for embedding programs.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
+
+    /// Serves until the process is told to stop, as actix-web would by itself: SIGTERM stops
+    /// gracefully (requests in flight finish), SIGINT and SIGQUIT at once. Then marks this node
+    /// stopped, so the cluster reports a goodbye, not a crash.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        use actix_web::rt::signal::unix::{SignalKind, signal};
+        let (mut term, mut int, mut quit) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::quit())?,
+        );
+        // The SQLite lock stays held until this returns, i.e. until the process exits.
+        let Self {
+            mut server,
+            cluster,
+            _sqlite_lock: _held_until_exit,
+            ..
+        } = self;
+        let handle = server.handle();
+        let graceful = tokio::select! {
+            served = &mut server => return leave(&cluster, served).await,
+            _ = term.recv() => true,
+            _ = int.recv() => false,
+            _ = quit.recv() => false,
+        };
+        tracing::info!(graceful, "stop signal received; shutting down");
+        // The server future runs the stop command: drive both.
+        let (_, served) = futures_util::future::join(handle.stop(graceful), server).await;
+        leave(&cluster, served).await
+    }
+}
+
+/// Marks this node stopped; `served` is passed through. Bounded in time: a process told to
+/// stop exits even when the database does not answer (the node then reads as `down`).
+async fn leave(cluster: &Cluster, served: std::io::Result<()>) -> std::io::Result<()> {
+    let deadline = std::time::Duration::from_secs(3);
+    match actix_web::rt::time::timeout(deadline, cluster.leave()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "the node's row was not marked stopped"),
+        Err(_) => tracing::warn!("the node's row was not marked stopped within 3 s"),
+    }
+    served
 }
 
 #[cfg(test)]

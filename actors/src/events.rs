@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -267,6 +268,9 @@ impl Inner {
 pub struct EventFanout {
     sender: broadcast::Sender<Arc<CommittedEvent>>,
     inner: Arc<Mutex<Inner>>,
+    /// The highest event id published: acked durable by the writer. The database may already
+    /// hold higher ids whose commit is not yet synced; readers of stored events stop here.
+    published_through: Arc<AtomicI64>,
 }
 
 /// A live subscription to one flow or one tree; it unsubscribes when dropped.
@@ -319,7 +323,16 @@ impl EventFanout {
                 by_key: HashMap::new(),
                 capacity,
             })),
+            published_through: Arc::new(AtomicI64::new(last_event_id)),
         }
+    }
+
+    /// The highest event id published so far (the store's highest at start before any). A
+    /// stored event above it is committed but not yet acked, perhaps not yet durable: it must
+    /// not reach a client before it is published, or a client could hold an id that a crash
+    /// takes back and a later event reuses.
+    pub fn published_through(&self) -> i64 {
+        self.published_through.load(Ordering::Acquire)
     }
 
     /// Sends committed events, in commit order, to the tenant-wide subscribers and to those of
@@ -328,6 +341,7 @@ impl EventFanout {
         let mut inner = self.inner.lock();
         for event in events {
             let event = Arc::new(CommittedEvent::new(event));
+            self.published_through.store(event.id, Ordering::Release);
             inner.remember(&event);
             for key in [Key::Flow(event.flow_id), Key::Tree(event.master_flow_id)] {
                 if let Some(sender) = inner.keyed.get(&key) {

@@ -16,6 +16,7 @@
 //! - Actors, one folder each with its messages: [`supervisor`], [`flow`], [`registry`],
 //!   [`persistence`], [`health`], [`queue`] (external tasks).
 //! - [`runtime`]: the handle that starts the actors and that callers hold.
+//! - [`cluster`]: this process as a node of its database's cluster (node rows, heartbeats).
 //!
 //! # Embedding the runtime
 //!
@@ -107,6 +108,7 @@
 //! transition; `examples/collection_flow.rs` adds child flows.
 pub mod builtin;
 pub mod child_flows;
+pub mod cluster;
 pub mod definition;
 pub mod error;
 pub mod events;

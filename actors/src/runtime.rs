@@ -544,7 +544,7 @@ impl Runtime {
             return Ok(events);
         }
         let stored = self.store.flow_events(flow_id, after_seq, limit).await?;
-        Ok(committed(stored))
+        Ok(self.published(stored))
     }
 
     /// Up to `limit` events of the tree under `master_flow_id` (itself included) with
@@ -563,7 +563,7 @@ impl Runtime {
             .store
             .tree_events(master_flow_id, after_id, limit)
             .await?;
-        Ok(committed(stored))
+        Ok(self.published(stored))
     }
 
     /// Up to `limit` of `tenant`'s events with `id > after_id`, in order: from memory when
@@ -581,7 +581,19 @@ impl Runtime {
             return Ok(events);
         }
         let stored = self.store.tenant_events(tenant, after_id, limit).await?;
-        Ok(committed(stored))
+        Ok(self.published(stored))
+    }
+
+    /// Stored events in the fan-out's form, so a stream sends both kinds alike, up to the
+    /// last published one: an event the writer has committed but not yet acked (its sync may
+    /// be in flight) reaches streams when it is published, never before.
+    fn published(&self, events: Vec<FlowEvent>) -> Vec<Arc<CommittedEvent>> {
+        let through = self.fanout.published_through();
+        events
+            .into_iter()
+            .take_while(|event| event.id <= through)
+            .map(|event| Arc::new(CommittedEvent::new(event)))
+            .collect()
     }
 
     /// `flow_id`'s events committed from now on, and those after `after_seq` if memory still
@@ -685,14 +697,6 @@ impl Runtime {
     pub fn subscriber_count(&self) -> usize {
         self.fanout.subscriber_count()
     }
-}
-
-/// Stored events in the fan-out's form, so a stream sends both kinds alike.
-fn committed(events: Vec<FlowEvent>) -> Vec<Arc<CommittedEvent>> {
-    events
-        .into_iter()
-        .map(|event| Arc::new(CommittedEvent::new(event)))
-        .collect()
 }
 
 #[cfg(test)]

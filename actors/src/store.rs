@@ -191,6 +191,20 @@ pub trait FlowStore: Send + Sync + 'static {
     /// A cheap round trip, for readiness.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Whether a returned [`FlowStore::commit`] is visible but not yet durable until
+    /// [`FlowStore::sync_commits`] returns. A store that says so lets the writer run its next
+    /// batch while the last one's sync is in flight (a pipelined group commit); the writer
+    /// acks nothing before the sync.
+    fn commits_need_sync(&self) -> bool {
+        false
+    }
+
+    /// Makes every commit that returned before this call durable. An error means they may not
+    /// be: the process cannot tell which acked state survives and must not go on.
+    fn sync_commits(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// The writer has gone idle: give back memory held only to speed up writes (e.g. an
     /// embedded database's page cache), so a drained backlog does not keep its peak memory.
     fn release_memory(&self) -> BoxFuture<'_, ()> {

@@ -1,6 +1,7 @@
 //! The HTTP API: a module per resource, problem+json errors, and tenant resolution.
 
 pub mod auth;
+pub mod cluster;
 pub mod dashboard;
 pub mod errors;
 pub mod faults;
@@ -33,6 +34,7 @@ pub fn routes(config: &mut web::ServiceConfig, faults: bool) {
                 .route("/flows/counts", web::get().to(dashboard::counts))
                 .route("/queues", web::get().to(dashboard::queues))
                 .route("/health", web::get().to(dashboard::health))
+                .route("/cluster/nodes", web::get().to(cluster::nodes))
                 .route("/flows/{id}", web::get().to(flows::get))
                 .route("/flows/{id}/pause", web::post().to(flows::pause))
                 .route("/flows/{id}/resume", web::post().to(flows::resume))

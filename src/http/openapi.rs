@@ -6,12 +6,13 @@ use flowd_actors::ids::FlowId;
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, PhaseState, PhaseStatus};
 use utoipa::OpenApi;
 
+use crate::http::cluster::{NodeEntry, NodeList};
 use crate::http::dashboard::{FlowCounts, HealthStrip, QueueList};
 use crate::http::errors::Problem;
 use crate::http::flow_types::{FlowTypeList, PutFlowTypeBody};
 use crate::http::flows::{CreateFlowBody, EventList, FailureList, FlowPage, FlowView};
 use crate::http::tasks::{CompleteBody, FailBody, HeartbeatBody, PollBody, TaskLease, TaskState};
-use crate::http::{dashboard, flow_types, flows, ops, tasks};
+use crate::http::{cluster, dashboard, flow_types, flows, ops, tasks};
 use crate::ws;
 use flowd_actors::queue::QueueDetail;
 use flowd_actors::status_reason::StatusReason;
@@ -26,13 +27,14 @@ use flowd_actors::task::{TaskId, TaskStatus};
         flows::events, flows::failures, ws::flow_stream, ws::tenant_stream,
         flow_types::list, flow_types::get, flow_types::put, tasks::poll, tasks::heartbeat,
         tasks::complete, tasks::fail, ops::healthz, ops::readyz, ops::openapi, ops::metrics,
-        dashboard::counts, dashboard::queues, dashboard::health,
+        dashboard::counts, dashboard::queues, dashboard::health, cluster::nodes,
     ),
     components(schemas(
         FlowState, PhaseState, FlowStatus, PhaseStatus, FlowId, FlowEvent, EventKind, FailureRecord,
         FlowType, PhaseDefinition, CreateFlowBody, PutFlowTypeBody, FlowPage, EventList, FailureList,
         FlowTypeList, Problem, PollBody, TaskLease, HeartbeatBody, CompleteBody, FailBody, TaskState,
         TaskId, TaskStatus, FlowView, StatusReason, FlowCounts, QueueList, QueueDetail, HealthStrip,
+        NodeList, NodeEntry,
     )),
     modifiers(&BearerAuth, &Complete),
 )]
@@ -142,5 +144,6 @@ mod tests {
             }
         }
         assert!(ids.contains("flows_list") && ids.contains("flow_types_list"));
+        assert!(ids.contains("cluster_nodes"), "{ids:?}");
     }
 }

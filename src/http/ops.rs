@@ -31,15 +31,18 @@ pub async fn openapi() -> HttpResponse {
 }
 
 /// Prometheus text exposition (behind `[metrics] key` or an admin key when that is set): flows by status, phase durations, retries, failures by kind,
-/// restarts, missed pings, batch sizes and commit latencies, live actors, subscribers.
+/// restarts, missed pings, batch sizes and commit latencies, live actors, subscribers, cluster nodes by status.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format 0.0.4")))]
 pub async fn metrics(
     runtime: web::Data<Runtime>,
+    cluster: web::Data<flowd_actors::cluster::Cluster>,
     keys: web::Data<crate::http::auth::KeyRing>,
     request: actix_web::HttpRequest,
 ) -> Result<HttpResponse, crate::http::errors::ApiError> {
     keys.may_read_metrics(&request)?;
     let text = runtime.render_metrics().await?;
+    let cluster_families = crate::http::cluster::render_metrics(&cluster).await;
+    let text = crate::http::cluster::with_families(text, &cluster_families);
     Ok(HttpResponse::Ok()
         .insert_header(("content-type", flowd_actors::metrics::CONTENT_TYPE))
         .body(text))

@@ -5,6 +5,7 @@
 //! - [`sqlite`], [`postgres`]: pool construction and embedded migrations per backend.
 //! - `plan`: the commit plan, a batch turned into rows per table.
 //! - `columns`: each table's commit columns, and PostgreSQL's array-bound commit statements.
+//! - `nodes`: the `nodes` table of cluster mode, written by the node actor.
 //!
 //! Every read is written once; `with_conn!` expands it once per backend. The commit path is
 //! planned once (`plan::Plan`) and then written the way each backend is fastest: on SQLite with
@@ -14,6 +15,7 @@
 
 mod columns;
 pub mod models;
+mod nodes;
 mod plan;
 pub mod postgres;
 pub mod schema;
@@ -52,6 +54,8 @@ enum Pools {
         pool: sqlite::SqlitePool,
         writer: sqlite::SqlitePool,
         _checkpoints: sqlite_checkpoint::Checkpointer,
+        /// Set for [`sqlite::SqliteSync::Full`]: commits are durable once it has synced.
+        wal_sync: Option<Arc<sqlite::WalSync>>,
     },
     /// Reads share `pool`; commits, one at a time from the persistence actor, use `writer`, a
     /// single connection, so the prepared commit statements live on one server backend only.
@@ -106,8 +110,10 @@ impl DbStore {
                 sqlite_checkpoint::Checkpointer::start(&path.to_string_lossy(), sqlite::PRAGMAS)?;
             Pools::Sqlite {
                 pool,
-                writer: sqlite::writer(url, sync)?,
+                writer: sqlite::writer(url)?,
                 _checkpoints: checkpoints,
+                wal_sync: (sync == sqlite::SqliteSync::Full)
+                    .then(|| Arc::new(sqlite::WalSync::new(&path))),
             }
         } else if postgres::is_postgres_url(url) {
             Pools::Postgres {
@@ -593,6 +599,33 @@ impl FlowStore for DbStore {
         Box::pin(self.round_trip())
     }
 
+    fn commits_need_sync(&self) -> bool {
+        matches!(
+            &*self.pools,
+            Pools::Sqlite {
+                wal_sync: Some(_),
+                ..
+            }
+        )
+    }
+
+    fn sync_commits(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let Pools::Sqlite {
+                wal_sync: Some(wal_sync),
+                ..
+            } = &*self.pools
+            else {
+                return Ok(());
+            };
+            let wal_sync = wal_sync.clone();
+            tokio::task::spawn_blocking(move || wal_sync.sync())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("the WAL sync task failed: {e}")))?
+                .map_err(|e| StoreError::Unavailable(format!("fsync of the WAL failed: {e}")))
+        })
+    }
+
     fn release_memory(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             // SQLite keeps each connection's page cache for its life; PostgreSQL's is the
@@ -770,7 +803,10 @@ mod tests {
 
     use super::*;
 
-    /// The commit connection syncs every commit unless told otherwise.
+    /// Commits are synced before they are acked unless told otherwise: with `full` (the
+    /// default) the store asks for a sync after each commit and the sync reaches the WAL file
+    /// the commit wrote (a wrong path would fail it); with `normal` there is none. Either way the
+    /// commit connection itself runs `synchronous=NORMAL` (the sync is the store's own).
     #[tokio::test]
     async fn sqlite_commits_are_fsynced_by_default_and_normal_on_request() {
         use diesel::sql_types::Integer;
@@ -781,31 +817,49 @@ mod tests {
             synchronous: i32,
         }
         let dir = tempfile::tempdir().expect("temp dir");
-        for (sync, expected) in [
-            (None, 2),
-            (Some(sqlite::SqliteSync::Full), 2),
-            (Some(sqlite::SqliteSync::Normal), 1),
+        for (name, sync, synced) in [
+            ("default", None, true),
+            ("full", Some(sqlite::SqliteSync::Full), true),
+            ("normal", Some(sqlite::SqliteSync::Normal), false),
         ] {
-            let url = format!(
-                "sqlite://{}/flowd-{expected}-{}.db",
-                dir.path().display(),
-                sync.is_some()
-            );
+            let url = format!("sqlite://{}/flowd-{name}.db", dir.path().display());
             let store = match sync {
                 None => DbStore::connect(&url, 1).await,
                 Some(sync) => DbStore::connect_with_sync(&url, 1, sync).await,
             }
             .expect("connect");
-            let Pools::Sqlite { writer, .. } = &*store.pools else {
+            assert_eq!(store.commits_need_sync(), synced, "{name}");
+            let batch = [Write::FlowType(FlowType {
+                name: "discovery".into(),
+                version: 1,
+                phases: vec![PhaseDefinition::new("import", "noop")],
+            })];
+            store.commit(&batch).await.expect("commit");
+            store.sync_commits().await.expect("sync");
+
+            let Pools::Sqlite {
+                writer, wal_sync, ..
+            } = &*store.pools
+            else {
                 unreachable!("a sqlite:// url opens SQLite");
             };
+            assert_eq!(wal_sync.is_some(), synced, "{name}");
             let mut conn = writer.get().await.expect("writer");
             let read: Synchronous = diesel::sql_query("PRAGMA synchronous")
                 .get_result(&mut *conn)
                 .await
                 .expect("pragma");
-            assert_eq!(read.synchronous, expected, "{sync:?}");
+            assert_eq!(read.synchronous, 1, "{name}: the connection runs NORMAL");
         }
+    }
+
+    /// A sync of a WAL file that is not there fails rather than pretending: the writer would
+    /// otherwise ack commits nobody synced.
+    #[test]
+    fn a_wal_sync_of_a_missing_file_fails() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sync = sqlite::WalSync::new(&dir.path().join("missing.db"));
+        assert!(sync.sync().is_err());
     }
 
     /// Readers holding every pooled connection must not hold up the persistence actor.

@@ -1,7 +1,8 @@
 //! SQLite: the embedded default. A file database in WAL mode, one writer (the persistence actor)
 //! and any number of readers, each pooled connection set up with the same pragmas.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, RunQueryDsl, SqliteConnection};
@@ -50,7 +51,7 @@ pub(super) const PRAGMAS: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mod
 /// long after a backlog drained.
 const READER_CACHE: &str = "PRAGMA cache_size = -4096;";
 
-/// How the commit connection syncs SQLite's WAL: what a commit survives once it is acked.
+/// How commits to SQLite's WAL are synced: what a commit survives once it is acked.
 #[derive(
     Clone,
     Copy,
@@ -64,23 +65,59 @@ const READER_CACHE: &str = "PRAGMA cache_size = -4096;";
 )]
 #[serde(rename_all = "lowercase")]
 pub enum SqliteSync {
-    /// `synchronous=FULL`: every commit is fsynced before it is acked; it survives a process
-    /// crash, an OS crash and a power loss. The default.
+    /// Every commit is fsynced before it is acked; it survives a process crash, an OS crash
+    /// and a power loss. The default. The commit connection runs `synchronous=NORMAL` and the
+    /// store fsyncs the WAL file itself ([`WalSync`]) before the writer acks, so the next batch
+    /// commits while the last one's fsync is in flight (`synchronous=FULL` would fsync inside
+    /// `COMMIT` and hold the writer for it).
     #[default]
     Full,
-    /// `synchronous=NORMAL`: commits are fsynced at checkpoints only; a commit survives a
-    /// process crash, but the last ones before an OS crash or power loss can be lost. Faster.
+    /// `synchronous=NORMAL` alone: commits are fsynced at checkpoints only; a commit survives
+    /// a process crash, but the last ones before an OS crash or power loss can be lost. Faster.
     Normal,
 }
 
-impl SqliteSync {
-    /// The pragmas of the commit connection with this setting.
-    fn pragma(self) -> &'static str {
-        // The commit connection keeps a large page cache: the indexes it updates stay hot.
-        match self {
-            Self::Full => "PRAGMA synchronous = FULL; PRAGMA cache_size = -32768;",
-            Self::Normal => "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;",
+/// The commit connection's own pragmas: `synchronous=NORMAL` with either [`SqliteSync`] (for
+/// `Full`, the store adds its fsync of the WAL before acks), and a large page cache: the
+/// indexes it updates stay hot.
+const WRITER_PRAGMAS: &str = "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;";
+
+/// Makes commits of a `synchronous=NORMAL` connection durable: in WAL mode `COMMIT` has
+/// written the transaction's frames into the WAL file, so an fsync of that file (through any
+/// descriptor) makes them survive an OS crash or power loss; checkpoints sync the WAL and the
+/// database file themselves in this mode. The first sync also syncs the folder, so the WAL
+/// file's own entry survives.
+pub struct WalSync {
+    wal: PathBuf,
+    folder: PathBuf,
+    folder_synced: AtomicBool,
+}
+
+impl WalSync {
+    /// For the database file at `database`.
+    pub fn new(database: &Path) -> Self {
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        let folder = match database.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        Self {
+            wal: PathBuf::from(wal),
+            folder,
+            folder_synced: AtomicBool::new(false),
         }
+    }
+
+    /// Fsyncs the WAL file: every commit that returned before the call becomes durable.
+    /// Blocking; run it off the async threads.
+    pub fn sync(&self) -> std::io::Result<()> {
+        std::fs::File::open(&self.wal)?.sync_data()?;
+        if !self.folder_synced.load(Ordering::Relaxed) {
+            std::fs::File::open(&self.folder)?.sync_all()?;
+            self.folder_synced.store(true, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -113,10 +150,10 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<SqlitePool, StoreErr
 
 /// The persistence actor's connection, a pool of one beside the readers' pool of
 /// [`connect`]: readers holding every pooled connection (listings, stream catch-ups) never hold
-/// up a commit, and the commit statements stay prepared on this one connection. Its commits
-/// are synced as `sync` says. Call after [`connect`], which migrates.
-pub fn writer(url: &str, sync: SqliteSync) -> Result<SqlitePool, StoreError> {
-    pool(utf8_path(url)?, 1, sync.pragma())
+/// up a commit, and the commit statements stay prepared on this one connection. Call after
+/// [`connect`], which migrates.
+pub fn writer(url: &str) -> Result<SqlitePool, StoreError> {
+    pool(utf8_path(url)?, 1, WRITER_PRAGMAS)
 }
 
 /// The path of a `sqlite://` URL as text, which is what the connection manager takes.

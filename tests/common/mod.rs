@@ -351,3 +351,12 @@ impl EventSocket {
         }
     }
 }
+
+/// `GET path` with `Authorization: Bearer key` when a key is given.
+pub async fn get_as(server: &TestServer, path: &str, key: Option<&str>) -> Reply {
+    let mut request = client().get(server.url(path));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    read(request.send().await.expect("GET")).await
+}

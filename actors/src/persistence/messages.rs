@@ -60,6 +60,12 @@ pub struct PersistenceStats {
     /// cannot write now. A refused write does not count: the database is fine.
     pub consecutive_failures: u64,
     pub largest_batch: u64,
-    /// Sum of commit durations, for the mean commit latency.
+    /// Sum of commit durations (the writer's busy time), for the mean commit latency. A
+    /// store whose commits need a sync syncs beside it: see `syncs`.
     pub commit_micros: u64,
+    /// Syncs of committed batches (each covers every batch committed before it started), for
+    /// a store whose commits need one; 0 otherwise.
+    pub syncs: u64,
+    /// Sum of sync durations.
+    pub sync_micros: u64,
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::error::PersistError;
 use crate::events::EventFanout;
@@ -43,6 +43,10 @@ pub struct PersistenceActor {
     fanout: EventFanout,
     queue: Vec<Pending>,
     committing: bool,
+    /// Batches committed but not yet synced (see [`FlowStore::commits_need_sync`]).
+    unsynced: Vec<Settled>,
+    /// Whether a sync is in flight.
+    syncing: bool,
     last_event_id: i64,
     max_batch: usize,
     stats: PersistenceStats,
@@ -68,6 +72,8 @@ impl PersistenceActor {
             fanout,
             queue: Vec::new(),
             committing: false,
+            unsynced: Vec::new(),
+            syncing: false,
             last_event_id,
             max_batch: max_batch.max(1),
             stats: PersistenceStats::default(),
@@ -82,7 +88,7 @@ impl PersistenceActor {
     fn release_when_idle(&mut self, ctx: &mut Context<Self>) {
         let batches = self.stats.batches;
         ctx.run_later(IDLE_BEFORE_RELEASE, move |act, ctx| {
-            if act.stats.batches == batches && !act.committing {
+            if act.stats.batches == batches && !act.committing && !act.syncing {
                 let store = act.store.clone();
                 ctx.spawn(async move { store.release_memory().await }.into_actor(act));
             }
@@ -140,39 +146,108 @@ impl PersistenceActor {
                     }
                     act.stats.batches += 1;
                     act.stats.commit_micros += took.as_micros() as u64;
-                    let mut committed = 0;
-                    let mut events = Vec::new();
-                    // Acked only after commit; published only after commit. A write that did
-                    // not commit is answered alone: the rest of its batch committed.
-                    for ((write, ack), outcome) in writes.into_iter().zip(acks).zip(outcomes) {
-                        let answer = match outcome {
-                            Outcome::Committed => {
-                                committed += 1;
-                                if let Write::Transition(t) = write {
-                                    events.extend(t.events);
-                                }
-                                Ok(())
-                            }
-                            Outcome::Refused(error) => {
-                                act.stats.refused_writes += 1;
-                                Err(PersistError::Refused(error.to_string()))
-                            }
-                            Outcome::Unavailable(message) => {
-                                Err(PersistError::Unavailable(message))
-                            }
-                        };
-                        let _ = ack.send(answer);
+                    let settled = Settled {
+                        writes,
+                        acks,
+                        outcomes,
+                        took,
+                    };
+                    let any_committed = settled
+                        .outcomes
+                        .iter()
+                        .any(|outcome| matches!(outcome, Outcome::Committed));
+                    if any_committed && act.store.commits_need_sync() {
+                        // The next batch commits while this one's sync is in flight.
+                        act.unsynced.push(settled);
+                        act.sync(ctx);
+                    } else {
+                        act.answer(settled);
                     }
-                    act.stats.writes += committed as u64;
-                    act.stats.largest_batch = act.stats.largest_batch.max(committed as u64);
-                    act.stats.events += events.len() as u64;
-                    act.metrics
-                        .batch_committed(committed, events.len(), took.as_secs_f64());
-                    act.fanout.publish(events);
                     act.flush(ctx);
                 }),
         );
     }
+
+    /// Syncs every batch committed so far unless a sync is in flight; the batches that commit
+    /// meanwhile wait for the next one, so each sync covers as many batches as it can.
+    fn sync(&mut self, ctx: &mut Context<Self>) {
+        if self.syncing || self.unsynced.is_empty() {
+            return;
+        }
+        self.syncing = true;
+        // Taken now: every batch in it returned from its commit before the sync starts.
+        let batches = std::mem::take(&mut self.unsynced);
+        let store = self.store.clone();
+        let sync = async move {
+            let started = Instant::now();
+            (store.sync_commits().await, started.elapsed())
+        };
+        ctx.spawn(sync.into_actor(self).map(move |(synced, took), act, ctx| {
+            act.syncing = false;
+            if let Err(error) = synced {
+                // After a failed fsync the kernel may have dropped the unwritten pages and a
+                // second fsync may falsely succeed (PostgreSQL's "fsyncgate"): what is on
+                // disk is unknown, so nothing more may be acked. Recovery starts from the
+                // disk, as after any crash.
+                error!(%error, "syncing committed writes failed; stopping the process");
+                std::process::abort();
+            }
+            act.stats.syncs += 1;
+            act.stats.sync_micros += took.as_micros() as u64;
+            for settled in batches {
+                act.answer(settled);
+            }
+            act.sync(ctx);
+            act.flush(ctx);
+        }));
+    }
+
+    /// Acks each write of a finished batch and publishes the events of those that committed,
+    /// in batch order. A write that did not commit is answered alone: the rest of its batch
+    /// committed.
+    fn answer(&mut self, settled: Settled) {
+        let Settled {
+            writes,
+            acks,
+            outcomes,
+            took,
+        } = settled;
+        let mut committed = 0;
+        let mut events = Vec::new();
+        for ((write, ack), outcome) in writes.into_iter().zip(acks).zip(outcomes) {
+            let answer = match outcome {
+                Outcome::Committed => {
+                    committed += 1;
+                    if let Write::Transition(t) = write {
+                        events.extend(t.events);
+                    }
+                    Ok(())
+                }
+                Outcome::Refused(error) => {
+                    self.stats.refused_writes += 1;
+                    Err(PersistError::Refused(error.to_string()))
+                }
+                Outcome::Unavailable(message) => Err(PersistError::Unavailable(message)),
+            };
+            let _ = ack.send(answer);
+        }
+        self.stats.writes += committed as u64;
+        self.stats.largest_batch = self.stats.largest_batch.max(committed as u64);
+        self.stats.events += events.len() as u64;
+        self.metrics
+            .batch_committed(committed, events.len(), took.as_secs_f64());
+        self.fanout.publish(events);
+    }
+}
+
+/// A batch back from its commit, waiting to be answered (after its sync, when the store needs
+/// one).
+struct Settled {
+    writes: Vec<Write>,
+    acks: Vec<oneshot::Sender<Result<(), PersistError>>>,
+    outcomes: Vec<Outcome>,
+    /// How long its commit held the writer (a sync it waits for runs beside the writer).
+    took: Duration,
 }
 
 /// What became of one write of a batch.
@@ -339,3 +414,6 @@ impl Handler<GetStats> for PersistenceActor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

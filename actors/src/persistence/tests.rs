@@ -1,0 +1,193 @@
+//! The pipelined group commit: with a store whose commits need a sync, the next batch commits
+//! while the last one's sync is in flight, and nothing is acked before the sync covering it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::definition::{FlowType, PhaseDefinition};
+use crate::events::FlowEvent;
+use crate::ids::Tenant;
+use crate::memory_store::MemoryStore;
+use crate::model::{FailureRecord, FlowState, FlowStatus};
+use crate::store::FlowQuery;
+use crate::task::{TaskId, TaskRecord};
+
+/// A memory store whose syncs wait for a permit, counting commits and syncs.
+struct GatedSync {
+    inner: MemoryStore,
+    permits: Semaphore,
+    commits: AtomicU64,
+    syncs: AtomicU64,
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+impl FlowStore for GatedSync {
+    fn commit<'a>(&'a self, batch: &'a [Write]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.inner.commit(batch).await?;
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+    fn commits_need_sync(&self) -> bool {
+        true
+    }
+    fn sync_commits(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.permits.acquire().await.expect("open").forget();
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+    fn load_flow_types(&self) -> BoxFuture<'_, Result<Vec<FlowType>>> {
+        self.inner.load_flow_types()
+    }
+    fn load_active_flows(&self) -> BoxFuture<'_, Result<Vec<FlowState>>> {
+        self.inner.load_active_flows()
+    }
+    fn stale_active_flows(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowId>>> {
+        self.inner.stale_active_flows(before, limit)
+    }
+    fn load_flow(&self, id: FlowId) -> BoxFuture<'_, Result<Option<FlowState>>> {
+        self.inner.load_flow(id)
+    }
+    fn find_by_idempotency_key<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<FlowState>>> {
+        self.inner.find_by_idempotency_key(tenant, key)
+    }
+    fn list_flows<'a>(&'a self, query: &'a FlowQuery) -> BoxFuture<'a, Result<Vec<FlowState>>> {
+        self.inner.list_flows(query)
+    }
+    fn flow_events(
+        &self,
+        flow_id: FlowId,
+        after: u64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>>> {
+        self.inner.flow_events(flow_id, after, limit)
+    }
+    fn tree_events(
+        &self,
+        master: FlowId,
+        after: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>>> {
+        self.inner.tree_events(master, after, limit)
+    }
+    fn load_task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>>> {
+        self.inner.load_task(id)
+    }
+    fn find_task<'a>(
+        &'a self,
+        flow_id: FlowId,
+        phase: &'a str,
+        attempt: u32,
+    ) -> BoxFuture<'a, Result<Option<TaskRecord>>> {
+        self.inner.find_task(flow_id, phase, attempt)
+    }
+    fn tenant_events<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        after: i64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<FlowEvent>>> {
+        self.inner.tenant_events(tenant, after, limit)
+    }
+    fn failures(&self, flow_id: FlowId) -> BoxFuture<'_, Result<Vec<FailureRecord>>> {
+        self.inner.failures(flow_id)
+    }
+    fn max_event_id(&self) -> BoxFuture<'_, Result<i64>> {
+        self.inner.max_event_id()
+    }
+    fn count_by_status(&self) -> BoxFuture<'_, Result<Vec<(FlowStatus, u64)>>> {
+        self.inner.count_by_status()
+    }
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.ping()
+    }
+}
+
+fn flow_type(version: u32) -> Write {
+    Write::FlowType(FlowType {
+        name: "discovery".into(),
+        version,
+        phases: vec![PhaseDefinition::new("import", "noop")],
+    })
+}
+
+/// Waits until `done` holds, checking every 5 ms for up to 5 s.
+async fn until(done: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("condition not reached in 5 s");
+}
+
+#[actix::test]
+async fn the_next_batch_commits_during_a_sync_and_acks_wait_for_their_sync() {
+    let store = Arc::new(GatedSync {
+        inner: MemoryStore::new(),
+        permits: Semaphore::new(0),
+        commits: AtomicU64::new(0),
+        syncs: AtomicU64::new(0),
+    });
+    let writer = PersistenceActor::new(
+        store.clone(),
+        EventFanout::new(64),
+        0,
+        1000,
+        Arc::new(RuntimeMetrics::default()),
+    )
+    .start();
+
+    let first = writer.send(Persist::unfenced(flow_type(1)));
+    let first = tokio::spawn(first);
+    until(|| store.commits.load(Ordering::SeqCst) == 1).await;
+    // Committed, its sync held: no ack yet, and the writer is free for the next batch.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!first.is_finished(), "acked before its sync");
+    let second = tokio::spawn(writer.send(Persist::unfenced(flow_type(2))));
+    until(|| store.commits.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(store.syncs.load(Ordering::SeqCst), 0);
+
+    // The first sync began before the second commit: it answers the first write only.
+    store.permits.add_permits(1);
+    first
+        .await
+        .expect("join")
+        .expect("mailbox")
+        .expect("first acked");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !second.is_finished(),
+        "acked by a sync that began before its commit"
+    );
+
+    store.permits.add_permits(1);
+    second
+        .await
+        .expect("join")
+        .expect("mailbox")
+        .expect("second acked");
+    assert_eq!(store.syncs.load(Ordering::SeqCst), 2);
+    let stats = writer.send(GetStats).await.expect("stats");
+    assert_eq!((stats.writes, stats.syncs), (2, 2));
+}

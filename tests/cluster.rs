@@ -1,0 +1,311 @@
+//! Cluster mode, first layer: nodes register and heartbeat in the `nodes` table,
+//! `/v1/cluster/nodes` (operators only) and `/metrics` show them, a killed node turns `down`
+//! after the node timeout, a stopped one `stopped`; SQLite refuses a second process.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestDatabase, TestServer, config_for, get_as};
+use serde_json::Value;
+
+/// Heartbeats every 100 ms; silent for 1 s is `down`.
+const CLUSTER: &str = "[cluster]\nheartbeat_ms = 100\nnode_timeout_ms = 1000\n";
+const TIMEOUT: Duration = Duration::from_millis(1000);
+
+const AUTH: &str = "[auth]\nenabled = true\n\
+    [[auth.keys]]\nkey = \"op\"\nclient_account_id = \"ops\"\nengagement_id = \"ops\"\nrole = \"admin\"\n\
+    [[auth.keys]]\nkey = \"tk\"\nclient_account_id = \"acme\"\nengagement_id = \"e1\"\n";
+
+/// The node list as `server` sees it (auth off: the local caller is the operator).
+async fn nodes(server: &TestServer) -> Value {
+    let reply = common::get(server, "/v1/cluster/nodes").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    reply.body
+}
+
+/// `node_id`'s entry in a node list.
+fn entry<'a>(list: &'a Value, node_id: &str) -> Option<&'a Value> {
+    list["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node_id"] == node_id)
+}
+
+fn status_of(list: &Value, node_id: &str) -> String {
+    entry(list, node_id)
+        .and_then(|n| n["status"].as_str())
+        .unwrap_or("absent")
+        .to_owned()
+}
+
+/// Polls `server`'s node list until `done` holds; the list that satisfied it.
+async fn until_nodes(server: &TestServer, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = nodes(server).await;
+        if done(&list) {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {list}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The gauge `flowd_cluster_nodes{status="…"}` of `server`'s metrics.
+async fn node_gauge(server: &TestServer, status: &str) -> Option<f64> {
+    let mut response = common::client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    let text = response.body().await.expect("body");
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let name = format!("flowd_cluster_nodes{{status=\"{status}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// The process id behind a default node id (`HOST-PID`).
+fn pid_of(node_id: &str) -> u32 {
+    node_id
+        .rsplit_once('-')
+        .and_then(|(_, pid)| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{node_id} is not HOST-PID"))
+}
+
+/// SIGTERM: the graceful stop a service manager sends.
+fn terminate(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// A `flowd` that was started and either listens or exits at once.
+enum Start {
+    Listening(Spawned),
+    Refused { code: Option<i32>, stderr: String },
+}
+
+/// A server process started outside [`TestServer`] (which panics when a start fails); killed
+/// when dropped.
+struct Spawned {
+    child: Child,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `flowd --config config` and waits for its listening line or its exit.
+fn try_start(config: &Path) -> Start {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowd starts");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("stdout");
+    if line.starts_with("flowd listening on ") {
+        return Start::Listening(Spawned { child });
+    }
+    let status = child.wait().expect("exit status");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    Start::Refused {
+        code: status.code(),
+        stderr,
+    }
+}
+
+/// On SQLite: one node, up; a second process on the same file is refused with one clear
+/// line while the first keeps serving; after the first is SIGKILLed a new one starts, and the
+/// killed node turns `down` after the node timeout.
+#[actix_web::test]
+async fn sqlite_is_single_node() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let config = config_for(&db, CLUSTER);
+    let first = TestServer::start(config.clone());
+    let list = until_nodes(&first, "heartbeats", |list| {
+        list["nodes"][0]["heartbeats"].as_u64() >= Some(2)
+    })
+    .await;
+    let first_id = list["this_node"].as_str().expect("this_node").to_owned();
+    assert_eq!(list["nodes"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(status_of(&list, &first_id), "up");
+    assert_eq!(list["node_timeout_ms"], 1000);
+    assert_eq!(node_gauge(&first, "up").await, Some(1.0));
+    assert_eq!(node_gauge(&first, "down").await, Some(0.0));
+
+    match try_start(&config) {
+        Start::Listening(_) => panic!("a second flowd started on the same SQLite file"),
+        Start::Refused { code, stderr } => {
+            assert_eq!(code, Some(1), "{stderr}");
+            let line = stderr.trim_end();
+            assert!(!line.contains('\n'), "one line: {stderr}");
+            assert!(
+                line.starts_with("flowd: database ")
+                    && line.contains("in use by another flowd process")
+                    && line.contains("flowd.db.lock"),
+                "{stderr}"
+            );
+        }
+    }
+    // The first one serves on, alone in the table: the refused process wrote nothing.
+    let list = nodes(&first).await;
+    assert_eq!(list["nodes"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(common::get(&first, "/healthz").await.status, 200);
+
+    let config = first.kill();
+    let second = TestServer::start(config);
+    let list = nodes(&second).await;
+    let second_id = list["this_node"].as_str().expect("this_node").to_owned();
+    assert_ne!(second_id, first_id);
+    assert_eq!(status_of(&list, &second_id), "up");
+    until_nodes(&second, "the killed node down", |list| {
+        status_of(list, &first_id) == "down" && status_of(list, &second_id) == "up"
+    })
+    .await;
+    assert_eq!(node_gauge(&second, "down").await, Some(1.0));
+}
+
+/// A graceful stop (SIGTERM) marks the node `stopped`, and frees the SQLite file at once.
+#[actix_web::test]
+async fn a_graceful_stop_is_stopped_not_down() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let config = config_for(&db, CLUSTER);
+    let first = TestServer::start(config.clone());
+    let first_id = nodes(&first).await["this_node"]
+        .as_str()
+        .expect("this_node")
+        .to_owned();
+    terminate(pid_of(&first_id));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let second = loop {
+        match try_start(&config) {
+            Start::Listening(server) => break server,
+            Start::Refused { stderr, .. } if stderr.contains("in use by another") => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the first never let go: {stderr}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Start::Refused { stderr, .. } => panic!("{stderr}"),
+        }
+    };
+    drop(first);
+    // The second process is up; the first's row says it stopped, not that it crashed.
+    let store = flowd::store::DbStore::connect(&db.url, 1)
+        .await
+        .expect("open the database");
+    use flowd_actors::cluster::NodeStore;
+    let list = store.list_nodes().await.expect("nodes");
+    let row = list
+        .nodes
+        .iter()
+        .find(|n| n.node_id == first_id)
+        .expect("the first node's row");
+    assert!(row.stopped_at.is_some(), "{row:?}");
+    assert_eq!(list.nodes.len(), 2, "{list:?}");
+    drop(second);
+}
+
+/// `/v1/cluster/nodes` is an operator endpoint: tenant keys get 403, no key 401, both as
+/// problem+json.
+async fn only_operators_list_nodes(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let server = TestServer::start(config_for(&db, &format!("{CLUSTER}{AUTH}")));
+    let admin = get_as(&server, "/v1/cluster/nodes", Some("op")).await;
+    assert_eq!(admin.status, 200, "{:?}", admin.body);
+    assert_eq!(admin.body["nodes"][0]["status"], "up");
+    let tenant = get_as(&server, "/v1/cluster/nodes", Some("tk")).await;
+    assert_eq!(tenant.status, 403, "{:?}", tenant.body);
+    assert_eq!(tenant.content_type, "application/problem+json");
+    assert_eq!(tenant.body["type"], "/problems/forbidden");
+    let anonymous = get_as(&server, "/v1/cluster/nodes", None).await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.content_type, "application/problem+json");
+}
+
+on_both_backends!(only_operators_list_nodes);
+
+/// Two real servers on one PostgreSQL database both appear `up` to each other; after one is
+/// SIGKILLed it turns `down` once the node timeout has passed (not before), and a third one
+/// stopped with SIGTERM turns `stopped`.
+#[cfg(flowd_postgres_tests)]
+#[actix_web::test]
+async fn postgres_nodes_see_each_other_and_a_killed_one_goes_down() {
+    let db = TestDatabase::new(Backend::Postgres);
+    let config = config_for(&db, CLUSTER);
+    let a = TestServer::start(config.clone());
+    let b = TestServer::start(config.clone());
+    let a_id = nodes(&a).await["this_node"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let b_id = nodes(&b).await["this_node"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_ne!(a_id, b_id);
+    for server in [&a, &b] {
+        until_nodes(server, "both up", |list| {
+            status_of(list, &a_id) == "up"
+                && status_of(list, &b_id) == "up"
+                && entry(list, &b_id).and_then(|n| n["heartbeats"].as_u64()) >= Some(2)
+        })
+        .await;
+    }
+    assert_eq!(node_gauge(&a, "up").await, Some(2.0));
+
+    b.kill();
+    let killed = Instant::now();
+    let list = until_nodes(&a, "b down", |list| status_of(list, &b_id) == "down").await;
+    let after = killed.elapsed();
+    // b's last heartbeat was at most one period before the kill; down means silent > timeout.
+    assert!(
+        after + Duration::from_millis(150) >= TIMEOUT,
+        "down after {after:?}, before the node timeout"
+    );
+    assert!(after < TIMEOUT + Duration::from_secs(3), "{after:?}");
+    let b_row = entry(&list, &b_id).expect("b");
+    assert!(b_row["heartbeat_age_ms"].as_u64() > Some(1000), "{b_row}");
+    assert!(b_row["stopped_at"].is_null());
+    assert_eq!(status_of(&list, &a_id), "up");
+    assert_eq!(node_gauge(&a, "down").await, Some(1.0));
+
+    let c = TestServer::start(config);
+    let c_id = nodes(&c).await["this_node"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    until_nodes(&a, "c up", |list| status_of(list, &c_id) == "up").await;
+    terminate(pid_of(&c_id));
+    until_nodes(&a, "c stopped", |list| status_of(list, &c_id) == "stopped").await;
+    drop(c);
+    assert_eq!(node_gauge(&a, "stopped").await, Some(1.0));
+    assert_eq!(node_gauge(&a, "up").await, Some(1.0));
+}
