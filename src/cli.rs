@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use clap::Subcommand;
 use futures_util::{SinkExt, StreamExt};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::{Value, json};
 
 /// Why a client command failed; each kind has its own exit code.
@@ -326,6 +327,15 @@ fn print_flow(flow: &Value, json: bool) -> Result<(), CliError> {
 }
 
 fn event_text(event: &Value, own_id: &str) -> String {
+    format!(
+        "{} {}",
+        bar(event["progress_percentage"].as_f64().unwrap_or(0.0)),
+        event_detail(event, own_id)
+    )
+}
+
+/// An event's line after its progress: status, phase, kind and, for a child's, which child.
+fn event_detail(event: &Value, own_id: &str) -> String {
     // A master's stream also carries its children's events: name them.
     let who = match event["flow_id"].as_str() {
         Some(flow_id) if flow_id != own_id => format!(
@@ -337,14 +347,53 @@ fn event_text(event: &Value, own_id: &str) -> String {
         _ => String::new(),
     };
     format!(
-        "{} {:<10} {:<24} {} {who}",
-        bar(event["progress_percentage"].as_f64().unwrap_or(0.0)),
+        "{:<10} {:<24} {} {who}",
         text(&event["status"]),
         text(&event["current_phase"]),
         text(&event["kind"]),
     )
     .trim_end()
     .to_owned()
+}
+
+/// `watch`'s line on a terminal: a bar redrawn in place, drawn like [`bar`], then the event.
+struct LiveBar(ProgressBar);
+
+impl LiveBar {
+    /// Tenths of a percent: the bar's length.
+    const STEPS: u64 = 1000;
+
+    fn new() -> Self {
+        let style = ProgressStyle::with_template("[{bar:30}] {percentage} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "percentage",
+                |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                    let _ = write!(out, "{:5.1}%", state.fraction() * 100.0);
+                },
+            )
+            .progress_chars("#-");
+        let bar = ProgressBar::with_draw_target(Some(Self::STEPS), ProgressDrawTarget::stdout());
+        bar.set_style(style);
+        Self(bar)
+    }
+
+    fn show(&self, event: &Value, own_id: &str) {
+        let percentage = event["progress_percentage"].as_f64().unwrap_or(0.0);
+        let steps = (percentage * 10.0).round().clamp(0.0, Self::STEPS as f64) as u64;
+        self.0.set_position(steps);
+        self.0.set_message(event_detail(event, own_id));
+    }
+
+    /// Prints `line` above the bar, which is redrawn below it.
+    fn note(&self, line: &str) {
+        self.0.println(line);
+    }
+
+    /// Leaves the last state on screen; later output starts on the next line.
+    fn finish(self) {
+        self.0.finish();
+    }
 }
 
 /// Builds a query string from the parameters that are set, percent-encoding their values.
@@ -518,7 +567,7 @@ async fn watch(api: &Api, id: &str, json: bool) -> Result<u8, CliError> {
         .connect()
         .await
         .map_err(|e| CliError::Unavailable(format!("websocket: {e}")))?;
-    let live = !json && std::io::stdout().is_terminal();
+    let live = (!json && std::io::stdout().is_terminal()).then(LiveBar::new);
     let mut status = String::new();
     // The flow's own status reason, from its events: printed when it changes.
     let mut why = String::new();
@@ -543,17 +592,16 @@ async fn watch(api: &Api, id: &str, json: bool) -> Result<u8, CliError> {
                 if let Some(now) = reason_text(&event["status_reason"]).filter(|r| own && *r != why)
                 {
                     why = now;
-                    if !json {
-                        Output::line(&format!(
-                            "{}why: {why}",
-                            if live { "\r\x1b[2K" } else { "  " }
-                        ))?;
+                    match (&live, json) {
+                        (_, true) => {}
+                        (Some(live), false) => live.note(&format!("why: {why}")),
+                        (None, false) => Output::line(&format!("  why: {why}"))?,
                     }
                 }
                 if json {
                     Output::line(&event.to_string())?;
-                } else if live {
-                    Output::write(&format!("\r\x1b[2K{}", event_text(&event, id)))?;
+                } else if let Some(live) = &live {
+                    live.show(&event, id);
                 } else {
                     Output::line(&event_text(&event, id))?;
                 }
@@ -576,8 +624,8 @@ async fn watch(api: &Api, id: &str, json: bool) -> Result<u8, CliError> {
             _ => {}
         }
     }
-    if live {
-        Output::line("")?;
+    if let Some(live) = live {
+        live.finish();
     }
     let flow = api.get(&path).await?;
     if !json {

@@ -443,6 +443,11 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     pub filter: String,
+    /// An OTLP/HTTP collector (`http://host:4318`) that spans are exported to, at
+    /// `/v1/traces`; none (or empty) exports nothing. Needs a build with the `otlp` feature.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans.
+    pub otlp_service_name: String,
 }
 
 impl Default for LogSettings {
@@ -450,7 +455,19 @@ impl Default for LogSettings {
         Self {
             format: LogFormat::Text,
             filter: "info".into(),
+            otlp_endpoint: None,
+            otlp_service_name: "flowd".into(),
         }
+    }
+}
+
+impl LogSettings {
+    /// The OTLP collector spans go to, when export is on.
+    pub fn otlp_endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|endpoint| !endpoint.is_empty())
     }
 }
 
@@ -540,6 +557,15 @@ impl Settings {
                 reason: format!(
                     "not a tracing filter ({error}); e.g. \"info\" or \"flowd=debug,info\""
                 ),
+            });
+        }
+        if let Some(endpoint) = self.log.otlp_endpoint()
+            && let Err(reason) = crate::telemetry::check_otlp_endpoint(endpoint)
+        {
+            return Err(ConfigError::BadValue {
+                key: "log.otlp_endpoint",
+                value: endpoint.to_owned(),
+                reason,
             });
         }
         let url = &self.database.url;

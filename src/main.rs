@@ -131,7 +131,8 @@ fn once_each(error: &anyhow::Error) -> String {
 
 fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let (settings, origin) = Settings::load_with_origin(config.as_deref())?;
-    flowd::telemetry::init(&settings.log);
+    // Held to the end: dropping it sends the spans still buffered for export.
+    let _telemetry = flowd::telemetry::init(&settings.log)?;
     match &origin {
         ConfigOrigin::File(path) => tracing::info!(config = %path.display(), "configuration read"),
         ConfigOrigin::Defaults { looked_for } => tracing::warn!(

@@ -1,5 +1,8 @@
 //! Tracing setup. Only binaries and tests install a subscriber; libraries just emit spans.
 //!
+//! With the `otlp` feature and `log.otlp_endpoint` set, spans (a phase attempt's, an HTTP
+//! request's) are also exported over OTLP/HTTP to Jaeger, Tempo or a collector.
+//!
 //! Two things here keep logs safe to ship: JSON lines never carry a key twice (an event field
 //! named `message` would otherwise sit beside the log message), and request spans never carry
 //! an API key passed as `?access_token=`.
@@ -13,16 +16,79 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Span, Subscriber};
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::{Layered, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::configuration::{LogFormat, LogSettings};
 
-/// Installs the global subscriber, writing to stderr (stdout stays free for the CLI's output).
-/// `RUST_LOG` overrides the configured filter. Calling it twice is harmless.
-pub fn init(settings: &LogSettings) {
+/// The subscriber's layers see events and spans that passed the filter.
+type Filtered = Layered<EnvFilter, Registry>;
+
+/// One layer of the subscriber, below the filter.
+type BoxedLayer = Box<dyn Layer<Filtered> + Send + Sync>;
+
+/// Why the subscriber could not be installed as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// `log.otlp_endpoint` cannot be exported to (see [`check_otlp_endpoint`]).
+    #[error("log.otlp_endpoint = {endpoint:?}: {reason}")]
+    OtlpEndpoint { endpoint: String, reason: String },
+    /// The OTLP exporter could not be built.
+    #[cfg(feature = "otlp")]
+    #[error("cannot export spans to {endpoint}")]
+    Otlp {
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// Why `log.otlp_endpoint` is refused by a build without the `otlp` feature.
+const NOT_BUILT: &str = "this flowd was built without OTLP export; build it with \
+                         `cargo build --release --features otlp`, or remove the key";
+
+/// Whether spans can be exported to `endpoint` by this build: only with the `otlp` feature,
+/// and only over plain `http://` (no TLS client is built in); the reason when not.
+pub fn check_otlp_endpoint(endpoint: &str) -> Result<(), String> {
+    if !cfg!(feature = "otlp") {
+        return Err(NOT_BUILT.into());
+    }
+    match endpoint.split_once("://") {
+        Some(("http", rest)) if !rest.is_empty() => Ok(()),
+        _ => Err("expected an OTLP/HTTP collector as http://host:port, e.g. \
+                  http://127.0.0.1:4318 (https is not supported)"
+            .into()),
+    }
+}
+
+/// Keeps the span exporter running; dropping it sends the spans still buffered. Hold it until
+/// the program ends.
+#[must_use = "dropping it stops the span export"]
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("flowd: spans not exported at shutdown: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber, writing to stderr (stdout stays free for the CLI's output),
+/// and with `log.otlp_endpoint` set exporting spans over OTLP. `RUST_LOG` overrides the
+/// configured filter, for both. Calling it twice is harmless: the first subscriber stays.
+pub fn init(settings: &LogSettings) -> Result<Telemetry, TelemetryError> {
     // An unusable RUST_LOG is said out loud (below), not silently replaced.
     let mut unusable_env = None;
     let filter = match std::env::var("RUST_LOG") {
@@ -36,22 +102,43 @@ pub fn init(settings: &LogSettings) {
         _ => EnvFilter::new(&settings.filter),
     };
     // Colours only on a terminal: a log file or pipe gets plain text, not escape codes.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let installed = match settings.format {
-        LogFormat::Json => builder
+    let lines = match settings.format {
+        LogFormat::Json => lines
             .fmt_fields(JsonFields::new())
             .event_format(JsonLines)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+            .boxed(),
+        LogFormat::Text => lines.boxed(),
     };
+    let mut layers: Vec<BoxedLayer> = vec![lines];
+    let telemetry = match settings.otlp_endpoint() {
+        None => Telemetry::default(),
+        Some(endpoint) => {
+            check_otlp_endpoint(endpoint).map_err(|reason| TelemetryError::OtlpEndpoint {
+                endpoint: endpoint.to_owned(),
+                reason,
+            })?;
+            let (layer, telemetry) = otlp::export(endpoint, &settings.otlp_service_name)?;
+            layers.push(layer);
+            telemetry
+        }
+    };
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .try_init();
     if let Some(unusable) = unusable_env {
         tracing::warn!(
             filter = %settings.filter,
             "ignoring {unusable}: not a tracing filter; using log.filter instead"
         );
+    }
+    if installed.is_ok()
+        && let Some(endpoint) = settings.otlp_endpoint()
+    {
+        tracing::info!(endpoint, "exporting spans over OTLP");
     }
     if installed.is_ok() && settings.format == LogFormat::Json {
         // A panicking handler is caught and journaled, but the default hook would still write
@@ -69,6 +156,70 @@ pub fn init(settings: &LogSettings) {
                 .unwrap_or_default();
             tracing::error!(panic = %payload, %location, "a thread panicked");
         }));
+    }
+    Ok(telemetry)
+}
+
+/// Span export over OTLP/HTTP (protobuf), batched on the SDK's own thread.
+#[cfg(feature = "otlp")]
+mod otlp {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::Layer;
+
+    use super::{BoxedLayer, Telemetry, TelemetryError};
+
+    /// A layer sending every span to `endpoint`'s `/v1/traces`, and the guard whose drop
+    /// flushes what is still batched.
+    pub(super) fn export(
+        endpoint: &str,
+        service_name: &str,
+    ) -> Result<(BoxedLayer, Telemetry), TelemetryError> {
+        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(&url)
+            .build()
+            .map_err(|source| TelemetryError::Otlp {
+                endpoint: url,
+                source,
+            })?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(service_name.to_owned())
+                    .build(),
+            )
+            .build();
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("flowd"))
+            .boxed();
+        Ok((
+            layer,
+            Telemetry {
+                provider: Some(provider),
+            },
+        ))
+    }
+}
+
+/// Without the `otlp` feature nothing can export (the caller has refused the key already).
+#[cfg(not(feature = "otlp"))]
+mod otlp {
+    use super::{BoxedLayer, NOT_BUILT, Telemetry, TelemetryError};
+
+    /// Always the error [`super::check_otlp_endpoint`] gives in this build.
+    pub(super) fn export(
+        endpoint: &str,
+        _service_name: &str,
+    ) -> Result<(BoxedLayer, Telemetry), TelemetryError> {
+        Err(TelemetryError::OtlpEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason: NOT_BUILT.into(),
+        })
     }
 }
 
@@ -247,5 +398,103 @@ mod tests {
         );
         assert_eq!(mask_access_token("/v1/flows?limit=2"), "/v1/flows?limit=2");
         assert_eq!(mask_access_token("/healthz"), "/healthz");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
+    fn an_otlp_endpoint_is_refused_unless_this_build_can_export_to_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[log]\notlp_endpoint = \"https://tempo:4318\"\n")?;
+            let error = crate::configuration::Settings::load(Some(std::path::Path::new("c.toml")))
+                .expect_err("refused")
+                .to_string();
+            assert!(error.starts_with(
+                "invalid configuration: log.otlp_endpoint = \"https://tempo:4318\": "
+            ));
+            assert!(!error.contains('\n'), "one line: {error}");
+            let expected = if cfg!(feature = "otlp") {
+                "https is not supported"
+            } else {
+                "--features otlp"
+            };
+            assert!(error.contains(expected), "{error}");
+            // An empty endpoint (e.g. FLOWD_LOG__OTLP_ENDPOINT= to turn it off) exports nothing.
+            jail.set_env("FLOWD_LOG__OTLP_ENDPOINT", "");
+            let settings =
+                crate::configuration::Settings::load(Some(std::path::Path::new("c.toml")))
+                    .map_err(|e| e.to_string())?;
+            assert_eq!(settings.log.otlp_endpoint(), None);
+            Ok(())
+        });
+        assert_eq!(
+            check_otlp_endpoint("http://127.0.0.1:4318").is_ok(),
+            cfg!(feature = "otlp")
+        );
+        assert!(check_otlp_endpoint("127.0.0.1:4318").is_err());
+    }
+
+    /// A span reaches an OTLP/HTTP collector: here a listener that records one request.
+    #[cfg(feature = "otlp")]
+    #[test]
+    fn spans_are_exported_over_otlp_http() {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let collector = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let stream = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        assert!(std::time::Instant::now() < deadline, "no export arrived");
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(error) => panic!("accept: {error}"),
+                }
+            };
+            stream.set_nonblocking(false).expect("blocking");
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            let mut reader = BufReader::new(stream);
+            let mut head = Vec::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("header");
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().expect("length");
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                head.push(line);
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("body");
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            (head, body)
+        });
+
+        let (layer, telemetry) = otlp::export(&endpoint, "flowd-test").expect("exporter");
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("info"))
+            .with(vec![layer]);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("phase", flow_id = "flow-1", phase = "import").in_scope(|| {});
+        });
+        drop(telemetry); // flushes
+
+        let (head, body) = collector.join().expect("collector");
+        assert!(head[0].starts_with("POST /v1/traces "), "{head:?}");
+        let body = String::from_utf8_lossy(&body);
+        for text in ["flow-1", "import", "flowd-test"] {
+            assert!(body.contains(text), "{text} missing from the exported span");
+        }
     }
 }

@@ -1,12 +1,21 @@
-//! The runtime's counters and histograms. One [`RuntimeMetrics`] is created per runtime and
-//! handed to the actors that record into it (no global registry); the HTTP layer renders it
-//! in the Prometheus text format.
+//! The runtime's counters and histograms, kept in a `prometheus-client` [`Registry`]. One
+//! [`RuntimeMetrics`] is created per runtime and handed to the actors that record into it (no
+//! global registry); the HTTP layer serves [`RuntimeMetrics::render`], the Prometheus text
+//! format (0.0.4), with the gauges only a scrape can know added.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`RuntimeMetrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds (seconds) for phase durations and commit latencies.
 const SECONDS: [f64; 14] = [
@@ -17,76 +26,125 @@ const BATCH: [f64; 10] = [
     1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0,
 ];
 
-/// A cumulative histogram with fixed buckets.
-#[derive(Clone, Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.counts[i] += 1;
-        }
-        self.sum += value;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            cumulative += count;
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
-}
-
-/// Everything the runtime counts. Cheap to record from any thread.
-pub struct RuntimeMetrics {
-    phase_seconds: Mutex<BTreeMap<(String, String), Histogram>>,
-    failures: Mutex<BTreeMap<String, u64>>,
-    retries: AtomicU64,
-    actor_restarts: AtomicU64,
-    pings_missed: AtomicU64,
-    events_committed: AtomicU64,
-    commit_seconds: Mutex<Histogram>,
-    batch_writes: Mutex<Histogram>,
-    handler_queued_seconds: Mutex<Histogram>,
-    /// Most distinct label sets per family; later ones are counted under `other`, so
-    /// definitions and error kinds cannot grow the exposition without bound.
-    max_series: usize,
-}
-
 /// The label value that series past [`RuntimeMetrics::with_max_series`] are counted under.
 pub const OTHER_LABEL: &str = "other";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    flow_type: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(SECONDS)
+}
+
+/// The series of one labelled family by their label values (one or two), so that recording
+/// into a series that exists borrows the caller's strings and allocates nothing. At most
+/// `max` label sets; later ones are all recorded under [`OTHER_LABEL`], so definitions and
+/// error kinds cannot grow the exposition without bound.
+struct Capped<M> {
+    max: usize,
+    series: RwLock<Series<M>>,
+}
+
+/// Series by first, then second label value, and how many there are.
+struct Series<M> {
+    by_first: HashMap<String, HashMap<String, M>>,
+    len: usize,
+}
+
+impl<M> Default for Series<M> {
+    fn default() -> Self {
+        Self {
+            by_first: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<M> Capped<M> {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            series: RwLock::default(),
+        }
+    }
+
+    /// Runs `record` on the series of `labels`, made by `create` the first time; on the series
+    /// of `overflow` instead when `labels` is new and the family is full.
+    fn record<'a>(
+        &self,
+        labels: (&'a str, &'a str),
+        overflow: (&'a str, &'a str),
+        create: impl FnOnce(&str, &str) -> M,
+        record: impl FnOnce(&M),
+    ) {
+        let (first, second) = labels;
+        if let Some(series) = self
+            .series
+            .read()
+            .by_first
+            .get(first)
+            .and_then(|by| by.get(second))
+        {
+            return record(series);
+        }
+        let mut guard = self.series.write();
+        let Series { by_first, len } = &mut *guard;
+        let exists = by_first
+            .get(first)
+            .is_some_and(|by| by.contains_key(second));
+        let (first, second) = if exists || *len < self.max {
+            labels
+        } else {
+            overflow
+        };
+        let by_second = by_first.entry(first.to_owned()).or_default();
+        let series = by_second.entry(second.to_owned()).or_insert_with(|| {
+            *len += 1;
+            create(first, second)
+        });
+        record(series);
+    }
+}
+
+/// Everything the runtime counts. Cheap to record from any thread: counters are atomics,
+/// each histogram has its own lock, and labelled series are found without allocating.
+pub struct RuntimeMetrics {
+    registry: Registry,
+    phase_seconds: HistogramFamilyHandles<PhaseLabels>,
+    failures: CounterFamilyHandles<KindLabel>,
+    retries: Counter,
+    actor_restarts: Counter,
+    pings_missed: Counter,
+    events_committed: Counter,
+    commit_seconds: Histogram,
+    batch_writes: Histogram,
+    handler_queued_seconds: Histogram,
+}
+
+/// A histogram family and its capped handles.
+struct HistogramFamilyHandles<S> {
+    family: Family<S, Histogram, fn() -> Histogram>,
+    handles: Capped<Histogram>,
+}
+
+/// A counter family and its capped handles.
+struct CounterFamilyHandles<S> {
+    family: Family<S, Counter>,
+    handles: Capped<Counter>,
+}
 
 impl Default for RuntimeMetrics {
     fn default() -> Self {
@@ -97,17 +155,89 @@ impl Default for RuntimeMetrics {
 impl RuntimeMetrics {
     /// Metrics keeping at most `max_series` distinct label sets per family.
     pub fn with_max_series(max_series: usize) -> Self {
+        let max_series = max_series.max(1);
+        let phase_seconds = HistogramFamilyHandles {
+            family: Family::new_with_constructor(seconds_histogram as fn() -> Histogram),
+            handles: Capped::new(max_series),
+        };
+        let failures = CounterFamilyHandles {
+            family: Family::default(),
+            handles: Capped::new(max_series),
+        };
+        let (retries, actor_restarts, pings_missed, events_committed) = Default::default();
+        let (commit_seconds, batch_writes, handler_queued_seconds) = (
+            seconds_histogram(),
+            Histogram::new(BATCH),
+            seconds_histogram(),
+        );
+        // The registry holds clones: each shares its value with the handle kept here.
+        let mut registry = Registry::default();
+        let counters: [(&str, &str, &Counter); 4] = [
+            (
+                "flowd_retries",
+                "Phase attempts scheduled again after a failure",
+                &retries,
+            ),
+            (
+                "flowd_actor_restarts",
+                "Flow actors restarted from stored state",
+                &actor_restarts,
+            ),
+            (
+                "flowd_health_pings_missed",
+                "Pings a flow actor did not answer in time",
+                &pings_missed,
+            ),
+            (
+                "flowd_events_committed",
+                "Events (durable transitions) committed",
+                &events_committed,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "flowd_failures",
+            "Failure-journal rows, by kind",
+            failures.family.clone(),
+        );
+        registry.register(
+            "flowd_phase_duration_seconds",
+            "Duration of phase attempts",
+            phase_seconds.family.clone(),
+        );
+        let histograms: [(&str, &str, &Histogram); 3] = [
+            (
+                "flowd_handler_queued_seconds",
+                "Time a phase attempt waited for a handler thread; its timeout starts after it",
+                &handler_queued_seconds,
+            ),
+            (
+                "flowd_persistence_commit_seconds",
+                "Latency of one batch commit",
+                &commit_seconds,
+            ),
+            (
+                "flowd_persistence_batch_writes",
+                "Writes per committed batch",
+                &batch_writes,
+            ),
+        ];
+        for (name, help, histogram) in histograms {
+            registry.register(name, help, histogram.clone());
+        }
         Self {
-            max_series: max_series.max(1),
-            phase_seconds: Mutex::default(),
-            failures: Mutex::default(),
-            retries: AtomicU64::new(0),
-            actor_restarts: AtomicU64::new(0),
-            pings_missed: AtomicU64::new(0),
-            events_committed: AtomicU64::new(0),
-            commit_seconds: Mutex::new(Histogram::new(&SECONDS)),
-            batch_writes: Mutex::new(Histogram::new(&BATCH)),
-            handler_queued_seconds: Mutex::new(Histogram::new(&SECONDS)),
+            registry,
+            phase_seconds,
+            failures,
+            retries,
+            actor_restarts,
+            pings_missed,
+            events_committed,
+            commit_seconds,
+            batch_writes,
+            handler_queued_seconds,
         }
     }
 }
@@ -127,182 +257,142 @@ pub struct Gauges {
     pub refused_writes: u64,
 }
 
+impl Gauges {
+    /// A registry of this scrape's values, rendered before the runtime's own.
+    fn registry(&self) -> Registry {
+        let mut registry = Registry::default();
+        let flows = Family::<StatusLabel, Gauge<u64, AtomicU64>>::default();
+        for (status, count) in &self.flows_by_status {
+            flows
+                .get_or_create(&StatusLabel {
+                    status: status.clone(),
+                })
+                .set(*count);
+        }
+        registry.register("flowd_flows", "Flows by status", flows);
+        registry.register(
+            "flowd_live_flow_actors",
+            "Flow actors alive now",
+            ConstGauge::new(self.live_flow_actors as u64),
+        );
+        registry.register(
+            "flowd_event_subscribers",
+            "Live event stream subscribers",
+            ConstGauge::new(self.event_subscribers as u64),
+        );
+        registry.register(
+            "flowd_tasks_queued",
+            "External tasks waiting for a worker",
+            ConstGauge::new(self.queued_tasks as u64),
+        );
+        registry.register(
+            "flowd_tasks_leased",
+            "External tasks leased to a worker",
+            ConstGauge::new(self.leased_tasks as u64),
+        );
+        registry.register(
+            "flowd_persistence_outage_tries",
+            "Failed tries of the batch waiting out a database outage (0: writing normally)",
+            ConstGauge::new(self.commit_outage_tries),
+        );
+        registry.register(
+            "flowd_persistence_refused_writes",
+            "Writes the database refused for their content; each failed alone",
+            ConstCounter::new(self.refused_writes),
+        );
+        registry
+    }
+}
+
 impl RuntimeMetrics {
     /// One attempt of `phase` ran for `seconds`.
     pub fn phase_finished(&self, flow_type: &str, phase: &str, seconds: f64) {
-        let mut series = self.phase_seconds.lock();
-        let mut key = (flow_type.to_owned(), phase.to_owned());
-        if !series.contains_key(&key) && series.len() >= self.max_series {
-            key = (OTHER_LABEL.to_owned(), OTHER_LABEL.to_owned());
-        }
-        series
-            .entry(key)
-            .or_insert_with(|| Histogram::new(&SECONDS))
-            .observe(seconds);
+        let family = &self.phase_seconds.family;
+        self.phase_seconds.handles.record(
+            (flow_type, phase),
+            (OTHER_LABEL, OTHER_LABEL),
+            |flow_type, phase| {
+                family.get_or_create_owned(&PhaseLabels {
+                    flow_type: flow_type.to_owned(),
+                    phase: phase.to_owned(),
+                })
+            },
+            |histogram| histogram.observe(seconds),
+        );
     }
 
     /// A failure-journal row of this kind was committed.
     pub fn failure(&self, kind: &str) {
-        let mut failures = self.failures.lock();
-        let key = if failures.contains_key(kind) || failures.len() < self.max_series {
-            kind
-        } else {
-            OTHER_LABEL
-        };
-        *failures.entry(key.to_owned()).or_default() += 1;
+        let family = &self.failures.family;
+        self.failures.handles.record(
+            (kind, ""),
+            (OTHER_LABEL, ""),
+            |kind, _| {
+                family.get_or_create_owned(&KindLabel {
+                    kind: kind.to_owned(),
+                })
+            },
+            |counter| {
+                counter.inc();
+            },
+        );
     }
 
     /// A phase attempt was scheduled again after a failure.
     pub fn retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
+        self.retries.inc();
     }
 
     /// A flow actor was restarted from stored state.
     pub fn actor_restart(&self) {
-        self.actor_restarts.fetch_add(1, Ordering::Relaxed);
+        self.actor_restarts.inc();
     }
 
     /// A flow actor did not answer its ping in time.
     pub fn ping_missed(&self) {
-        self.pings_missed.fetch_add(1, Ordering::Relaxed);
+        self.pings_missed.inc();
     }
 
     /// A phase attempt waited `seconds` for a handler thread before its handler started.
     pub fn handler_queued(&self, seconds: f64) {
-        self.handler_queued_seconds.lock().observe(seconds);
+        self.handler_queued_seconds.observe(seconds);
     }
 
     /// A batch of `writes` holding `events` committed in `seconds`.
     pub fn batch_committed(&self, writes: usize, events: usize, seconds: f64) {
-        self.events_committed
-            .fetch_add(events as u64, Ordering::Relaxed);
-        self.commit_seconds.lock().observe(seconds);
-        self.batch_writes.lock().observe(writes as f64);
+        self.events_committed.inc_by(events as u64);
+        self.commit_seconds.observe(seconds);
+        self.batch_writes.observe(writes as f64);
     }
 
     /// Failures counted so far, by kind.
     pub fn failures_by_kind(&self) -> BTreeMap<String, u64> {
-        self.failures.lock().clone()
+        self.failures
+            .handles
+            .series
+            .read()
+            .by_first
+            .iter()
+            .flat_map(|(kind, by)| {
+                by.values()
+                    .map(move |counter| (kind.clone(), counter.get()))
+            })
+            .collect()
     }
 
     /// Retries counted so far.
     pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.retries.get()
     }
 
     /// The Prometheus text exposition of everything, with `gauges` added.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
-        out.push_str("# HELP flowd_flows Flows by status.\n# TYPE flowd_flows gauge\n");
-        for (status, count) in &gauges.flows_by_status {
-            let _ = writeln!(out, "flowd_flows{{status=\"{status}\"}} {count}");
-        }
-        let gauge = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        };
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        gauge(
-            &mut out,
-            "flowd_live_flow_actors",
-            "Flow actors alive now.",
-            gauges.live_flow_actors as u64,
-        );
-        gauge(
-            &mut out,
-            "flowd_event_subscribers",
-            "Live event stream subscribers.",
-            gauges.event_subscribers as u64,
-        );
-        gauge(
-            &mut out,
-            "flowd_tasks_queued",
-            "External tasks waiting for a worker.",
-            gauges.queued_tasks as u64,
-        );
-        gauge(
-            &mut out,
-            "flowd_tasks_leased",
-            "External tasks leased to a worker.",
-            gauges.leased_tasks as u64,
-        );
-        gauge(
-            &mut out,
-            "flowd_persistence_outage_tries",
-            "Failed tries of the batch waiting out a database outage (0: writing normally).",
-            gauges.commit_outage_tries,
-        );
-        counter(
-            &mut out,
-            "flowd_persistence_refused_writes_total",
-            "Writes the database refused for their content; each failed alone.",
-            gauges.refused_writes,
-        );
-        counter(
-            &mut out,
-            "flowd_retries_total",
-            "Phase attempts scheduled again after a failure.",
-            self.retries(),
-        );
-        counter(
-            &mut out,
-            "flowd_actor_restarts_total",
-            "Flow actors restarted from stored state.",
-            self.actor_restarts.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "flowd_health_pings_missed_total",
-            "Pings a flow actor did not answer in time.",
-            self.pings_missed.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "flowd_events_committed_total",
-            "Events (durable transitions) committed.",
-            self.events_committed.load(Ordering::Relaxed),
-        );
-        out.push_str("# HELP flowd_failures_total Failure-journal rows, by kind.\n# TYPE flowd_failures_total counter\n");
-        for (kind, count) in self.failures.lock().iter() {
-            let _ = writeln!(out, "flowd_failures_total{{kind=\"{kind}\"}} {count}");
-        }
-        out.push_str("# HELP flowd_phase_duration_seconds Duration of phase attempts.\n# TYPE flowd_phase_duration_seconds histogram\n");
-        for ((flow_type, phase), histogram) in self.phase_seconds.lock().iter() {
-            let labels = format!(
-                "flow_type=\"{}\",phase=\"{}\"",
-                escape(flow_type),
-                escape(phase)
-            );
-            histogram.render(&mut out, "flowd_phase_duration_seconds", &labels);
-        }
-        out.push_str("# HELP flowd_handler_queued_seconds Time a phase attempt waited for a handler thread; its timeout starts after it.\n# TYPE flowd_handler_queued_seconds histogram\n");
-        self.handler_queued_seconds
-            .lock()
-            .render(&mut out, "flowd_handler_queued_seconds", "");
-        out.push_str("# HELP flowd_persistence_commit_seconds Latency of one batch commit.\n# TYPE flowd_persistence_commit_seconds histogram\n");
-        self.commit_seconds
-            .lock()
-            .render(&mut out, "flowd_persistence_commit_seconds", "");
-        out.push_str("# HELP flowd_persistence_batch_writes Writes per committed batch.\n# TYPE flowd_persistence_batch_writes histogram\n");
-        self.batch_writes
-            .lock()
-            .render(&mut out, "flowd_persistence_batch_writes", "");
+        // Writing to a String cannot fail, and every metric here encodes.
+        let _ = prometheus_text::encode(&mut out, &gauges.registry());
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -342,5 +432,51 @@ mod tests {
             )
         );
         assert!(text.contains("flowd_failures_total{kind=\"other\"} 8"));
+        assert_eq!(metrics.failures_by_kind()[OTHER_LABEL], 8);
+    }
+
+    #[test]
+    fn every_family_keeps_its_name_type_and_help() {
+        let gauges = Gauges {
+            flows_by_status: vec![("running".into(), 3)],
+            live_flow_actors: 2,
+            refused_writes: 5,
+            ..Gauges::default()
+        };
+        let metrics = RuntimeMetrics::default();
+        metrics.phase_finished("t", "a", 0.1);
+        metrics.failure("timeout");
+        let text = metrics.render(&gauges);
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "flowd_flows gauge",
+                "flowd_live_flow_actors gauge",
+                "flowd_event_subscribers gauge",
+                "flowd_tasks_queued gauge",
+                "flowd_tasks_leased gauge",
+                "flowd_persistence_outage_tries gauge",
+                "flowd_persistence_refused_writes_total counter",
+                "flowd_retries_total counter",
+                "flowd_actor_restarts_total counter",
+                "flowd_health_pings_missed_total counter",
+                "flowd_events_committed_total counter",
+                "flowd_failures_total counter",
+                "flowd_phase_duration_seconds histogram",
+                "flowd_handler_queued_seconds histogram",
+                "flowd_persistence_commit_seconds histogram",
+                "flowd_persistence_batch_writes histogram",
+            ]
+        );
+        assert!(text.contains("# HELP flowd_failures_total Failure-journal rows, by kind.\n"));
+        assert!(text.contains("flowd_flows{status=\"running\"} 3\n"));
+        assert!(text.contains("flowd_live_flow_actors 2\n"));
+        assert!(text.contains("flowd_persistence_refused_writes_total 5\n"));
+        assert!(text.contains("flowd_persistence_batch_writes_bucket{le=\"+Inf\"} 0\n"));
+        assert!(!text.contains("# EOF"), "Prometheus text, not OpenMetrics");
     }
 }

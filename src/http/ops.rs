@@ -44,6 +44,6 @@ pub async fn metrics(
     let cluster_families = crate::http::cluster::render_metrics(&cluster).await;
     let text = crate::http::cluster::with_families(text, &cluster_families);
     Ok(HttpResponse::Ok()
-        .insert_header(("content-type", "text/plain; version=0.0.4"))
+        .insert_header(("content-type", flowd_actors::metrics::CONTENT_TYPE))
         .body(text))
 }
