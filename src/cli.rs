@@ -299,8 +299,8 @@ fn flow_text(flow: &Value) -> String {
         text(&flow["status"]),
         bar(flow["progress_percentage"].as_f64().unwrap_or(0.0)),
     );
-    if let Some(reason) = flow.get("status_reason").filter(|r| !r.is_null()) {
-        out.push_str(&format!("\n  why: {reason}"));
+    if let Some(why) = reason_text(&flow["status_reason"]) {
+        out.push_str(&format!("\n  why: {why}"));
     }
     for phase in flow["phases"].as_array().into_iter().flatten() {
         let error = phase["error"]
@@ -520,6 +520,8 @@ async fn watch(api: &Api, id: &str, json: bool) -> Result<u8, CliError> {
         .map_err(|e| CliError::Unavailable(format!("websocket: {e}")))?;
     let live = !json && std::io::stdout().is_terminal();
     let mut status = String::new();
+    // The flow's own status reason, from its events: printed when it changes.
+    let mut why = String::new();
     while let Some(frame) = socket.next().await {
         match frame.map_err(|e| lost(e.to_string()))? {
             awc::ws::Frame::Text(bytes) => {
@@ -534,6 +536,19 @@ async fn watch(api: &Api, id: &str, json: bool) -> Result<u8, CliError> {
                         .as_str()
                         .unwrap_or_default()
                         .clone_into(&mut status);
+                }
+                let own = event["flow_id"]
+                    .as_str()
+                    .is_none_or(|flow_id| flow_id == id);
+                if let Some(now) = reason_text(&event["status_reason"]).filter(|r| own && *r != why)
+                {
+                    why = now;
+                    if !json {
+                        Output::line(&format!(
+                            "{}why: {why}",
+                            if live { "\r\x1b[2K" } else { "  " }
+                        ))?;
+                    }
                 }
                 if json {
                     Output::line(&event.to_string())?;
@@ -573,6 +588,53 @@ async fn watch(api: &Api, id: &str, json: bool) -> Result<u8, CliError> {
 
 fn is_terminal(status: &str) -> bool {
     matches!(status, "completed" | "failed" | "cancelled")
+}
+
+/// A flow's or an event's `status_reason` in words (`None` when it has none): why the flow is
+/// not progressing, as `show` and `watch` print it.
+fn reason_text(reason: &Value) -> Option<String> {
+    let field = |name: &str| text(&reason[name]).to_owned();
+    let text = match reason["kind"].as_str()? {
+        "starting" => "starting".to_owned(),
+        "paused" => format!("paused since {}", field("since")),
+        "running" => format!(
+            "running {} ({}), attempt {}",
+            field("phase"),
+            field("handler"),
+            reason["attempt"]
+        ),
+        "waiting_for_worker" => format!(
+            "waiting for a worker on queue `{}` since {}",
+            field("queue"),
+            field("since")
+        ),
+        "leased_by_worker" => format!(
+            "worker {} holds {} from queue `{}`",
+            field("worker_id"),
+            field("phase"),
+            field("queue")
+        ),
+        "waiting_for_children" => format!(
+            "waiting for children: {} of {} done",
+            reason["done"], reason["total"]
+        ),
+        "retry_backoff" => format!(
+            "retrying {} at {} after {} (attempt {} failed)",
+            field("phase"),
+            field("next_attempt_at"),
+            reason["after"].as_str().unwrap_or("a failure"),
+            reason["attempt"]
+        ),
+        "scheduled" => format!("next: {}", field("phase")),
+        "restarted_by_health" => format!(
+            "restarted by health after a missed ping at {}, resuming {} ({})",
+            field("since"),
+            field("phase"),
+            field("detail")
+        ),
+        other => other.to_owned(),
+    };
+    Some(text)
 }
 
 /// Runs a `flow-types` subcommand.

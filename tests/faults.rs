@@ -29,9 +29,9 @@ fn types() -> String {
         ),
         // Its deadline leaves the quick flows time to finish on a loaded machine.
         with_timeout(
-            flow_type_toml("blocks", &[("stuck", "block", "{ ms = 8000 }", 0)]),
+            flow_type_toml("blocks", &[("stuck", "block", "{ ms = 12000 }", 0)]),
             "stuck",
-            3,
+            6,
         ),
         flow_type_toml(
             "panics",

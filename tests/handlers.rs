@@ -93,7 +93,8 @@ fn command_types(dir: &Path) -> String {
                 )],
             ),
             "crew",
-            1,
+            // Long enough for python to start and write its pid on a loaded machine.
+            4,
         ),
     ]
     .concat()

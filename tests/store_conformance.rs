@@ -1243,23 +1243,42 @@ mod sqlite_upgrade {
             commit(&store, &[created, started]).await;
         }
 
-        // Back to the schema before the migration, with the rows the store wrote.
-        let migration = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/migrations/sqlite/2026-11-23-000000_plan_checks_flow_rows"
-        );
-        let down = std::fs::read_to_string(format!("{migration}/down.sql")).expect("down.sql");
+        // Back to the schema before the migration, with the rows the store wrote: it and every
+        // later migration are undone, newest first, and forgotten.
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
+        let mut undone: Vec<String> = std::fs::read_dir(folder)
+            .expect("migrations")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|name| name.as_str() >= "2026-11-23-000000_plan_checks_flow_rows")
+            .collect();
+        undone.sort();
+        undone.reverse();
         let mut conn = SqliteConnection::establish(&path.to_string_lossy()).expect("open");
         // The closed store's checkpoint thread may still be finishing its last checkpoint.
         conn.batch_execute("PRAGMA busy_timeout = 5000")
             .expect("busy timeout");
-        conn.batch_execute(&down).expect("down");
-        let forgotten = diesel::sql_query(
-            "DELETE FROM __diesel_schema_migrations WHERE version = '20261123000000'",
-        )
-        .execute(&mut conn)
-        .expect("forget the migration");
-        assert_eq!(forgotten, 1);
+        for migration in &undone {
+            let down = std::fs::read_to_string(format!("{folder}/{migration}/down.sql"))
+                .expect("down.sql");
+            conn.batch_execute(&down).expect("down");
+            let version: String = migration
+                .split('_')
+                .next()
+                .unwrap_or_default()
+                .replace('-', "");
+            let forgotten = diesel::sql_query(format!(
+                "DELETE FROM __diesel_schema_migrations WHERE version = '{version}'"
+            ))
+            .execute(&mut conn)
+            .expect("forget the migration");
+            assert_eq!(forgotten, 1, "{migration}");
+        }
         assert_eq!(foreign_keys(&mut conn, "events"), 1);
         assert_eq!(foreign_keys(&mut conn, "phase_runs"), 1);
         drop(conn);

@@ -45,6 +45,16 @@ handler = "fail"
 params = { times = 1 }
 retries = 1
 retry_backoff_ms = 60000
+
+[[flow_types]]
+name = "hiccup"
+version = 1
+[[flow_types.phases]]
+name = "bump"
+handler = "fail"
+params = { times = 1 }
+retries = 1
+retry_backoff_ms = 300
 "#;
 
 const AUTH: &str = r#"
@@ -238,8 +248,183 @@ async fn every_non_terminal_flow_says_why_it_is_not_progressing(backend: Backend
     assert!(flow["status_reason"].is_null(), "{flow}");
 }
 
+async fn events(server: &TestServer, id: &str) -> Vec<Value> {
+    let reply = get(server, &format!("/v1/flows/{id}/events")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body["events"].as_array().expect("events").clone()
+}
+
+async fn events_carry_the_reason_and_a_missed_ping_restart_is_one(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let config = config_for(&db, &format!("{TYPES}[faults]\nenabled = true\n"));
+    let server = TestServer::start_with_env(config, &[("FLOWD_HEALTH__PING_TIMEOUT_MS", "400")]);
+
+    // Every event of a transition carries the reason it left the flow with: the create of an
+    // external flow leaves it waiting for a worker.
+    let crewed = create(&server, "crewed", None).await;
+    let crewed = crewed["id"].as_str().unwrap().to_owned();
+    let history = events(&server, &crewed).await;
+    let kinds: Vec<&str> = history
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["flow_initialized", "flow_started", "phase_started"]);
+    for event in &history {
+        assert_eq!(
+            event["status_reason"]["kind"], "waiting_for_worker",
+            "{event}"
+        );
+        assert_eq!(event["status_reason"]["queue"], "crews", "{event}");
+    }
+
+    // A paused flow's pause event says so; a terminal event carries none.
+    let slow = create(&server, "slow", None).await;
+    let slow = slow["id"].as_str().unwrap().to_owned();
+    wait_for_flow(&server, &slow, Duration::from_secs(10), |f| {
+        f["status"] == "running"
+    })
+    .await;
+    assert_eq!(
+        post(&server, &format!("/v1/flows/{slow}/pause"), &json!({}))
+            .await
+            .status,
+        200
+    );
+    let paused = events(&server, &slow).await;
+    let last = paused.last().unwrap();
+    assert_eq!(
+        (
+            last["kind"].as_str(),
+            last["status_reason"]["kind"].as_str()
+        ),
+        (Some("flow_paused"), Some("paused")),
+        "{last}"
+    );
+    assert_eq!(
+        post(&server, &format!("/v1/flows/{slow}/cancel"), &json!({}))
+            .await
+            .status,
+        200
+    );
+    let cancelled = events(&server, &slow).await;
+    assert!(cancelled.last().unwrap().get("status_reason").is_none());
+
+    // A frozen actor misses its ping: the health actor restarts it, and the restart is the
+    // flow's reason, journaled and on its event history.
+    let frozen = create(&server, "slow", None).await;
+    let frozen = frozen["id"].as_str().unwrap().to_owned();
+    wait_for_flow(&server, &frozen, Duration::from_secs(10), |f| {
+        f["status_reason"]["kind"] == "running"
+    })
+    .await;
+    let reply = post(
+        &server,
+        &format!("/v1/flows/{frozen}/faults/freeze"),
+        &json!({ "ms": 3000, "times": 1 }),
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+    let flow = wait_for_flow(&server, &frozen, Duration::from_secs(20), |f| {
+        f["status_reason"]["kind"] == "restarted_by_health"
+    })
+    .await;
+    let reason = &flow["status_reason"];
+    assert_eq!(reason["phase"], "wait", "{flow}");
+    assert!(
+        reason["detail"].as_str().unwrap().contains("ping"),
+        "{flow}"
+    );
+    assert_eq!(flow["status"], "running");
+    let journal = get(&server, &format!("/v1/flows/{frozen}/failures"))
+        .await
+        .body;
+    let row = &journal["failures"].as_array().unwrap()[0];
+    assert_eq!(row["error_kind"], "missed_ping", "{journal}");
+    assert_eq!(row["phase"], "wait");
+    let history = events(&server, &frozen).await;
+    let restarted = history
+        .iter()
+        .find(|e| e["kind"] == "flow_restarted")
+        .unwrap_or_else(|| panic!("no flow_restarted event: {history:?}"));
+    assert_eq!(restarted["status_reason"]["kind"], "restarted_by_health");
+    assert_eq!(restarted["status"], "running");
+    let seqs: Vec<u64> = history.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+
+    // The reasons are stored with the events: a new server reads them back from the database.
+    let config = server.kill();
+    let server = TestServer::start(config);
+    let history = events(&server, &crewed).await;
+    assert_eq!(history.len(), 3);
+    assert!(
+        history
+            .iter()
+            .all(|e| e["status_reason"]["kind"] == "waiting_for_worker"),
+        "{history:?}"
+    );
+    let history = events(&server, &frozen).await;
+    assert!(
+        history.iter().any(|e| e["kind"] == "flow_restarted"
+            && e["status_reason"]["kind"] == "restarted_by_health"),
+        "{history:?}"
+    );
+}
+
+fn cli(server: &TestServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flowd"))
+        .args(args)
+        .args(["--server", &server.base])
+        .env_remove("FLOWD_API_KEY")
+        .output()
+        .expect("flowd runs")
+}
+
+async fn the_cli_says_why_in_show_and_watch(backend: Backend) {
+    let db = TestDatabase::new(backend);
+    let server = TestServer::start(config_for(&db, TYPES));
+    let crewed = create(&server, "crewed", None).await;
+    let crewed = crewed["id"].as_str().unwrap().to_owned();
+    wait_for_flow(&server, &crewed, Duration::from_secs(10), |f| {
+        f["status_reason"]["kind"] == "waiting_for_worker"
+    })
+    .await;
+    let shown = cli(&server, &["flows", "show", &crewed]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("why: waiting for a worker on queue `crews` since "),
+        "{text}"
+    );
+
+    // `watch` prints the reason each time the flow's events change it.
+    let hiccup = create(&server, "hiccup", None).await;
+    let hiccup = hiccup["id"].as_str().unwrap().to_owned();
+    let watched = cli(&server, &["flows", "watch", &hiccup]);
+    assert_eq!(watched.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&watched.stdout);
+    let whys: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("why: "))
+        .collect();
+    assert!(
+        whys.iter()
+            .any(|w| w.starts_with("running bump (fail), attempt 1")),
+        "{text}"
+    );
+    assert!(
+        whys.iter()
+            .any(|w| w.starts_with("retrying bump at ") && w.contains("(attempt 1 failed)")),
+        "{text}"
+    );
+    assert!(
+        whys.windows(2).all(|pair| pair[0] != pair[1]),
+        "printed only when it changes: {text}"
+    );
+}
+
 on_both_backends!(
+    the_cli_says_why_in_show_and_watch,
     the_dashboard_is_served_without_a_key_and_root_redirects,
     counts_and_queues_are_the_callers_own,
     every_non_terminal_flow_says_why_it_is_not_progressing,
+    events_carry_the_reason_and_a_missed_ping_restart_is_one,
 );

@@ -86,6 +86,7 @@ export function reasonText(reason) {
       return `Retrying ${reason.phase}${next} after ${reason.after || 'a failure'} (attempt ${reason.attempt} failed)`;
     }
     case 'scheduled': return `Next: ${reason.phase}`;
+    case 'restarted_by_health': return `Restarted by health after a missed ping at ${when(reason.since)}${reason.phase ? `, resuming ${reason.phase}` : ''} (${reason.detail})`;
     default: return reason.kind;
   }
 }
@@ -295,21 +296,9 @@ async function flowsPage() {
     setBar(progress, event.progress_percentage);
     tr.querySelector('.pct').textContent = pct(event.progress_percentage);
     tr.querySelector('.cell-updated').textContent = when(event.at);
+    // Every event says why its flow is where it is (none once terminal): no re-read.
     if (TERMINAL.has(event.status)) tr.querySelector('.cell-reason').replaceChildren();
-    else if (event.status === 'paused') tr.querySelector('.cell-reason').replaceChildren(reasonEl({ kind: 'paused', since: event.at }));
-    else if (['phase_started', 'phase_failed', 'flow_resumed', 'flow_retried'].includes(event.kind)) {
-      // The reason changes kind here (e.g. to waiting for a worker): re-read the row, at most
-      // once a second per row.
-      if (!entry.reread) {
-        entry.reread = throttle(async () => {
-          try {
-            const flow = await api(`/v1/flows/${event.flow_id}`);
-            if (rows.get(flow.id) === entry) tr.querySelector('.cell-reason').replaceChildren(reasonEl(flow.status_reason));
-          } catch { /* the next event tries again */ }
-        }, 1000);
-      }
-      entry.reread();
-    }
+    else if (event.status_reason) tr.querySelector('.cell-reason').replaceChildren(reasonEl(event.status_reason));
     return true;
   }
 
@@ -363,7 +352,7 @@ async function flowsPage() {
 
   const stop = stream('/v1/events/ws', counts.stream_after, (event) => {
     if (!update(event) && (event.kind === 'flow_initialized' || event.kind === 'flow_started')) reloadFirst();
-    if (['flow_initialized', 'flow_paused', 'flow_resumed', 'flow_completed', 'flow_failed', 'flow_cancelled', 'flow_retried'].includes(event.kind)) refreshCounts();
+    if (['flow_initialized', 'flow_started', 'flow_paused', 'flow_resumed', 'flow_completed', 'flow_failed', 'flow_cancelled', 'flow_retried'].includes(event.kind)) refreshCounts();
   });
   teardown.push(stop);
 }
@@ -382,7 +371,7 @@ async function flowPage(id) {
   // A flow that ends while on screen is announced once; one that had ended already is not.
   let announced = TERMINAL.has(flow.status);
   const status = h('span', { id: 'flow-status' });
-  const reason = h('p', { id: 'reason-line' });
+  const reason = h('p', { id: 'reason-line', 'aria-live': 'polite' });
   const progress = bar(flow.progress_percentage, 'flow progress', true);
   progress.id = 'flow-progress';
   const progressText = h('span', { class: 'pct', id: 'flow-progress-text' });
@@ -396,6 +385,8 @@ async function flowPage(id) {
   let ioKey = null;
   const history = [];
   const children = new Map();
+  // Flows of this tree seen on the stream that are not direct children (grandchildren).
+  const others = new Set();
 
   for (const action of ['pause', 'resume', 'cancel', 'retry']) {
     buttons[action] = h('button', {
@@ -423,34 +414,79 @@ async function flowPage(id) {
     }
   }
 
+  // Unfolded nodes of the children tree and what they listed: a redraw keeps them as they were.
+  const opened = new Map();
+  // One node of the children tree; its own children load when the user unfolds it.
+  function childItem(c) {
+    const nested = h('ul', { class: 'tree' });
+    const fill = (flows) => nested.replaceChildren(...(flows.length ? flows.map((g) => childItem(g)) : [h('li', { class: 'muted', text: 'no children' })]));
+    const more = h('details', {}, h('summary', { 'aria-label': `children of ${c.id}`, text: 'children' }), nested);
+    if (opened.has(c.id)) { more.open = true; fill(opened.get(c.id)); }
+    more.addEventListener('toggle', async () => {
+      if (!more.open) { opened.delete(c.id); return; }
+      if (opened.has(c.id)) return;
+      opened.set(c.id, []);
+      try {
+        const page = await api(`/v1/flows?parent_flow_id=${c.id}&limit=200`);
+        opened.set(c.id, page.flows);
+        fill(page.flows);
+      } catch (error) { nested.replaceChildren(h('li', { role: 'alert', text: error.message })); }
+    });
+    return h('li', { 'data-flow-id': c.id },
+      h('a', { href: `/ui/flows/${c.id}`, class: 'mono', text: c.id.slice(0, 8) + '…', 'aria-label': `child flow ${c.id}` }), ' ',
+      c.flow_type ? h('span', { class: 'muted', text: `${c.flow_type} ` }) : null, statusBadge(c.status), ' ',
+      bar(c.progress_percentage, `progress of child ${c.id}`), h('span', { class: 'pct', text: pct(c.progress_percentage) }), more);
+  }
+
   function renderFamily() {
     const parts = [];
     if (flow.master_flow_id !== flow.id) parts.push(h('p', {}, 'Master: ', h('a', { href: `/ui/flows/${flow.master_flow_id}`, class: 'mono', text: flow.master_flow_id })));
     if (flow.parent_flow_id && flow.parent_flow_id !== flow.master_flow_id) parts.push(h('p', {}, 'Parent: ', h('a', { href: `/ui/flows/${flow.parent_flow_id}`, class: 'mono', text: flow.parent_flow_id })));
     if (children.size) {
-      parts.push(h('h2', { text: `Children (${children.size})` }), h('ul', { id: 'children' },
-        ...[...children.values()].map((c) => h('li', { 'data-flow-id': c.id },
-          h('a', { href: `/ui/flows/${c.id}`, class: 'mono', text: c.id.slice(0, 8) + '…' }), ' ', statusBadge(c.status), ' ',
-          bar(c.progress_percentage, `progress of child ${c.id}`), h('span', { class: 'pct', text: pct(c.progress_percentage) })))));
+      const done = [...children.values()].filter((c) => TERMINAL.has(c.status)).length;
+      parts.push(h('h2', { text: `Children (${done} of ${children.size} done)` }), h('ul', { id: 'children', class: 'tree' },
+        ...[...children.values()].map((c) => childItem(c))));
     }
     family.replaceChildren(...parts);
   }
 
+  // Each attempt of `phase` from the event history: when it was due (the previous phase's end,
+  // or the end of the failed attempt before it), when it started and ended. Queued = due to
+  // start, backoff = the wait after a failed attempt, ran = start to end.
   function attemptsOf(phase) {
     const list = [];
+    let previous = null;
     for (const e of history) {
-      if (e.flow_id !== flow.id || e.current_phase !== phase) continue;
-      if (e.kind === 'phase_started') list.push({ start: e.at });
-      else if ((e.kind === 'phase_failed' || e.kind === 'phase_succeeded') && list.length && !list[list.length - 1].end) {
+      if (e.flow_id !== flow.id) continue;
+      if (e.current_phase === phase && e.kind === 'phase_started') {
+        const last = list[list.length - 1];
+        const retry = last && last.outcome === 'failed';
+        list.push({ start: e.at, due: retry ? last.end : previous, retry });
+      } else if (e.current_phase === phase && ['phase_failed', 'phase_succeeded'].includes(e.kind) && list.length && !list[list.length - 1].end) {
         Object.assign(list[list.length - 1], { end: e.at, outcome: e.kind === 'phase_failed' ? 'failed' : 'succeeded', error: e.error });
+      } else if (e.current_phase === phase && e.kind === 'flow_restarted' && list.length) {
+        list[list.length - 1].restarted = true;
       }
+      if (e.current_phase !== phase || e.kind !== 'phase_started') previous = e.at;
     }
     return list;
   }
 
+  function attemptText(a, i) {
+    const waited = a.due ? new Date(a.start) - new Date(a.due) : null;
+    const ran = (a.end ? new Date(a.end) : Date.now()) - new Date(a.start);
+    return [`#${i + 1}`, waited === null ? null : `${a.retry ? 'backoff' : 'queued'} ${span(waited)}`,
+      `${a.end ? 'ran' : 'running'} ${span(ran)}`, a.outcome || null, a.restarted ? 'restarted by health' : null,
+      a.error ? `— ${a.error}` : null].filter(Boolean).join(' · ');
+  }
+
+  function renderReason() {
+    reason.replaceChildren(flow.status_reason ? reasonEl(flow.status_reason, 'status-reason') : h('span', { id: 'status-reason', 'data-kind': '', class: 'muted', text: TERMINAL.has(flow.status) ? `Finished (${flow.status})` : '' }));
+  }
+
   function render() {
     status.replaceChildren(statusBadge(flow.status));
-    reason.replaceChildren(flow.status_reason ? reasonEl(flow.status_reason, 'status-reason') : h('span', { id: 'status-reason', 'data-kind': '', class: 'muted', text: TERMINAL.has(flow.status) ? `Finished (${flow.status})` : '' }));
+    renderReason();
     setBar(progress, flow.progress_percentage);
     progressText.textContent = pct(flow.progress_percentage);
     phaseLine.replaceChildren(
@@ -462,12 +498,8 @@ async function flowPage(id) {
     for (const [action, applies] of Object.entries(APPLIES)) buttons[action].disabled = !applies(flow.status);
     timeline.replaceChildren(...flow.phases.map((p) => {
       const attempts = attemptsOf(p.name);
-      const list = attempts.length > 1 || attempts.some((a) => a.outcome === 'failed')
-        ? h('ol', { class: 'attempts' }, ...attempts.map((a, i) => {
-          const wait = i > 0 && attempts[i - 1].end ? new Date(a.start) - new Date(attempts[i - 1].end) : null;
-          return h('li', {}, `${a.outcome || 'running'} after ${span(a.end ? new Date(a.end) - new Date(a.start) : Date.now() - new Date(a.start))}`,
-            wait !== null ? `, backoff ${span(wait)} before` : '', a.error ? ` — ${a.error}` : '');
-        }))
+      const list = attempts.length
+        ? h('ol', { class: 'attempts', 'aria-label': `attempts of ${p.name}` }, ...attempts.map((a, i) => h('li', { 'data-outcome': a.outcome || 'running' }, attemptText(a, i))))
         : null;
       const ran = p.started_at ? (p.finished_at ? new Date(p.finished_at) : new Date()) - new Date(p.started_at) : null;
       return h('tr', { 'data-phase': p.name },
@@ -503,9 +535,11 @@ async function flowPage(id) {
 
   async function loadChildren() {
     const page = await api(`/v1/flows?parent_flow_id=${id}&limit=200`);
-    for (const c of page.flows) children.set(c.id, c);
+    for (const c of page.flows) { children.set(c.id, c); others.delete(c.id); }
     renderFamily();
   }
+  const reloadChildren = throttle(() => loadChildren().catch(() => {}), 1000);
+  const renderChildren = throttle(() => renderFamily(), 250);
 
   const refetch = throttle(async () => {
     try {
@@ -529,7 +563,8 @@ async function flowPage(id) {
       h('td', { text: e.flow_id === flow.id ? e.seq : `child ${e.flow_id.slice(0, 8)}` }),
       h('td', { class: 'hide-narrow', text: when(e.at) }), h('td', {}, h('code', { text: e.kind })),
       h('td', {}, statusBadge(e.status)), h('td', { text: e.current_phase || '—' }),
-      h('td', { text: pct(e.progress_percentage) }), h('td', { text: e.error || '' })));
+      h('td', { text: pct(e.progress_percentage) }), h('td', { text: e.error || '' }),
+      h('td', { class: 'hide-narrow' }, e.status_reason ? reasonEl(e.status_reason) : null)));
     events.prepend(...rows.reverse());
     while (events.children.length > 300) events.lastElementChild.remove();
   };
@@ -557,7 +592,8 @@ async function flowPage(id) {
     h('h2', { id: 'events-title', text: 'Events' }),
     h('div', { class: 'table-wrap' }, h('table', { 'aria-labelledby': 'events-title' },
       h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Seq' }), h('th', { scope: 'col', class: 'hide-narrow', text: 'At' }),
-        ...['Kind', 'Status', 'Phase', 'Progress', 'Error'].map((t) => h('th', { scope: 'col', text: t })))), events)));
+        ...['Kind', 'Status', 'Phase', 'Progress', 'Error'].map((t) => h('th', { scope: 'col', text: t })),
+        h('th', { scope: 'col', class: 'hide-narrow', text: 'Why' }))), events)));
   render();
   await Promise.all([loadFailures(), loadChildren()]);
 
@@ -571,12 +607,21 @@ async function flowPage(id) {
       flow.progress_percentage = Math.max(flow.progress_percentage, event.progress_percentage);
       flow.current_phase = event.current_phase;
       flow.next_phase = event.next_phase;
-      if (event.kind === 'phase_failed') refetchFailures();
+      // The event says why, as its transition left the flow: shown at once, before the re-read.
+      if (TERMINAL.has(event.status)) flow.status_reason = null;
+      else if (event.status_reason) flow.status_reason = event.status_reason;
+      status.replaceChildren(statusBadge(flow.status));
+      renderReason();
+      if (['phase_failed', 'flow_restarted'].includes(event.kind)) refetchFailures();
       refetch();
-    } else {
-      const child = children.get(event.flow_id) || { id: event.flow_id };
+    } else if (children.has(event.flow_id)) {
+      const child = children.get(event.flow_id);
       children.set(event.flow_id, { ...child, status: event.status, progress_percentage: event.progress_percentage });
-      refetch();
+      renderChildren();
+    } else if (!others.has(event.flow_id)) {
+      // A new child, or a deeper descendant of the tree (shown under its own parent).
+      others.add(event.flow_id);
+      reloadChildren();
     }
   });
   teardown.push(stop, () => { if (frame) cancelAnimationFrame(frame); });

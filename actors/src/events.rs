@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::ids::{FlowId, Tenant};
 use crate::model::{FlowState, FlowStatus};
+use crate::status_reason::StatusReason;
 
 /// What happened. Together with `status` this tells a watcher everything it needs to redraw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -32,6 +33,9 @@ pub enum EventKind {
     PhaseProgress,
     /// A phase's primary handler was unavailable; its fallback runs the attempt.
     PhaseFallback,
+    /// The health actor found the flow's actor silent and started a new one from the stored
+    /// state (journaled as `missed_ping`); `error` says what it saw.
+    FlowRestarted,
 }
 
 impl EventKind {
@@ -51,6 +55,7 @@ impl EventKind {
             Self::FlowRetried => "flow_retried",
             Self::PhaseProgress => "phase_progress",
             Self::PhaseFallback => "phase_fallback",
+            Self::FlowRestarted => "flow_restarted",
         }
     }
 
@@ -60,7 +65,7 @@ impl EventKind {
     }
 }
 
-const ALL_KINDS: [EventKind; 13] = [
+const ALL_KINDS: [EventKind; 14] = [
     EventKind::FlowInitialized,
     EventKind::FlowStarted,
     EventKind::PhaseStarted,
@@ -74,6 +79,7 @@ const ALL_KINDS: [EventKind; 13] = [
     EventKind::FlowRetried,
     EventKind::PhaseProgress,
     EventKind::PhaseFallback,
+    EventKind::FlowRestarted,
 ];
 
 /// One committed transition of one flow. `seq` is gap-free per flow; `id` rises across all flows.
@@ -93,6 +99,12 @@ pub struct FlowEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub at: DateTime<Utc>,
+    /// Why the flow is not progressing once this event's transition committed (every event of
+    /// one transition carries the same); absent once the flow is terminal. Set by whoever
+    /// commits the transition ([`crate::status_reason::stamp`]) and stored with the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<StatusReason>))]
+    pub status_reason: Option<Arc<StatusReason>>,
     /// Scope for tenant streams; not part of the event JSON.
     #[serde(skip)]
     pub client_account_id: String,
@@ -118,6 +130,7 @@ impl FlowEvent {
             progress_percentage: flow.progress_percentage,
             error,
             at: flow.updated_at,
+            status_reason: None,
             client_account_id: flow.client_account_id.clone(),
             engagement_id: flow.engagement_id.clone(),
             flow_type: flow.flow_type.clone(),
@@ -515,6 +528,7 @@ mod tests {
             progress_percentage: 0.0,
             error: None,
             at: Utc::now(),
+            status_reason: None,
             client_account_id: tenant.client_account_id,
             engagement_id: tenant.engagement_id,
             flow_type: "t".into(),

@@ -173,6 +173,38 @@ pub fn recover(flow: &mut FlowState, definition: &FlowType, now: DateTime<Utc>) 
     }
 }
 
+/// A new actor for a flow whose previous one the health actor found silent: the restart is
+/// journaled (`missed_ping`) and on the event stream (`flow_restarted`), and the flow is then
+/// recovered as after any restart, in the same write.
+pub fn restarted(
+    flow: &mut FlowState,
+    definition: &FlowType,
+    detail: &str,
+    now: DateTime<Utc>,
+) -> Step {
+    if flow.status.is_terminal() {
+        return recover(flow, definition, now);
+    }
+    let mut step = Step::new();
+    let (phase, attempt) = flow
+        .current()
+        .map_or((None, 0), |(_, p)| (Some(p.name.clone()), p.attempt));
+    let diagnostic = json!({
+        "retryable": true,
+        "will_retry": flow.status == FlowStatus::Running,
+        "detail": "the flow actor was restarted from the stored state; a running attempt runs again with the same idempotency key",
+    });
+    step.failure = Some(journal_row(
+        flow,
+        (phase, attempt),
+        (crate::status_reason::MISSED_PING, detail),
+        diagnostic,
+        now,
+    ));
+    step.emit(flow, EventKind::FlowRestarted, Some(detail.to_owned()), now);
+    merge(step, recover(flow, definition, now))
+}
+
 /// A running flow whose current phase is not in flight: start, re-run or retry it.
 fn continue_current(
     flow: &mut FlowState,
@@ -593,17 +625,13 @@ pub fn abort(
             step.touch(index);
         }
     }
-    step.failure = Some(FailureRecord {
-        id: 0,
-        flow_id: flow.id,
-        master_flow_id: flow.master_flow_id,
-        phase,
-        attempt,
-        error_kind: error_kind.to_owned(),
-        message: message.to_owned(),
-        diagnostic: json!({}),
-        at: now,
-    });
+    step.failure = Some(journal_row(
+        flow,
+        (phase, attempt),
+        (error_kind, message),
+        json!({}),
+        now,
+    ));
     flow.status = FlowStatus::Failed;
     step.emit(
         flow,
@@ -622,6 +650,27 @@ fn storable_error(mut error: HandlerError) -> HandlerError {
     error.message = storable_text(&error.message);
     error.diagnostic = make_storable(std::mem::take(&mut error.diagnostic));
     error
+}
+
+/// A failure-journal row of `flow`: `(phase, attempt)` it is about, `(kind, message)`.
+fn journal_row(
+    flow: &FlowState,
+    (phase, attempt): (Option<String>, u32),
+    (error_kind, message): (&str, &str),
+    diagnostic: serde_json::Value,
+    now: DateTime<Utc>,
+) -> FailureRecord {
+    FailureRecord {
+        id: 0,
+        flow_id: flow.id,
+        master_flow_id: flow.master_flow_id,
+        phase,
+        attempt,
+        error_kind: error_kind.to_owned(),
+        message: message.to_owned(),
+        diagnostic,
+        at: now,
+    }
 }
 
 fn merge(mut first: Step, rest: Step) -> Step {

@@ -426,7 +426,8 @@ impl Runtime {
     }
 
     /// Why `flow` is not progressing (`None` once it is terminal). Reads at most one indexed
-    /// row for a running external attempt (its task) or a failed phase (its journal); with
+    /// row for a running external attempt (its task), a failed phase (its journal) or, with
+    /// `count_children`, the flow's last event when memory no longer holds it; with
     /// `count_children` a fan-out phase also lists the flow's children (one flow's read, not a
     /// listing's: without it such a phase reads as `running`).
     pub async fn status_reason(
@@ -436,6 +437,25 @@ impl Runtime {
     ) -> Result<Option<StatusReason>, RuntimeError> {
         if flow.status.is_terminal() {
             return Ok(None);
+        }
+        // A restart after a missed ping is the reason until the flow's next transition: its
+        // event is the flow's last one (from memory; one flow's read also asks the store).
+        let last = match self.fanout.any_recent_event(flow.id) {
+            Some(event) => event
+                .status_reason
+                .clone()
+                .filter(|_| event.seq == flow.last_seq),
+            None if count_children && flow.last_seq > 0 => self
+                .store
+                .flow_events(flow.id, flow.last_seq - 1, 1)
+                .await?
+                .pop()
+                .and_then(|event| event.status_reason),
+            None => None,
+        };
+        if let Some(reason) = last.filter(|r| matches!(**r, StatusReason::RestartedByHealth { .. }))
+        {
+            return Ok(Some((*reason).clone()));
         }
         let definition = self
             .flow_type(&flow.flow_type, Some(flow.flow_type_version))

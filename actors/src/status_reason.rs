@@ -2,13 +2,18 @@
 //! derived from what is stored (the flow's phases, its definition, its last failure, the task
 //! of an external attempt, its children). Pure: the caller gathers the facts, the clock is not
 //! read here, and a missing fact makes the reason coarser, never wrong.
+//!
+//! Two callers: a read of the flow (the flow JSON, from stored facts) and the flow actor at each
+//! transition ([`stamp`], from the facts it holds: no read), whose reason every event of the
+//! transition carries.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::definition::FlowType;
+use crate::events::{EventKind, FlowEvent};
 use crate::machine::{DEFAULT_BACKOFF_MS, backoff};
-use crate::model::{FlowState, FlowStatus, PhaseStatus};
+use crate::model::{FailureRecord, FlowState, FlowStatus, PhaseStatus};
 use crate::task::{TaskRecord, TaskStatus};
 
 /// The reason a non-terminal flow is where it is; `kind` names the case.
@@ -61,7 +66,21 @@ pub enum StatusReason {
     },
     /// Between two phases: the next one is about to start.
     Scheduled { phase: String },
+    /// The health actor found the flow's actor silent (a missed ping) and started a new one
+    /// from the stored state; it resumes at `phase` (until the flow's next transition).
+    RestartedByHealth {
+        /// The phase the new actor resumes, if any.
+        phase: Option<String>,
+        /// When the restart was journaled.
+        since: DateTime<Utc>,
+        /// What the health actor saw, e.g. `no answer to ping within 5s`.
+        detail: String,
+    },
 }
+
+/// The failure-journal kind (and [`EventKind::FlowRestarted`]'s error) of a restart after a
+/// missed ping.
+pub const MISSED_PING: &str = "missed_ping";
 
 /// What the caller found out besides the flow itself; every field may be left empty.
 #[derive(Clone, Debug, Default)]
@@ -158,6 +177,92 @@ pub fn status_reason(flow: &FlowState, facts: &ReasonFacts<'_>) -> Option<Status
     }
 }
 
+/// The reason as the flow actor knows it right after a transition, from the flow, its definition
+/// and the transition's own journal row; no read. An `external` attempt that has just started
+/// waits for a worker; a fan-out phase reads `running` (its children are not counted here).
+pub fn at_transition(
+    flow: &FlowState,
+    definition: &FlowType,
+    failure: Option<&FailureRecord>,
+    last_kind: Option<EventKind>,
+) -> Option<StatusReason> {
+    let current = flow.current().map(|(_, p)| p);
+    if let (Some(failure), Some(phase)) = (failure, current)
+        && failure.error_kind == MISSED_PING
+    {
+        return Some(StatusReason::RestartedByHealth {
+            phase: Some(phase.name.clone()),
+            since: failure.at,
+            detail: failure.message.clone(),
+        });
+    }
+    let last_failure_kind = failure
+        .filter(|f| current.is_some_and(|p| f.phase.as_deref() == Some(p.name.as_str())))
+        .map(|f| f.error_kind.as_str());
+    let facts = ReasonFacts {
+        definition: Some(definition),
+        last_failure_kind,
+        ..ReasonFacts::default()
+    };
+    let reason = status_reason(flow, &facts)?;
+    let phase_definition = current.and_then(|p| definition.phase(&p.name));
+    match (reason, phase_definition) {
+        // The fallback runs this attempt: it is not waiting on the primary's queue.
+        (
+            StatusReason::Running {
+                phase,
+                attempt,
+                since,
+                ..
+            },
+            Some(d),
+        ) if last_kind == Some(EventKind::PhaseFallback) => Some(StatusReason::Running {
+            phase,
+            attempt,
+            handler: d.fallback.clone().unwrap_or_default(),
+            since,
+        }),
+        (
+            StatusReason::Running {
+                phase,
+                since: Some(since),
+                ..
+            },
+            Some(d),
+        ) if d.handler == "external" => {
+            match d.params.get("queue").and_then(serde_json::Value::as_str) {
+                Some(queue) => Some(StatusReason::WaitingForWorker {
+                    phase,
+                    queue: queue.to_owned(),
+                    since,
+                }),
+                None => status_reason(flow, &facts),
+            }
+        }
+        (reason, _) => Some(reason),
+    }
+}
+
+/// Gives every event of one transition the reason the transition left `flow` with (`None`
+/// once terminal): called by whoever commits the transition, before it is written.
+pub fn stamp(
+    events: &mut [FlowEvent],
+    flow: &FlowState,
+    definition: &FlowType,
+    failure: Option<&FailureRecord>,
+) {
+    let Some(last) = events.last() else {
+        return;
+    };
+    let Some(reason) = at_transition(flow, definition, failure, Some(last.kind)) else {
+        return;
+    };
+    let reason = std::sync::Arc::new(reason);
+    for event in events {
+        event.status_reason = Some(reason.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -182,6 +287,7 @@ mod tests {
                 PhaseDefinition {
                     retry_backoff_ms: Some(2000),
                     retries: 3,
+                    params: json!({"queue": "crews"}),
                     ..PhaseDefinition::new("crew", "external")
                 },
                 PhaseDefinition::new("fan", "child_flows"),
@@ -334,5 +440,86 @@ mod tests {
                 total: 10,
             })
         );
+    }
+
+    fn journal(flow: &FlowState, kind: &str, message: &str, seconds: i64) -> FailureRecord {
+        FailureRecord {
+            id: 0,
+            flow_id: flow.id,
+            master_flow_id: flow.master_flow_id,
+            phase: Some("crew".into()),
+            attempt: 1,
+            error_kind: kind.into(),
+            message: message.into(),
+            diagnostic: json!({}),
+            at: at(seconds),
+        }
+    }
+
+    #[test]
+    fn a_transition_stamps_every_event_with_what_the_actor_knows() {
+        let definition = definition();
+        let mut flow = flow(&definition);
+        flow.phases[0].status = PhaseStatus::Running;
+        flow.phases[0].attempt = 1;
+        flow.phases[0].started_at = Some(at(1));
+        let mut events = vec![
+            FlowEvent::of(&flow, EventKind::FlowStarted, None),
+            FlowEvent::of(&flow, EventKind::PhaseStarted, None),
+        ];
+        stamp(&mut events, &flow, &definition, None);
+        for event in &events {
+            assert_eq!(
+                event.status_reason.as_deref(),
+                Some(&StatusReason::WaitingForWorker {
+                    phase: "crew".into(),
+                    queue: "crews".into(),
+                    since: at(1),
+                })
+            );
+        }
+        // A restart after a missed ping is the reason, whatever the phase is doing.
+        let restart = journal(&flow, MISSED_PING, "no answer to ping within 5s", 9);
+        assert_eq!(
+            at_transition(&flow, &definition, Some(&restart), None),
+            Some(StatusReason::RestartedByHealth {
+                phase: Some("crew".into()),
+                since: at(9),
+                detail: "no answer to ping within 5s".into(),
+            })
+        );
+        // Terminal: nothing to stamp.
+        flow.status = FlowStatus::Completed;
+        let mut events = vec![FlowEvent::of(&flow, EventKind::FlowCompleted, None)];
+        stamp(&mut events, &flow, &definition, None);
+        assert_eq!(events[0].status_reason, None);
+        assert!(
+            serde_json::to_value(&events[0])
+                .unwrap()
+                .get("status_reason")
+                .is_none(),
+            "absent, not null"
+        );
+    }
+
+    #[test]
+    fn a_failed_attempt_names_its_kind_and_a_fallback_is_not_waiting_on_the_queue() {
+        let mut definition = definition();
+        definition.phases[0].fallback = Some("noop".into());
+        let mut flow = flow(&definition);
+        flow.phases[0].status = PhaseStatus::Failed;
+        flow.phases[0].attempt = 1;
+        flow.phases[0].finished_at = Some(at(10));
+        let failure = journal(&flow, "timeout", "no result", 10);
+        assert!(matches!(
+            at_transition(&flow, &definition, Some(&failure), None),
+            Some(StatusReason::RetryBackoff { after: Some(kind), .. }) if kind == "timeout"
+        ));
+        flow.phases[0].status = PhaseStatus::Running;
+        flow.phases[0].started_at = Some(at(11));
+        assert!(matches!(
+            at_transition(&flow, &definition, None, Some(EventKind::PhaseFallback)),
+            Some(StatusReason::Running { handler, .. }) if handler == "noop"
+        ));
     }
 }

@@ -79,6 +79,7 @@ pub const EVENT_COLUMNS: &[&str] = &[
     "progress_percentage",
     "error",
     "at",
+    "status_reason",
 ];
 
 /// Columns of a `failures` insert, in bind order; the database assigns `id`.

@@ -155,6 +155,8 @@ pub struct EventRow {
     pub progress_percentage: f64,
     pub error: Option<String>,
     pub at: DbTime,
+    /// The flow's status reason as JSON text.
+    pub status_reason: Option<String>,
 }
 
 impl EventRow {
@@ -175,6 +177,13 @@ impl EventRow {
             progress_percentage: self.progress_percentage,
             error: self.error,
             at: self.at.0,
+            status_reason: self
+                .status_reason
+                .map(|json| {
+                    serde_json::from_str(&json)
+                        .map_err(|e| StoreError::Corrupt(format!("events.status_reason: {e}")))
+                })
+                .transpose()?,
             client_account_id: self.client_account_id,
             engagement_id: self.engagement_id,
             flow_type: self.flow_type,
@@ -343,6 +352,8 @@ pub struct EventWrite<'a> {
     pub seq: i64,
     pub master_flow_id: DbUuid,
     pub at: DbTime,
+    /// The event's status reason as JSON text.
+    pub status_reason: Option<String>,
 }
 
 impl<'a> EventWrite<'a> {
@@ -354,6 +365,10 @@ impl<'a> EventWrite<'a> {
             seq: to_i64("event seq", event.seq)?,
             master_flow_id: DbUuid(event.master_flow_id.0),
             at: DbTime(event.at),
+            status_reason: event
+                .status_reason
+                .as_deref()
+                .and_then(|reason| serde_json::to_string(reason).ok()),
         })
     }
 }

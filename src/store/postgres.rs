@@ -204,7 +204,8 @@ pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Re
             .bind::<Nullable<Text>, _>(column(rows, |r| r.event.next_phase.as_deref()))
             .bind::<Double, _>(column(rows, |r| r.event.progress_percentage))
             .bind::<Nullable<Text>, _>(column(rows, |r| r.event.error.as_deref()))
-            .bind::<SqlTime, _>(column(rows, |r| r.at));
+            .bind::<SqlTime, _>(column(rows, |r| r.at))
+            .bind::<Nullable<Text>, _>(column(rows, |r| r.status_reason.as_deref()));
         sent.push((q.execute(&mut &*conn), None));
     }
 

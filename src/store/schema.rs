@@ -112,6 +112,7 @@ diesel::table! {
         progress_percentage -> Double,
         error -> Nullable<Text>,
         at -> SqlTime,
+        status_reason -> Nullable<Text>,
     }
 }
 

@@ -352,6 +352,8 @@ impl QueryFragment<Sqlite> for InsertEvents<'_, '_> {
             out.push_bind_param::<Nullable<Text>, _>(&e.error)?;
             out.push_sql(", ");
             out.push_bind_param::<SqlTime, _>(&row.at)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(&row.status_reason)?;
         }
         out.push_sql(")");
         Ok(())
@@ -515,7 +517,7 @@ impl RunQueryDsl<SqliteConnection> for UpsertTask<'_, '_> {}
 /// test).
 const EVENT_COLUMN_LIST: &str = "id, flow_id, seq, master_flow_id, client_account_id, \
      engagement_id, flow_type, kind, status, current_phase, next_phase, progress_percentage, \
-     error, at";
+     error, at, status_reason";
 
 /// The column list of [`UpsertTask`], in its bind order ([`columns::TASK_COLUMNS`], checked by a
 /// test).

@@ -65,6 +65,21 @@ handler = "child_flows"
 params = { flow_type = "quick", count = 3 }
 
 [[flow_types]]
+name = "jumpy"
+version = 1
+[[flow_types.phases]]
+name = "start"
+handler = "noop"
+next_phase = "finish"
+[[flow_types.phases]]
+name = "skipped"
+handler = "noop"
+[[flow_types.phases]]
+name = "finish"
+handler = "sleep"
+params = { ms = 10 }
+
+[[flow_types]]
 name = "crewed"
 version = 1
 [[flow_types.phases]]

@@ -76,4 +76,7 @@ pub enum StopCause {
     StoreUnavailable(String),
     /// Anything else: a crash, a stop without a reason.
     Fault(String),
+    /// The health actor found it silent (a missed ping) and had it stopped: a fault whose
+    /// restart is journaled (`missed_ping`) and shown as the flow's status reason.
+    Silent(String),
 }

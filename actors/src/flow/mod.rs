@@ -26,6 +26,7 @@ use crate::machine::{self, Effect, Rejected, Step};
 use crate::metrics::RuntimeMetrics;
 use crate::model::{FlowState, PhaseStatus, now};
 use crate::persistence::{Persist, PersistenceActor};
+use crate::status_reason;
 use crate::store::{TransitionWrite, Write};
 pub use messages::{
     Control, ControlCommand, FlowStopped, PhaseFinished, PhaseProgress, Ping, Pong, StopCause,
@@ -55,6 +56,9 @@ pub enum StartMode {
     Run(Effect),
     /// Rebuild from the stored state: after a crash, a restart or at boot.
     Recover,
+    /// [`StartMode::Recover`] after the health actor found the previous life silent: the
+    /// restart (what it saw) is journaled and streamed first, in the same write.
+    RestartedSilent(String),
     /// Do nothing until told (a terminal flow woken up for `retry`).
     Idle,
 }
@@ -134,7 +138,7 @@ impl FlowActor {
     }
 
     /// Queues a step's writes; its effect follows their commit. Empty steps act at once.
-    fn apply(&mut self, step: Step, reply: Option<Reply>, ctx: &mut Context<Self>) {
+    fn apply(&mut self, mut step: Step, reply: Option<Reply>, ctx: &mut Context<Self>) {
         if step.is_empty() && self.outbox.is_empty() && !self.writing {
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(self.flow.clone()));
@@ -142,6 +146,13 @@ impl FlowActor {
             self.carry_out(step.effect, ctx);
             return;
         }
+        // From what this actor holds: no read on the way to the commit.
+        status_reason::stamp(
+            &mut step.events,
+            &self.flow,
+            &self.definition,
+            step.failure.as_ref(),
+        );
         let (write, effect) = step.into_write(&self.flow);
         let reply = reply.map(|reply| (reply, self.flow.clone()));
         self.outbox.push_back(Outgoing {
@@ -461,6 +472,12 @@ impl Actor for FlowActor {
                 self.resuming = true;
                 let step = machine::recover(&mut self.flow, &self.definition, now());
                 debug!(flow_id = %self.flow.id, status = %self.flow.status, "flow recovered");
+                self.apply(step, None, ctx);
+            }
+            Some(StartMode::RestartedSilent(detail)) => {
+                self.resuming = true;
+                let step = machine::restarted(&mut self.flow, &self.definition, &detail, now());
+                info!(flow_id = %self.flow.id, %detail, "flow restarted after a missed ping");
                 self.apply(step, None, ctx);
             }
             Some(StartMode::Idle) | None => {}

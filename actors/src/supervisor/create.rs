@@ -70,7 +70,13 @@ async fn create(
         request.master_flow_id = Some(parent.master_flow_id);
     }
     let mut flow = FlowState::new_initialized(&definition, request);
-    let (write, effect) = machine::create(&mut flow, &definition, now());
+    let (mut write, effect) = machine::create(&mut flow, &definition, now());
+    crate::status_reason::stamp(
+        &mut write.events,
+        &flow,
+        &definition,
+        write.failure.as_ref(),
+    );
     persistence
         .send(Persist::unfenced(Write::Transition(write)))
         .await??;

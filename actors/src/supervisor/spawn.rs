@@ -93,8 +93,10 @@ impl Supervisor {
     /// Loads the flow and starts a fresh actor for it. Faults count toward the restart
     /// intensity, past which the flow fails; database outages are only waited out.
     pub(super) fn restart(&mut self, flow_id: FlowId, cause: StopCause, ctx: &mut Context<Self>) {
+        // A silent actor's successor journals the restart and shows it as the flow's reason.
+        let silent = matches!(cause, StopCause::Silent(_));
         let (exceeded, delay, reason) = match cause {
-            StopCause::Fault(reason) => {
+            StopCause::Fault(reason) | StopCause::Silent(reason) => {
                 let exceeded = !self.allow_restart(flow_id);
                 let attempts = self.restarts.get(&flow_id).map_or(0, VecDeque::len) as u32;
                 (
@@ -114,6 +116,11 @@ impl Supervisor {
         let registry = self.registry.clone();
         let persistence = self.persistence.clone();
         let metrics = self.metrics.clone();
+        let mode = if silent {
+            StartMode::RestartedSilent(reason.clone())
+        } else {
+            StartMode::Recover
+        };
         ctx.run_later(delay, move |act, ctx| {
             let began = act.stale_reads.begin();
             let load = async move {
@@ -151,7 +158,7 @@ impl Supervisor {
                     Ok(Some((flow, definition))) => {
                         info!(flow_id = %flow_id, "flow actor restarted from stored state");
                         act.metrics.actor_restart();
-                        act.spawn_flow(flow, definition, StartMode::Recover, ctx);
+                        act.spawn_flow(flow, definition, mode, ctx);
                     }
                     // Ended: nothing of it is kept.
                     Ok(None) => act.forget(flow_id),
@@ -241,6 +248,6 @@ impl Handler<RestartFlow> for Supervisor {
             live.addr.do_send(StopFlow);
         }
         warn!(flow_id = %message.flow_id, reason = %message.reason, "restarting flow actor");
-        self.restart(message.flow_id, StopCause::Fault(message.reason), ctx);
+        self.restart(message.flow_id, StopCause::Silent(message.reason), ctx);
     }
 }
