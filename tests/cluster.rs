@@ -309,3 +309,45 @@ async fn postgres_nodes_see_each_other_and_a_killed_one_goes_down() {
     assert_eq!(node_gauge(&a, "stopped").await, Some(1.0));
     assert_eq!(node_gauge(&a, "up").await, Some(1.0));
 }
+
+/// Three nodes started at the same moment on an empty PostgreSQL database all come up: the
+/// migrations run under an advisory lock, one node at a time, instead of racing on
+/// `CREATE TABLE`. Three fresh databases, so that one lucky interleaving does not pass it.
+#[cfg(flowd_postgres_tests)]
+#[actix_web::test]
+async fn postgres_nodes_started_at_once_on_an_empty_database_all_come_up() {
+    for round in 0..3 {
+        let db = TestDatabase::new(Backend::Postgres);
+        let config = config_for(&db, CLUSTER);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let starts: Vec<_> = (0..3)
+            .map(|_| {
+                let (config, barrier) = (config.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    try_start(&config)
+                })
+            })
+            .collect();
+        let mut running = Vec::new();
+        for start in starts {
+            match start.join().expect("start thread") {
+                Start::Listening(server) => running.push(server),
+                Start::Refused { code, stderr } => {
+                    panic!("round {round}: a node did not come up ({code:?}): {stderr}")
+                }
+            }
+        }
+        let store = flowd::store::DbStore::connect(&db.url, 1)
+            .await
+            .expect("open the database");
+        use flowd_actors::cluster::NodeStore;
+        let list = store.list_nodes().await.expect("nodes");
+        assert_eq!(list.nodes.len(), 3, "round {round}: {list:?}");
+        assert!(
+            list.nodes.iter().all(|n| n.stopped_at.is_none()),
+            "{list:?}"
+        );
+        drop(running);
+    }
+}

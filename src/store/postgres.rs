@@ -72,13 +72,36 @@ pub fn writer(url: &str) -> Result<PgPool, StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("cannot build the PostgreSQL writer: {e}")))
 }
 
+/// The advisory lock key under which nodes migrate, one at a time (`flowd` in ASCII).
+const MIGRATION_LOCK: i64 = 0x0066_6c6f_7764;
+
+/// Runs the pending migrations holding `pg_advisory_lock(MIGRATION_LOCK)`. Several nodes
+/// starting at once on an empty database would otherwise race: `CREATE TABLE` (and diesel's own
+/// `CREATE TABLE IF NOT EXISTS __diesel_schema_migrations`) fails with a unique violation on
+/// `pg_type` in all but one of them. Under the lock the first node migrates and the others wait,
+/// then find nothing pending. The lock is a session lock: if this process dies mid-migration the
+/// connection closes and PostgreSQL releases it.
 fn migrate(url: &str) -> Result<(), StoreError> {
     use diesel::Connection;
     let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(url)
         .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
-    conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|e| StoreError::Unavailable(format!("migrating PostgreSQL failed: {e}")))?;
-    Ok(())
+    let lock = |conn: &mut AsyncConnectionWrapper<AsyncPgConnection>, function: &str| {
+        diesel::RunQueryDsl::execute(
+            diesel::sql_query(format!("SELECT {function}($1)"))
+                .bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK),
+            conn,
+        )
+        .map_err(|e| StoreError::Unavailable(format!("{function} failed: {e}")))
+    };
+    lock(&mut conn, "pg_advisory_lock")?;
+    let migrated = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(drop)
+        .map_err(|e| StoreError::Unavailable(format!("migrating PostgreSQL failed: {e}")));
+    // Released also when the connection closes just below; unlocking first lets a waiting node
+    // go on without waiting for the disconnect.
+    let unlocked = lock(&mut conn, "pg_advisory_unlock");
+    migrated.and(unlocked.map(drop))
 }
 
 /// Writes a planned batch inside the caller's transaction, one statement per table that has
