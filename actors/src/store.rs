@@ -199,6 +199,14 @@ pub trait FlowStore: Send + Sync + 'static {
         false
     }
 
+    /// [`FlowStore::commit`], durable when it returns even for a store whose commits need a
+    /// sync: for a writer with nothing queued behind the batch, one trip instead of a commit
+    /// and then a sync. A failed sync after the commit is fatal, as for
+    /// [`FlowStore::sync_commits`].
+    fn commit_synced<'a>(&'a self, batch: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.commit(batch)
+    }
+
     /// Makes every commit that returned before this call durable. An error means they may not
     /// be: the process cannot tell which acked state survives and must not go on.
     fn sync_commits(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -138,21 +138,36 @@ impl DbStore {
         }
     }
 
-    async fn commit_batch(&self, batch: &[Write]) -> Result<(), StoreError> {
+    /// Commits `batch`; with `synced`, a SQLite store that syncs its WAL itself also syncs it
+    /// before returning, on the same blocking thread.
+    async fn commit_batch(&self, batch: &[Write], synced: bool) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         match &*self.pools {
-            Pools::Sqlite { writer, .. } => {
+            Pools::Sqlite {
+                writer, wal_sync, ..
+            } => {
                 // The whole transaction in one trip to a blocking thread; that closure must own
                 // its data, hence the copy of the batch (cheap next to the writes themselves).
                 let owned = batch.to_vec();
+                let wal_sync = wal_sync.clone().filter(|_| synced);
                 let mut conn = writer.get().await.map_err(pool_error)?;
                 conn.spawn_blocking(move |conn| {
-                    Ok(Plan::of(&owned).and_then(|plan| {
+                    let committed = Plan::of(&owned).and_then(|plan| {
                         conn.transaction(|c| sqlite::write_plan(c, &plan))
                             .map_err(TxError::into_store_error)
-                    }))
+                    });
+                    if committed.is_ok()
+                        && let Some(wal_sync) = wal_sync
+                        && let Err(error) = wal_sync.sync()
+                    {
+                        // As in the persistence actor: after a failed fsync nothing more may be
+                        // acked; recovery starts from the disk.
+                        tracing::error!(%error, "fsync of the SQLite WAL failed; stopping the process");
+                        std::process::abort();
+                    }
+                    Ok(committed)
                 })
                 .await
                 .map_err(db_error)?
@@ -488,7 +503,11 @@ impl DbStore {
 
 impl FlowStore for DbStore {
     fn commit<'a>(&'a self, batch: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.commit_batch(batch))
+        Box::pin(self.commit_batch(batch, false))
+    }
+
+    fn commit_synced<'a>(&'a self, batch: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.commit_batch(batch, true))
     }
 
     fn load_flow_types(&self) -> BoxFuture<'_, Result<Vec<FlowType>, StoreError>> {
@@ -836,6 +855,14 @@ mod tests {
             })];
             store.commit(&batch).await.expect("commit");
             store.sync_commits().await.expect("sync");
+            // The same, in one trip (a failed sync there would abort the test process).
+            let again = [Write::FlowType(FlowType {
+                name: "discovery".into(),
+                version: 2,
+                phases: vec![PhaseDefinition::new("import", "noop")],
+            })];
+            store.commit_synced(&again).await.expect("commit and sync");
+            assert_eq!(store.load_flow_types().await.expect("read").len(), 2);
 
             let Pools::Sqlite {
                 writer, wal_sync, ..

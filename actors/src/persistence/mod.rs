@@ -125,11 +125,24 @@ impl PersistenceActor {
             acks.push(ack);
             waits.push(waits_out_outage);
         }
+        // Nothing queued behind this batch and no sync in flight: its commit syncs on the way
+        // (one trip, the lowest latency). Otherwise the sync runs beside the next batch.
+        let synced_inline = self.store.commits_need_sync()
+            && self.queue.is_empty()
+            && self.unsynced.is_empty()
+            && !self.syncing;
         let store = self.store.clone();
         let outage_tries = self.outage_tries.clone();
         let commit = async move {
             let started = Instant::now();
-            let outcome = commit_isolating(store.as_ref(), &writes, &waits, &outage_tries).await;
+            let outcome = commit_isolating(
+                store.as_ref(),
+                &writes,
+                &waits,
+                synced_inline,
+                &outage_tries,
+            )
+            .await;
             (outcome, writes, started.elapsed())
         };
         ctx.spawn(
@@ -156,7 +169,7 @@ impl PersistenceActor {
                         .outcomes
                         .iter()
                         .any(|outcome| matches!(outcome, Outcome::Committed));
-                    if any_committed && act.store.commits_need_sync() {
+                    if any_committed && act.store.commits_need_sync() && !synced_inline {
                         // The next batch commits while this one's sync is in flight.
                         act.unsynced.push(settled);
                         act.sync(ctx);
@@ -267,15 +280,30 @@ struct Committed {
     outage_tries: u64,
 }
 
+/// One commit of `batch`, synced on the way when `synced` says so.
+async fn commit_once(
+    store: &dyn FlowStore,
+    batch: &[Write],
+    synced: bool,
+) -> Result<(), StoreError> {
+    if synced {
+        store.commit_synced(batch).await
+    } else {
+        store.commit(batch).await
+    }
+}
+
 /// Commits `writes`, isolating the ones the database refuses: a group that fails for a reason
 /// other than an unavailable database is split in halves until each refused write stands
 /// alone, so one bad or conflicting write never fails its neighbours. While the database is
 /// unavailable, the writes that `waits` marks are tried again with capped backoff for as long
 /// as the outage lasts (no finished work is thrown away); the others are answered at once.
+/// With `synced`, each commit is also durable when it returns ([`FlowStore::commit_synced`]).
 async fn commit_isolating(
     store: &dyn FlowStore,
     writes: &[Write],
     waits: &[bool],
+    synced: bool,
     outage_tries: &AtomicU64,
 ) -> Committed {
     let mut outcomes: Vec<Option<Outcome>> = writes.iter().map(|_| None).collect();
@@ -288,10 +316,10 @@ async fn commit_isolating(
         let mut unavailable = 0;
         while !group.is_empty() {
             let result = if group.len() == writes.len() {
-                store.commit(writes).await
+                commit_once(store, writes, synced).await
             } else {
                 let subset: Vec<Write> = group.iter().map(|&i| writes[i].clone()).collect();
-                store.commit(&subset).await
+                commit_once(store, &subset, synced).await
             };
             let message = match result {
                 Ok(()) => {

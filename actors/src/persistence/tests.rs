@@ -1,5 +1,6 @@
-//! The pipelined group commit: with a store whose commits need a sync, the next batch commits
-//! while the last one's sync is in flight, and nothing is acked before the sync covering it.
+//! The pipelined group commit: with a store whose commits need a sync, a batch with nothing
+//! queued behind it commits and syncs in one trip; otherwise the next batch commits while the
+//! last one's sync is in flight. Nothing is acked before the sync covering it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,8 @@ struct GatedSync {
     permits: Semaphore,
     commits: AtomicU64,
     syncs: AtomicU64,
+    /// Commits that synced on the way ([`FlowStore::commit_synced`]).
+    synced_commits: AtomicU64,
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -39,6 +42,14 @@ impl FlowStore for GatedSync {
     }
     fn commits_need_sync(&self) -> bool {
         true
+    }
+    fn commit_synced<'a>(&'a self, batch: &'a [Write]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.commit(batch).await?;
+            self.permits.acquire().await.expect("open").forget();
+            self.synced_commits.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
     }
     fn sync_commits(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
@@ -142,52 +153,74 @@ async fn until(done: impl Fn() -> bool) {
 }
 
 #[actix::test]
-async fn the_next_batch_commits_during_a_sync_and_acks_wait_for_their_sync() {
+async fn a_lone_batch_syncs_in_its_commit_and_a_busy_writer_commits_during_the_sync() {
     let store = Arc::new(GatedSync {
         inner: MemoryStore::new(),
         permits: Semaphore::new(0),
         commits: AtomicU64::new(0),
         syncs: AtomicU64::new(0),
+        synced_commits: AtomicU64::new(0),
     });
+    // One write a batch, so that a batch can have another queued behind it.
     let writer = PersistenceActor::new(
         store.clone(),
         EventFanout::new(64),
         0,
-        1000,
+        1,
         Arc::new(RuntimeMetrics::default()),
     )
     .start();
 
-    let first = writer.send(Persist::unfenced(flow_type(1)));
-    let first = tokio::spawn(first);
+    // Nothing behind it: committed and synced in one trip, acked only once that sync is done.
+    let first = tokio::spawn(writer.send(Persist::unfenced(flow_type(1))));
     until(|| store.commits.load(Ordering::SeqCst) == 1).await;
-    // Committed, its sync held: no ack yet, and the writer is free for the next batch.
+    let second = tokio::spawn(writer.send(Persist::unfenced(flow_type(2))));
+    let third = tokio::spawn(writer.send(Persist::unfenced(flow_type(3))));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!first.is_finished(), "acked before its sync");
-    let second = tokio::spawn(writer.send(Persist::unfenced(flow_type(2))));
-    until(|| store.commits.load(Ordering::SeqCst) == 2).await;
-    assert_eq!(store.syncs.load(Ordering::SeqCst), 0);
-
-    // The first sync began before the second commit: it answers the first write only.
+    assert_eq!(
+        store.commits.load(Ordering::SeqCst),
+        1,
+        "the writer waits for an inline sync"
+    );
     store.permits.add_permits(1);
     first
         .await
         .expect("join")
         .expect("mailbox")
         .expect("first acked");
+    assert_eq!(store.synced_commits.load(Ordering::SeqCst), 1);
+
+    // The second had the third behind it: its sync runs beside the third's commit.
+    until(|| store.commits.load(Ordering::SeqCst) == 3).await;
+    assert_eq!(store.syncs.load(Ordering::SeqCst), 0);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        !second.is_finished(),
-        "acked by a sync that began before its commit"
+        !second.is_finished() && !third.is_finished(),
+        "acked before a sync"
     );
 
+    // That sync began before the third commit: it answers the second write only.
     store.permits.add_permits(1);
     second
         .await
         .expect("join")
         .expect("mailbox")
         .expect("second acked");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !third.is_finished(),
+        "acked by a sync that began before its commit"
+    );
+
+    store.permits.add_permits(1);
+    third
+        .await
+        .expect("join")
+        .expect("mailbox")
+        .expect("third acked");
     assert_eq!(store.syncs.load(Ordering::SeqCst), 2);
+    assert_eq!(store.synced_commits.load(Ordering::SeqCst), 1);
     let stats = writer.send(GetStats).await.expect("stats");
-    assert_eq!((stats.writes, stats.syncs), (2, 2));
+    assert_eq!((stats.writes, stats.syncs), (3, 2));
 }
