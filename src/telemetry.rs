@@ -80,6 +80,7 @@ impl Drop for Telemetry {
         if let Some(provider) = self.provider.take()
             && let Err(error) = provider.shutdown()
         {
+            // The subscriber is being torn down with this guard: stderr is what is left.
             eprintln!("flowd: spans not exported at shutdown: {error}");
         }
     }
