@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::ids::{FlowId, Tenant};
 use crate::model::{FlowState, FlowStatus};
-use crate::status_reason::StatusReason;
+use crate::status_reason::{SharedReason, StatusReason};
 
 /// What happened. Together with `status` this tells a watcher everything it needs to redraw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,7 +104,7 @@ pub struct FlowEvent {
     /// commits the transition ([`crate::status_reason::stamp`]) and stored with the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<StatusReason>))]
-    pub status_reason: Option<Arc<StatusReason>>,
+    pub status_reason: Option<Arc<SharedReason>>,
     /// Scope for tenant streams; not part of the event JSON.
     #[serde(skip)]
     pub client_account_id: String,
@@ -116,6 +116,11 @@ pub struct FlowEvent {
 }
 
 impl FlowEvent {
+    /// The reason this event's transition left the flow with, if any.
+    pub fn reason(&self) -> Option<&StatusReason> {
+        self.status_reason.as_deref().map(|shared| &**shared)
+    }
+
     /// The event for a transition that has just been applied to `flow` (whose `last_seq` it takes).
     pub fn of(flow: &FlowState, kind: EventKind, error: Option<String>) -> Self {
         Self {

@@ -458,9 +458,10 @@ impl Runtime {
                 .and_then(|event| event.status_reason),
             None => None,
         };
-        if let Some(reason) = last.filter(|r| matches!(**r, StatusReason::RestartedByHealth { .. }))
+        if let Some(reason) =
+            last.filter(|r| matches!(***r, StatusReason::RestartedByHealth { .. }))
         {
-            return Ok(Some((*reason).clone()));
+            return Ok(Some((**reason).clone()));
         }
         let definition = self
             .flow_type(&flow.flow_type, Some(flow.flow_type_version))

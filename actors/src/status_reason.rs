@@ -9,6 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::definition::FlowType;
 use crate::events::{EventKind, FlowEvent};
@@ -243,6 +244,64 @@ pub fn at_transition(
     }
 }
 
+/// A transition's status reason with its JSON text, serialized once when the transition is
+/// stamped and then shared by every event of the transition: its stored rows and every stream
+/// frame reuse the text instead of serializing the reason again per event.
+#[derive(Clone, Debug)]
+pub struct SharedReason {
+    reason: StatusReason,
+    json: Box<RawValue>,
+}
+
+impl SharedReason {
+    /// Serializes `reason` once.
+    pub fn new(reason: StatusReason) -> Self {
+        // A reason is plain data (strings, integers, times): it always serializes.
+        let json =
+            serde_json::value::to_raw_value(&reason).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        Self { reason, json }
+    }
+
+    /// A stored reason's JSON text, checked and kept as it is (no re-serialization).
+    pub fn from_json(json: String) -> Result<Self, serde_json::Error> {
+        let reason = serde_json::from_str(&json)?;
+        let json = RawValue::from_string(json)?;
+        Ok(Self { reason, json })
+    }
+
+    /// The reason as JSON text, as stored and as sent in frames.
+    pub fn json(&self) -> &str {
+        self.json.get()
+    }
+}
+
+impl std::ops::Deref for SharedReason {
+    type Target = StatusReason;
+
+    fn deref(&self) -> &StatusReason {
+        &self.reason
+    }
+}
+
+impl PartialEq for SharedReason {
+    fn eq(&self, other: &Self) -> bool {
+        self.reason == other.reason
+    }
+}
+
+impl Serialize for SharedReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // serde_json writes the text as it is; other serializers see the parsed value.
+        self.json.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        StatusReason::deserialize(deserializer).map(Self::new)
+    }
+}
+
 /// Gives every event of one transition the reason the transition left `flow` with (`None`
 /// once terminal): called by whoever commits the transition, before it is written.
 pub fn stamp(
@@ -257,7 +316,7 @@ pub fn stamp(
     let Some(reason) = at_transition(flow, definition, failure, Some(last.kind)) else {
         return;
     };
-    let reason = std::sync::Arc::new(reason);
+    let reason = std::sync::Arc::new(SharedReason::new(reason));
     for event in events {
         event.status_reason = Some(reason.clone());
     }
@@ -470,7 +529,7 @@ mod tests {
         stamp(&mut events, &flow, &definition, None);
         for event in &events {
             assert_eq!(
-                event.status_reason.as_deref(),
+                event.reason(),
                 Some(&StatusReason::WaitingForWorker {
                     phase: "crew".into(),
                     queue: "crews".into(),
@@ -521,5 +580,29 @@ mod tests {
             at_transition(&flow, &definition, None, Some(EventKind::PhaseFallback)),
             Some(StatusReason::Running { handler, .. }) if handler == "noop"
         ));
+    }
+
+    #[test]
+    fn a_shared_reason_is_serialized_once_and_read_back_as_stored() {
+        let reason = StatusReason::Paused { since: at(3) };
+        let shared = SharedReason::new(reason.clone());
+        // The text is the reason's own JSON, and an event embeds it as it is.
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(shared.json()).unwrap(),
+            serde_json::to_value(&reason).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_value(&shared).unwrap(),
+            serde_json::to_value(&reason).unwrap()
+        );
+        // A stored text is kept byte for byte and parsed once.
+        let stored = r#"{"kind":"starting"}"#.to_owned();
+        let read = SharedReason::from_json(stored.clone()).unwrap();
+        assert_eq!(read.json(), stored);
+        assert_eq!(*read, StatusReason::Starting);
+        assert_eq!(read, SharedReason::new(StatusReason::Starting));
+        // Text that is not a reason is refused, not kept.
+        assert!(SharedReason::from_json(r#"{"kind":"sleeping"}"#.to_owned()).is_err());
+        assert!(SharedReason::from_json("not json".to_owned()).is_err());
     }
 }

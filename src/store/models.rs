@@ -12,6 +12,7 @@ use flowd_actors::definition::FlowType;
 use flowd_actors::events::{EventKind, FlowEvent};
 use flowd_actors::ids::FlowId;
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, PhaseState, PhaseStatus};
+use flowd_actors::status_reason::SharedReason;
 use flowd_actors::store::{FlowUpdate, StoreError};
 use flowd_actors::task::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
 
@@ -179,7 +180,8 @@ impl EventRow {
             status_reason: self
                 .status_reason
                 .map(|json| {
-                    serde_json::from_str(&json)
+                    SharedReason::from_json(json)
+                        .map(Arc::new)
                         .map_err(|e| StoreError::Corrupt(format!("events.status_reason: {e}")))
                 })
                 .transpose()?,
@@ -366,8 +368,8 @@ pub struct EventWrite<'a> {
     pub seq: i64,
     pub master_flow_id: DbUuid,
     pub at: DbTime,
-    /// The event's status reason as JSON text.
-    pub status_reason: Option<String>,
+    /// The event's status reason as JSON text, serialized once for its whole transition.
+    pub status_reason: Option<&'a str>,
 }
 
 impl<'a> EventWrite<'a> {
@@ -379,10 +381,7 @@ impl<'a> EventWrite<'a> {
             seq: to_i64("event seq", event.seq)?,
             master_flow_id: DbUuid(event.master_flow_id.0),
             at: DbTime(event.at),
-            status_reason: event
-                .status_reason
-                .as_deref()
-                .and_then(|reason| serde_json::to_string(reason).ok()),
+            status_reason: event.status_reason.as_deref().map(SharedReason::json),
         })
     }
 }
