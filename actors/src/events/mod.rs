@@ -430,6 +430,15 @@ impl EventFanout {
             .is_some_and(|order| order.announce(last))
     }
 
+    /// The highest id a notification announced (the last published without a tail).
+    pub(crate) fn announced(&self) -> i64 {
+        self.inner
+            .lock()
+            .order
+            .as_ref()
+            .map_or_else(|| self.published_through(), Sequencer::announced)
+    }
+
     /// Whether something known to be committed is not yet published.
     pub(crate) fn wants_read(&self) -> bool {
         self.inner

@@ -30,6 +30,9 @@ pub(crate) struct Sequencer {
     announced: i64,
     /// The read in flight, if any.
     reading: Option<Read>,
+    /// The last read stopped at a hole no fact covered: the own commit that fills it should
+    /// read again at once rather than leave what lies above to the backstop.
+    stalled: bool,
 }
 
 /// A read of committed events the sequencer asked for: `events WHERE id > after ORDER BY id
@@ -73,6 +76,7 @@ impl Sequencer {
             committed_through: published,
             announced: published,
             reading: None,
+            stalled: false,
         }
     }
 
@@ -87,7 +91,7 @@ impl Sequencer {
         let Some(last) = events.back().map(|e| e.id) else {
             return Own {
                 publish: Vec::new(),
-                read: self.wants_read(),
+                read: self.stalled && self.wants_read(),
             };
         };
         // Ids are numbered in commit order: every id up to this commit's last is committed.
@@ -96,9 +100,11 @@ impl Sequencer {
         if self.held.is_empty() && first <= self.published + 1 {
             // Holes inside one commit are writes it refused: they never commit.
             self.published = last;
+            // Announcements alone are the tail's to weigh (most are this node's own commits,
+            // published here a moment after their notification).
             return Own {
                 publish: events.into(),
-                read: self.wants_read(),
+                read: self.stalled && self.wants_read(),
             };
         }
         self.held.append(&mut events);
@@ -112,6 +118,11 @@ impl Sequencer {
     pub(crate) fn announce(&mut self, last: i64) -> bool {
         self.announced = self.announced.max(last);
         self.wants_read()
+    }
+
+    /// The highest id announced.
+    pub(crate) fn announced(&self) -> i64 {
+        self.announced
     }
 
     /// Whether something known is not yet published and no read is in flight.
@@ -159,6 +170,7 @@ impl Sequencer {
         let mut rows: VecDeque<FlowEvent> = rows.into();
         let mut publish = Vec::new();
         let mut skipped = 0;
+        let mut stalled = false;
         loop {
             let take_held = match (rows.front(), self.held.front()) {
                 (None, None) => break,
@@ -181,6 +193,7 @@ impl Sequencer {
                 } else {
                     // Perhaps a commit in flight: wait for it. Held events stay held; the
                     // read's rows are read again later.
+                    stalled = true;
                     break;
                 }
             }
@@ -194,6 +207,7 @@ impl Sequencer {
             self.published = id;
             publish.push(event);
         }
+        self.stalled = stalled;
         // A full page read to its end: the next page may hold more.
         let again = (full && rows.is_empty())
             || (!self.held.is_empty() && self.committed_through > read.proven)
@@ -305,6 +319,18 @@ mod tests {
         let done = order.finish_read(events(11..=14));
         assert_eq!(ids(&done.publish), [13, 14]);
         assert!(!order.wants_read());
+    }
+
+    #[test]
+    fn a_notification_of_an_own_commit_costs_no_read() {
+        let mut order = Sequencer::new(10);
+        // The notification of this node's own commit arrives before the writer hands it over.
+        assert!(order.announce(12));
+        assert_eq!(order.announced(), 12);
+        let own = order.own(events(11..=12));
+        assert_eq!(ids(&own.publish), [11, 12]);
+        assert!(!own.read);
+        assert!(!order.wants_read(), "12 is published: nothing is missing");
     }
 
     #[test]

@@ -99,15 +99,20 @@ impl EventTail {
         let mut backstop = tokio::time::interval(backstop.max(Duration::from_millis(10)));
         backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let force = tokio::select! {
-                () = own.notified() => false,
+            let read = tokio::select! {
+                // Own events wait behind a hole: read at once.
+                () = own.notified() => true,
                 () = self.signals.announced.notified() => {
+                    let target = self.fanout.announced();
                     tokio::time::sleep(NOTIFY_GRACE).await;
+                    // Most notifications are this node's own commits, published by the writer
+                    // meanwhile: only what is still missing is worth a read.
                     self.signals.force.swap(false, Ordering::AcqRel)
+                        || (self.fanout.published_through() < target && self.fanout.wants_read())
                 }
                 _ = backstop.tick() => true,
             };
-            if force || self.fanout.wants_read() {
+            if read {
                 self.read(&*store).await;
             }
         }
