@@ -88,6 +88,11 @@ impl Sequencer {
             .into_iter()
             .filter(|e| e.id > self.published)
             .collect();
+        // The writer hands commits over in commit order; should one ever come out of order
+        // (a batch split to isolate a refused write), order it rather than trust it.
+        if !events.iter().is_sorted_by_key(|e| e.id) {
+            events.make_contiguous().sort_by_key(|e| e.id);
+        }
         let Some(last) = events.back().map(|e| e.id) else {
             return Own {
                 publish: Vec::new(),
@@ -107,7 +112,11 @@ impl Sequencer {
                 read: self.stalled && self.wants_read(),
             };
         }
+        let sorted = self.held.back().is_none_or(|held| held.id < first);
         self.held.append(&mut events);
+        if !sorted {
+            self.held.make_contiguous().sort_by_key(|e| e.id);
+        }
         Own {
             publish: Vec::new(),
             read: self.reading.is_none(),
@@ -331,6 +340,18 @@ mod tests {
         assert_eq!(ids(&own.publish), [11, 12]);
         assert!(!own.read);
         assert!(!order.wants_read(), "12 is published: nothing is missing");
+    }
+
+    #[test]
+    fn own_events_out_of_order_are_put_in_order() {
+        let mut order = Sequencer::new(10);
+        assert_eq!(ids(&order.own(events([12, 11])).publish), [11, 12]);
+        // Held commits handed over out of order come out in id order too.
+        assert!(order.own(events([16])).publish.is_empty());
+        assert!(order.own(events([15])).publish.is_empty());
+        order.begin_read(100).expect("a read");
+        let done = order.finish_read(events(13..=16));
+        assert_eq!(ids(&done.publish), [13, 14, 15, 16]);
     }
 
     #[test]
