@@ -247,10 +247,11 @@ async fn main() -> anyhow::Result<()> {
     }
     actix_web::rt::time::sleep(Duration::from_millis(args.kill_after_ms)).await;
 
-    let killed_at: DateTime<Utc> = Utc::now();
     if let Some(node) = nodes[victim].take() {
+        // SIGKILL, and waits for the process to be gone: nothing it writes is later than this.
         node.kill();
     }
+    let killed_at: DateTime<Utc> = Utc::now();
     let killed = Instant::now();
     let survivors: Vec<&str> = bases
         .iter()
