@@ -7,6 +7,7 @@
 //! node's writer does (ids from the `event_ids` counter when the database has one, the
 //! notification at commit), and by a second real server on the same database.
 
+#[cfg(flowd_postgres_tests)]
 mod common;
 
 #[cfg(flowd_postgres_tests)]
