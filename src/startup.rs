@@ -167,6 +167,11 @@ fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, StartupError> {
     }
 }
 
+/// How often a node of a PostgreSQL cluster reads other nodes' events even without a
+/// notification (docs/cluster.md, 2.5): a notification is lost when the listening connection
+/// drops.
+const CLUSTER_EVENTS_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A started flowd: the runtime is running, the node has joined its cluster and the server is
 /// bound.
 pub struct Application {
@@ -241,8 +246,14 @@ impl Application {
         )
         .await
         .map_err(StartupError::Cluster)?;
+        let mut runtime_config = settings.runtime_config();
+        // On PostgreSQL other nodes may commit events too: streams carry theirs (SQLite is
+        // single-node, nothing changes there).
+        if crate::store::postgres::is_postgres_url(url) {
+            runtime_config.cluster_events = Some(CLUSTER_EVENTS_BACKSTOP);
+        }
         let runtime = match Runtime::start(
-            settings.runtime_config(),
+            runtime_config,
             store,
             handlers,
             settings.flow_types.clone(),
@@ -256,6 +267,9 @@ impl Application {
                 return Err(error.into());
             }
         };
+        if let Some(tail) = runtime.event_tail() {
+            crate::store::listen::start(url, tail.clone());
+        }
         let runtime_data = web::Data::new(runtime.clone());
         let cluster_data = web::Data::new(cluster.clone());
         let keys = web::Data::new(KeyRing::new(&settings));

@@ -116,6 +116,7 @@ conformance!(
     task_writes_move_status_lease_and_result,
     a_task_attempt_is_queued_once,
     tree_events_cover_the_whole_tree_in_id_order,
+    events_after_reads_every_tenant_in_id_order,
 );
 
 // Cases about the diesel stores' handle itself, which the memory store does not have.
@@ -358,6 +359,46 @@ async fn update_changes_flow_and_phase_rows(store: &dyn FlowStore) {
     assert_eq!(ids(FlowStatus::Completed).await, vec![flow.id]);
     assert_eq!(ids(FlowStatus::Running).await, vec![other.id]);
     assert!(ids(FlowStatus::Initialized).await.is_empty());
+}
+
+/// What a node of a cluster reads of the events other nodes committed: every tenant's, in id
+/// order, after a cursor, a page at a time.
+async fn events_after_reads_every_tenant_in_id_order(store: &dyn FlowStore) {
+    let definition = flow_type("discovery", 1);
+    let mut a = new_flow(&definition, &tenant("acme"), None, None);
+    let mut c = new_flow(&definition, &tenant("globex"), None, None);
+    let (ca, ea1) = create(&mut a);
+    let (cc, ec1) = create(&mut c);
+    commit(store, &[ca, cc]).await;
+    let wa2 = start_phase(&mut a, 0);
+    let wc2 = start_phase(&mut c, 0);
+    commit(store, &[wc2.clone(), wa2.clone()]).await;
+    let event_of = |w: &Write| match w {
+        Write::Transition(t) => t.events[0].clone(),
+        Write::FlowType(_) | Write::Task(_) => unreachable!(),
+    };
+    let mut written = vec![ea1, ec1, event_of(&wc2), event_of(&wa2)];
+    written.sort_by_key(|e| e.id);
+
+    let all = store.events_after(0, 100).await.expect("events after 0");
+    assert_eq!(
+        all, written,
+        "every tenant's events, in id order, as written"
+    );
+    let first = written[0].id;
+    assert_eq!(
+        store.events_after(first, 2).await.expect("a page"),
+        written[1..3].to_vec(),
+        "after the cursor, at most the limit"
+    );
+    let last = written[3].id;
+    assert!(
+        store
+            .events_after(last, 100)
+            .await
+            .expect("none")
+            .is_empty()
+    );
 }
 
 async fn events_come_back_in_order_after_a_cursor(store: &dyn FlowStore) {

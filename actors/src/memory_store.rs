@@ -317,6 +317,23 @@ impl FlowStore for MemoryStore {
         async move { Ok(events) }.boxed()
     }
 
+    fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
+        let events = self
+            .tables
+            .lock()
+            .events
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .map(|(_, e)| e)
+            .take(limit as usize)
+            .cloned()
+            .collect();
+        async move { Ok(events) }.boxed()
+    }
+
     fn failures(&self, flow_id: FlowId) -> BoxFuture<'_, Result<Vec<FailureRecord>, StoreError>> {
         let failures = self
             .tables

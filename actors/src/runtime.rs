@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use crate::child_flows::{ChildFlowsHandler, FlowStarter};
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
+use crate::events::tail::EventTail;
 use crate::events::{CommittedEvent, EventFanout, FlowEvent, KeyedReceiver};
 use crate::external::{ExternalHandler, TaskQueue};
 #[cfg(feature = "faults")]
@@ -59,6 +60,10 @@ pub struct RuntimeConfig {
     pub limits: Limits,
     /// Most distinct label sets per metric family (flow type × phase, failure kind).
     pub max_metric_series: usize,
+    /// Set when other processes commit events into the same database (cluster mode on
+    /// PostgreSQL): streams then carry their events too, read by the [`EventTail`], with a
+    /// backstop read this often. `None` (one node): the fan-out publishes own events only.
+    pub cluster_events: Option<Duration>,
 }
 
 impl Default for RuntimeConfig {
@@ -78,6 +83,7 @@ impl Default for RuntimeConfig {
             },
             limits: Limits::default(),
             max_metric_series: 200,
+            cluster_events: None,
         }
     }
 }
@@ -141,6 +147,8 @@ pub struct Runtime {
     queue: Addr<QueueActor>,
     store: Arc<dyn FlowStore>,
     fanout: EventFanout,
+    /// Cluster mode only: reads other nodes' events into the fan-out.
+    tail: Option<EventTail>,
     metrics: Arc<RuntimeMetrics>,
     #[cfg(feature = "faults")]
     faults: Arc<FaultPlan>,
@@ -160,7 +168,17 @@ impl Runtime {
         #[cfg(feature = "faults")]
         let faults = Arc::new(FaultPlan::default());
         let last_event_id = store.max_event_id().await?;
-        let fanout = EventFanout::starting_after(config.event_buffer, last_event_id);
+        let (fanout, tail) = match config.cluster_events {
+            Some(backstop) => {
+                let fanout = EventFanout::for_cluster(config.event_buffer, last_event_id);
+                let tail = EventTail::start(fanout.clone(), store.clone(), backstop);
+                (fanout, Some(tail))
+            }
+            None => (
+                EventFanout::starting_after(config.event_buffer, last_event_id),
+                None,
+            ),
+        };
         let persistence = {
             let store = store.clone();
             let fanout = fanout.clone();
@@ -245,6 +263,7 @@ impl Runtime {
             queue,
             store,
             fanout,
+            tail,
             metrics,
             #[cfg(feature = "faults")]
             faults,
@@ -654,6 +673,12 @@ impl Runtime {
         Option<Vec<Arc<CommittedEvent>>>,
     ) {
         self.fanout.subscribe_tenant(tenant, after_id)
+    }
+
+    /// The tail that reads other nodes' events (cluster mode only): what a database
+    /// notification listener wakes.
+    pub fn event_tail(&self) -> Option<&EventTail> {
+        self.tail.as_ref()
     }
 
     /// The bounds this runtime was started with.

@@ -165,6 +165,22 @@ pub trait FlowStore: Send + Sync + 'static {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<FlowEvent>, StoreError>>;
 
+    /// Events of every tenant with `id > after`, in `id` order, at most `limit`: how a node of a
+    /// cluster reads the events other nodes committed (see [`crate::events::tail`]). Stores
+    /// that no other process writes need not answer it.
+    fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
+        let _ = (after, limit);
+        Box::pin(async {
+            Err(StoreError::Unavailable(
+                "this store does not read events across tenants".into(),
+            ))
+        })
+    }
+
     /// A flow's failure-journal rows, oldest first.
     fn failures(&self, flow_id: FlowId) -> BoxFuture<'_, Result<Vec<FailureRecord>, StoreError>>;
 

@@ -7,6 +7,10 @@
 //! A subscriber that falls behind its buffer is caught up the same way; the runtime never
 //! waits for it.
 //!
+//! On PostgreSQL the fan-out also publishes the events other nodes commit, in id order (see
+//! `flowd_actors::events::tail`), and stored catch-up stops at the last published id: a stream
+//! on any node carries every node's events, and a cursor from another node resumes exactly.
+//!
 //! A stream costs the server only while its client reads: a frame that cannot be handed to
 //! the connection within `SEND_TIMEOUT`, 10 s (the client stopped reading and every buffer is
 //! full) ends the stream, and a client that leaves during catch-up stops it.

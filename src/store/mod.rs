@@ -6,6 +6,7 @@
 //! - `plan`: the commit plan, a batch turned into rows per table.
 //! - `columns`: each table's commit columns, and PostgreSQL's array-bound commit statements.
 //! - `nodes`: the `nodes` table of cluster mode, written by the node actor.
+//! - [`listen`]: cluster mode's `LISTEN flowd_events` connection, waking the event tail.
 //!
 //! Every read is written once; `with_conn!` expands it once per backend. The commit path is
 //! planned once (`plan::Plan`) and then written the way each backend is fastest: on SQLite with
@@ -14,6 +15,7 @@
 //! `postgres::write_plan`).
 
 mod columns;
+pub mod listen;
 pub mod models;
 mod nodes;
 mod plan;
@@ -388,6 +390,20 @@ impl DbStore {
         rows.into_iter().map(EventRow::into_event).collect()
     }
 
+    async fn events_of_all(&self, after: i64, limit: u32) -> Result<Vec<FlowEvent>, StoreError> {
+        let rows: Vec<EventRow> = with_conn!(self, |conn: Db| {
+            events::table
+                .filter(events::id.gt(after))
+                .order(events::id)
+                .limit(i64::from(limit))
+                .select(EventRow::as_select())
+                .load(conn)
+                .await
+                .map_err(db_error)?
+        });
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
     async fn task_by_id(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
         let row: Option<TaskRow> = with_conn!(self, |conn: Db| {
             tasks::table
@@ -593,6 +609,14 @@ impl FlowStore for DbStore {
         Box::pin(read_retrying(move || {
             self.events_of_tenant(tenant, after, limit)
         }))
+    }
+
+    fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<FlowEvent>, StoreError>> {
+        Box::pin(read_retrying(move || self.events_of_all(after, limit)))
     }
 
     fn failures(&self, flow_id: FlowId) -> BoxFuture<'_, Result<Vec<FailureRecord>, StoreError>> {

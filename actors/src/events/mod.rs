@@ -1,4 +1,11 @@
 //! Flow events: what the event history stores and what the fan-out streams to subscribers.
+//!
+//! - `order`: the rule that keeps publication in id order, exactly once, when other nodes
+//!   commit events too (pure).
+//! - [`tail`]: the task that reads other nodes' events from the database for the fan-out.
+
+mod order;
+pub mod tail;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -12,6 +19,7 @@ use tokio::sync::broadcast;
 use crate::ids::{FlowId, Tenant};
 use crate::model::{FlowState, FlowStatus};
 use crate::status_reason::{SharedReason, StatusReason};
+use order::{Finished, Read, Sequencer};
 
 /// What happened. Together with `status` this tells a watcher everything it needs to redraw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -207,6 +215,9 @@ struct Inner {
     /// `ring` indexed by flow and by tree.
     by_key: HashMap<Key, Recent>,
     capacity: usize,
+    /// Set when other nodes commit events too (cluster mode on PostgreSQL): what keeps
+    /// publication in id order across nodes.
+    order: Option<Sequencer>,
 }
 
 impl Inner {
@@ -289,6 +300,8 @@ pub struct EventFanout {
     /// The highest event id published: acked durable by the writer. The database may already
     /// hold higher ids whose commit is not yet synced; readers of stored events stop here.
     published_through: Arc<AtomicI64>,
+    /// Cluster mode: wakes the tail when own events wait for other nodes' (see [`tail`]).
+    wake_tail: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A live subscription to one flow or one tree; it unsubscribes when dropped.
@@ -330,6 +343,25 @@ impl EventFanout {
     /// [`EventFanout::new`], for a store whose highest event id is `last_event_id`: every event
     /// published later is remembered, so catch-up after it can be served from memory.
     pub fn starting_after(capacity: usize, last_event_id: i64) -> Self {
+        Self::with_order(capacity, last_event_id, None)
+    }
+
+    /// [`EventFanout::starting_after`], for a node of a cluster: other nodes commit events
+    /// into the same database, and this fan-out publishes theirs and its own, in id order and
+    /// once each. Its [`tail`] must run, or own events above another node's stay held.
+    pub fn for_cluster(capacity: usize, last_event_id: i64) -> Self {
+        Self::with_order(
+            capacity,
+            last_event_id,
+            Some(Arc::new(tokio::sync::Notify::new())),
+        )
+    }
+
+    fn with_order(
+        capacity: usize,
+        last_event_id: i64,
+        wake_tail: Option<Arc<tokio::sync::Notify>>,
+    ) -> Self {
         let capacity = capacity.max(16);
         let (sender, _) = broadcast::channel(capacity);
         Self {
@@ -340,8 +372,10 @@ impl EventFanout {
                 ring_complete_after_id: last_event_id,
                 by_key: HashMap::new(),
                 capacity,
+                order: wake_tail.is_some().then(|| Sequencer::new(last_event_id)),
             })),
             published_through: Arc::new(AtomicI64::new(last_event_id)),
+            wake_tail,
         }
     }
 
@@ -354,9 +388,28 @@ impl EventFanout {
     }
 
     /// Sends committed events, in commit order, to the tenant-wide subscribers and to those of
-    /// each event's flow and tree; each event is serialized at most once for all of them.
+    /// each event's flow and tree; each event is serialized at most once for all of them. In
+    /// cluster mode (see [`EventFanout::for_cluster`]) these are this node's own events: they go
+    /// out at once when nothing is missing below them, else they wait, without blocking the
+    /// caller, for the tail to read the other nodes' events below them.
     pub fn publish(&self, events: impl IntoIterator<Item = FlowEvent>) {
         let mut inner = self.inner.lock();
+        let Some(order) = inner.order.as_mut() else {
+            self.send_locked(&mut inner, events);
+            return;
+        };
+        let own = order.own(events.into_iter().collect());
+        self.send_locked(&mut inner, own.publish);
+        drop(inner);
+        if own.read
+            && let Some(wake) = &self.wake_tail
+        {
+            wake.notify_one();
+        }
+    }
+
+    /// Publishes `events` (in id order, each above the last published) under the lock.
+    fn send_locked(&self, inner: &mut Inner, events: impl IntoIterator<Item = FlowEvent>) {
         for event in events {
             let event = Arc::new(CommittedEvent::new(event));
             self.published_through.store(event.id, Ordering::Release);
@@ -370,6 +423,61 @@ impl EventFanout {
             if self.sender.receiver_count() > 0 {
                 let _ = self.sender.send(event);
             }
+        }
+    }
+
+    /// A notification says the database holds events up to `last`: whether a read is wanted.
+    pub(crate) fn announce(&self, last: i64) -> bool {
+        self.inner
+            .lock()
+            .order
+            .as_mut()
+            .is_some_and(|order| order.announce(last))
+    }
+
+    /// The highest id a notification announced (the last published without a tail).
+    pub(crate) fn announced(&self) -> i64 {
+        self.inner
+            .lock()
+            .order
+            .as_ref()
+            .map_or_else(|| self.published_through(), Sequencer::announced)
+    }
+
+    /// Whether something known to be committed is not yet published.
+    pub(crate) fn wants_read(&self) -> bool {
+        self.inner
+            .lock()
+            .order
+            .as_ref()
+            .is_some_and(Sequencer::wants_read)
+    }
+
+    /// Starts a read of the events after the last published, unless one is in flight.
+    pub(crate) fn begin_read(&self, limit: usize) -> Option<Read> {
+        self.inner.lock().order.as_mut()?.begin_read(limit)
+    }
+
+    /// Publishes what the read in flight found, with the own events held behind it.
+    pub(crate) fn finish_read(&self, rows: Vec<FlowEvent>) -> Finished {
+        let mut inner = self.inner.lock();
+        let Some(order) = inner.order.as_mut() else {
+            return Finished {
+                publish: Vec::new(),
+                again: false,
+                skipped: 0,
+            };
+        };
+        let mut finished = order.finish_read(rows);
+        let publish = std::mem::take(&mut finished.publish);
+        self.send_locked(&mut inner, publish);
+        finished
+    }
+
+    /// The read in flight failed.
+    pub(crate) fn read_failed(&self) {
+        if let Some(order) = self.inner.lock().order.as_mut() {
+            order.read_failed();
         }
     }
 
@@ -594,5 +702,45 @@ mod tests {
         let recent = fanout.recent_tenant_events(&tenant, 1, 100).unwrap();
         assert_eq!(recent.first().map(|e| e.id), Some(2));
         assert_eq!(recent.len(), 16);
+    }
+
+    #[test]
+    fn a_cluster_fanout_holds_own_events_until_the_other_nodes_below_them_are_read() {
+        let fanout = EventFanout::for_cluster(64, 10);
+        let mut all = fanout.subscribe();
+        let (own, other) = (FlowId::new(), FlowId::new());
+        // Another node committed 11 and 12 first.
+        fanout.publish([event(13, own, own, 1)]);
+        assert!(all.try_recv().is_err(), "held behind 11..=12");
+        assert_eq!(fanout.published_through(), 10, "catch-up stops below 11");
+        let read = fanout.begin_read(100).expect("a read");
+        assert_eq!(read.after, 10);
+        let finished = fanout.finish_read(vec![
+            event(11, other, other, 1),
+            event(12, other, other, 2),
+            event(13, own, own, 1),
+        ]);
+        assert!(!finished.again);
+        let ids: Vec<i64> = std::iter::from_fn(|| all.try_recv().ok())
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, [11, 12, 13], "in id order, each once");
+        assert_eq!(fanout.published_through(), 13);
+        assert_eq!(
+            fanout.recent_flow_events(other, 0).map(|e| e.len()),
+            Some(2),
+            "memory holds the other node's events too"
+        );
+    }
+
+    #[test]
+    fn a_single_node_fanout_publishes_its_events_as_they_come() {
+        let fanout = EventFanout::starting_after(64, 10);
+        let mut all = fanout.subscribe();
+        let a = FlowId::new();
+        // A refused write's ids never commit: nothing waits for them.
+        fanout.publish([event(13, a, a, 1)]);
+        assert_eq!(all.try_recv().map(|e| e.id).ok(), Some(13));
+        assert!(fanout.begin_read(100).is_none(), "no tail on one node");
     }
 }
