@@ -228,7 +228,7 @@ impl Application {
                     error,
                 })?;
         tracing::info!(backend = store.backend_name(), "database ready");
-        let store = Arc::new(store);
+        let store = Arc::new(store.with_node(&settings.cluster.node_id()));
         let nodes: Arc<dyn NodeStore> = store.clone();
         let cluster = Cluster::join(
             NodeConfig {

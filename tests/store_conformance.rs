@@ -118,6 +118,45 @@ conformance!(
     tree_events_cover_the_whole_tree_in_id_order,
 );
 
+// The ownership fence of cluster mode: PostgreSQL, and the memory store that mirrors it for
+// the actors' tests. SQLite is single-node and has no fence.
+mod memory_fence {
+    #[tokio::test]
+    async fn a_fenced_write_commits_nothing_and_the_others_commit() {
+        let store = super::MemoryStore::new();
+        super::a_fenced_write_commits_nothing_and_the_others_commit(&store, async |id| {
+            store.take_over(id).expect("stored");
+        })
+        .await;
+    }
+}
+
+#[cfg(flowd_postgres_tests)]
+mod postgres_fence {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    #[tokio::test]
+    async fn a_fenced_write_commits_nothing_and_the_others_commit() {
+        let db = super::TestDb::postgres().await;
+        let url = db.database.url.clone();
+        super::a_fenced_write_commits_nothing_and_the_others_commit(&db.store, async |id| {
+            // What another node's claim does to the row.
+            let mut conn = AsyncPgConnection::establish(&url).await.expect("connect");
+            let claimed = diesel::sql_query(
+                "UPDATE flows SET owner_node = 'another-node', owner_epoch = owner_epoch + 1 \
+                 WHERE id = $1",
+            )
+            .bind::<diesel::sql_types::Uuid, _>(id.0)
+            .execute(&mut conn)
+            .await
+            .expect("claim");
+            assert_eq!(claimed, 1);
+        })
+        .await;
+        db.finish();
+    }
+}
+
 // Cases about the diesel stores' handle itself, which the memory store does not have.
 on_diesel_stores!(sqlite_db, postgres_db: a_cloned_store_shares_the_database);
 
@@ -256,12 +295,25 @@ async fn commit(store: &dyn FlowStore, batch: &[Write]) {
     store.commit(batch).await.expect("commit");
 }
 
+/// The stored flow, its owner left out when it is the store's own node: a flow in memory
+/// does not know which node stored it, and is compared with what is read back.
 async fn load(store: &dyn FlowStore, id: FlowId) -> FlowState {
-    store
+    let flow = store
         .load_flow(id)
         .await
         .expect("load_flow")
-        .expect("flow exists")
+        .expect("flow exists");
+    own(store, flow)
+}
+
+/// `flow` as read, without its owner when that is the store's own node (see [`load`]).
+fn own(store: &dyn FlowStore, mut flow: FlowState) -> FlowState {
+    assert!(
+        store.owns(&flow),
+        "stored flows are owned by their store's node"
+    );
+    flow.owner_node = None;
+    flow
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,7 +576,7 @@ async fn idempotency_key_finds_the_flow_within_its_tenant(store: &dyn FlowStore)
         .find_by_idempotency_key(&tenant("acme"), "retry-me")
         .await
         .expect("find");
-    assert_eq!(found, Some(flow.clone()));
+    assert_eq!(found.map(|f| own(store, f)), Some(flow.clone()));
     let found = store
         .find_by_idempotency_key(&tenant("globex"), "retry-me")
         .await
@@ -586,6 +638,7 @@ async fn listing_filters_and_pages_newest_first(store: &dyn FlowStore) {
         ..FlowQuery::default()
     };
     let all = store.list_flows(&query).await.expect("list");
+    let all: Vec<FlowState> = all.into_iter().map(|f| own(store, f)).collect();
     assert_eq!(all, expected);
     assert!(all.iter().all(|f| f.phases.len() == 3));
 
@@ -659,6 +712,7 @@ async fn listing_filters_and_pages_newest_first(store: &dyn FlowStore) {
         })
         .await
         .expect("globex");
+    let globex: Vec<FlowState> = globex.into_iter().map(|f| own(store, f)).collect();
     assert_eq!(globex, vec![foreign]);
 }
 
@@ -683,7 +737,8 @@ async fn active_flows_exclude_terminal_ones(store: &dyn FlowStore) {
     }
     commit(store, &writes).await;
 
-    let mut active = store.load_active_flows().await.expect("active");
+    let active = store.load_active_flows().await.expect("active");
+    let mut active: Vec<FlowState> = active.into_iter().map(|f| own(store, f)).collect();
     active.sort_by_key(|f| f.id);
     let expected: Vec<FlowState> = flows
         .iter()
@@ -876,6 +931,68 @@ async fn empty_batch_and_ping(store: &dyn FlowStore) {
     store.ping().await.expect("ping");
     commit(store, &[]).await;
     assert_eq!(store.max_event_id().await.expect("max"), 0);
+}
+
+/// A transition of a flow that another node took over (its epoch moved on) commits nothing,
+/// not its flow row, phase rows, events or failure, and fails alone: every other write of
+/// its batch commits, in the same transaction, and the receipt names the fenced one.
+async fn a_fenced_write_commits_nothing_and_the_others_commit(
+    store: &dyn FlowStore,
+    take_over: impl AsyncFnOnce(FlowId),
+) {
+    let definition = flow_type("discovery", 1);
+    let mut flows: Vec<FlowState> = (0..1000)
+        .map(|_| new_flow(&definition, &tenant("acme"), None, None))
+        .collect();
+    let creates: Vec<Write> = flows.iter_mut().map(|f| create(f).0).collect();
+    commit(store, &creates).await;
+    let lost = flows[500].id;
+    take_over(lost).await;
+    let before = store.load_flow(lost).await.expect("load").expect("stored");
+    assert!(!store.owns(&before), "taken over by another node");
+
+    let mut updates: Vec<Write> = flows.iter_mut().map(|f| start_phase(f, 0)).collect();
+    // The lost flow's transition also journals a failure: it must not be written either.
+    if let Write::Transition(t) = &mut updates[500] {
+        t.failure = Some(FailureRecord {
+            id: 0,
+            flow_id: lost,
+            master_flow_id: lost,
+            phase: Some("import".into()),
+            attempt: 1,
+            error_kind: "handler_error".into(),
+            message: "late".into(),
+            diagnostic: json!({}),
+            at: now(),
+        });
+    }
+    let receipt = store
+        .commit_receipted(&updates, false)
+        .await
+        .expect("the batch commits");
+    assert_eq!(receipt.fenced, vec![500]);
+
+    let after = store.load_flow(lost).await.expect("load").expect("stored");
+    assert_eq!(after, before, "nothing of the fenced transition is stored");
+    let events = store.flow_events(lost, 0, 10).await.expect("events");
+    assert_eq!(events.len(), 1, "only its creation event: {events:?}");
+    assert!(store.failures(lost).await.expect("failures").is_empty());
+    for flow in [&flows[0], &flows[499], &flows[501], &flows[999]] {
+        assert_eq!(&load(store, flow.id).await, flow);
+        assert_eq!(
+            store
+                .flow_events(flow.id, 0, 10)
+                .await
+                .expect("events")
+                .len(),
+            2
+        );
+    }
+    let all = store
+        .tenant_events(&tenant("acme"), 0, 5000)
+        .await
+        .expect("tenant events");
+    assert_eq!(all.len(), 1999, "every event but the fenced one's");
 }
 
 /// A clone of a `DbStore` (one per HTTP worker) is a handle on the same pool and database.

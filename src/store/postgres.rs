@@ -1,7 +1,6 @@
 //! PostgreSQL: the scale-out backend, through tokio-postgres (no libpq).
 
 use diesel::ConnectionError;
-use diesel::QueryResult;
 use diesel_async::RunQueryDsl;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
@@ -13,7 +12,14 @@ use flowd_actors::store::StoreError;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, try_join_all};
 
-use super::columns::Columns;
+use std::collections::HashSet;
+
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::columns::{Columns, FLOW_FENCE, Returning};
+use super::schema::sql_types::SqlUuid;
+use super::schema::{DbUuid, flows};
 use super::{Plan, TxError};
 
 /// The PostgreSQL pool.
@@ -109,47 +115,73 @@ fn migrate(url: &str) -> Result<(), StoreError> {
 /// of a thousand transitions costs a handful of them rather than thousands. Each text depends
 /// only on its table, so it stays prepared on the connection, and the statements are
 /// pipelined: each is sent without waiting for the one before it, and PostgreSQL still runs
-/// them in order. A one-transition commit is BEGIN, one round trip for its statements, and
-/// COMMIT.
-pub(super) async fn write_plan(c: &mut AsyncPgConnection, plan: &Plan<'_>) -> Result<(), TxError> {
+/// them in order.
+///
+/// Two pipelined trips: the flow rows first, then the rest. The flow update is fenced
+/// ([`Columns::fenced_update`]): it changes only rows still owned by this node under the
+/// write's epoch and returns their ids. A flow it did not change was taken over by another
+/// node: the second trip leaves out that flow's phase, event and failure rows, so its
+/// transition commits nothing and fails alone while the batch commits (docs/cluster.md, 2.2).
+/// Returns the ids of the fenced flows.
+pub(super) async fn write_plan(
+    c: &mut AsyncPgConnection,
+    plan: &mut Plan<'_>,
+) -> Result<HashSet<Uuid>, TxError> {
     let conn: &AsyncPgConnection = c;
-    // Each statement, with the rows it must touch when that is checked (flow updates).
-    let mut planned: Vec<(Columns<'_>, Option<usize>)> = Vec::new();
+    let mut inserts: Vec<BoxFuture<'_, QueryResult<usize>>> = Vec::new();
     if !plan.flow_types.is_empty() {
-        planned.push((Columns::insert(&plan.flow_types), None));
+        inserts.push(Columns::insert(&plan.flow_types).execute(&mut &*conn));
     }
     if !plan.new_flows.is_empty() {
-        planned.push((Columns::insert(&plan.new_flows), None));
+        inserts.push(Columns::insert(&plan.new_flows).execute(&mut &*conn));
     }
-    if !plan.flow_changes.is_empty() {
-        // Keyed by id and deduplicated, so each change matches exactly one row.
-        let expected = Some(plan.flow_changes.len());
-        planned.push((Columns::update(&plan.flow_changes), expected));
+    let update = (!plan.flow_changes.is_empty()).then(|| {
+        Returning::<SqlUuid>::new(Columns::fenced_update(&plan.flow_changes, FLOW_FENCE))
+            .load::<DbUuid>(&mut &*conn)
+    });
+    // Outputs come back in the order sent, so the first error is the statement that failed,
+    // not one that PostgreSQL refused afterwards because the transaction was already aborted.
+    try_join_all(inserts).await?;
+    let updated = match update {
+        Some(update) => update.await?,
+        None => Vec::new(),
+    };
+    let mut fenced = HashSet::new();
+    if updated.len() < plan.flow_changes.len() {
+        // Keyed by id and deduplicated in the plan, so each change matches at most one row.
+        let updated: HashSet<Uuid> = updated.into_iter().map(|id| id.0).collect();
+        let unmatched: Vec<DbUuid> = plan
+            .flow_changes
+            .iter()
+            .map(|change| change.id)
+            .filter(|id| !updated.contains(&id.0))
+            .collect();
+        let stored: Vec<DbUuid> = flows::table
+            .filter(flows::id.eq_any(&unmatched))
+            .select(flows::id)
+            .load(&mut &*conn)
+            .await?;
+        if stored.len() < unmatched.len() {
+            // A transition of a flow that does not exist: a bug, refused as before.
+            return Err(TxError::MissingFlows(unmatched.len() - stored.len()));
+        }
+        fenced = stored.into_iter().map(|id| id.0).collect();
+        plan.leave_out(&fenced);
     }
+    let mut rest: Vec<BoxFuture<'_, QueryResult<usize>>> = Vec::new();
     if !plan.phases.is_empty() {
-        planned.push((Columns::insert(&plan.phases), None));
+        rest.push(Columns::insert(&plan.phases).execute(&mut &*conn));
     }
     if !plan.events.is_empty() {
-        planned.push((Columns::insert(&plan.events), None));
+        rest.push(Columns::insert(&plan.events).execute(&mut &*conn));
     }
     if !plan.failures.is_empty() {
-        planned.push((Columns::insert(&plan.failures), None));
+        rest.push(Columns::insert(&plan.failures).execute(&mut &*conn));
     }
     // Deduplicated by id in the plan: one statement may not upsert a row twice.
     if !plan.tasks.is_empty() {
-        planned.push((Columns::insert(&plan.tasks), None));
+        rest.push(Columns::insert(&plan.tasks).execute(&mut &*conn));
     }
-    let (statements, expected): (Vec<BoxFuture<'_, QueryResult<usize>>>, Vec<_>) = planned
-        .into_iter()
-        .map(|(statement, expected)| (statement.execute(&mut &*conn), expected))
-        .unzip();
-    // Outputs come back in the order sent, so the first error is the statement that failed,
-    // not one that PostgreSQL refused afterwards because the transaction was already aborted.
-    let touched = try_join_all(statements).await?;
-    for (rows, expected) in touched.into_iter().zip(expected) {
-        if let Some(expected) = expected.filter(|&expected| expected != rows) {
-            return Err(TxError::MissingFlows(expected.saturating_sub(rows)));
-        }
-    }
-    Ok(())
+    try_join_all(rest).await?;
+    Ok(fenced)
 }

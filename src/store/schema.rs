@@ -71,6 +71,8 @@ diesel::table! {
         last_seq -> BigInt,
         created_at -> SqlTime,
         updated_at -> SqlTime,
+        owner_node -> Nullable<Text>,
+        owner_epoch -> BigInt,
     }
 }
 

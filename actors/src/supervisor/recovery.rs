@@ -76,6 +76,11 @@ impl Supervisor {
                 info!(flow_id = %flow_id, "flow stopped while it was read; not revived");
                 continue;
             }
+            if !self.store.owns(&flow) {
+                // Another node took it over since it was listed: its owner runs it.
+                info!(flow_id = %flow_id, owner = ?flow.owner_node, "flow owned by another node; not revived");
+                continue;
+            }
             if !self.flows.contains_key(&flow_id) {
                 self.spawn_flow(flow, definition, StartMode::Recover, ctx);
                 started += 1;
