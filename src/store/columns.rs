@@ -270,6 +270,28 @@ impl<'f> Columns<'f> {
         R::bind_columns(rows, statement)
     }
 
+    /// `INSERT INTO table (columns) SELECT …` of `rows` whose first column, the id, is
+    /// numbered in the statement from the counter row `counter.last` (already moved past
+    /// them): the rows get the ids up to `last`, in order, whatever ids they carry.
+    pub fn insert_numbered<R: CommitRow>(rows: &'f [R], counter: &str) -> Self {
+        let values: Vec<String> = R::COLUMNS[1..].iter().map(|c| format!("v.{c}")).collect();
+        let statement = Self {
+            head: format!(
+                "INSERT INTO {} ({}) SELECT n.last - count(*) OVER () + v.ord, {} FROM {counter} n, ",
+                R::TABLE,
+                R::COLUMNS.join(", "),
+                values.join(", ")
+            ),
+            binds: Vec::with_capacity(R::COLUMNS.len()),
+            tail: format!(
+                " WITH ORDINALITY AS v ({}, ord){}",
+                R::COLUMNS.join(", "),
+                R::CONFLICT
+            ),
+        };
+        R::bind_columns(rows, statement)
+    }
+
     /// One `UPDATE … FROM unnest(…)` of `rows` that changes a row only while its `fence`
     /// columns hold the values of the update, matched by the first column and setting the
     /// others, and returns the keys it changed: the caller learns which rows were fenced off
@@ -431,6 +453,19 @@ mod tests {
         assert!(
             diesel::query_builder::QueryFragment::<Pg>::is_safe_to_cache_prepared(&columns, &Pg)
                 .expect("cacheable")
+        );
+    }
+
+    #[test]
+    fn numbers_rows_from_a_counter() {
+        let rows = pairs();
+        let sql = diesel::debug_query::<Pg, _>(&Columns::insert_numbered(&rows, "c")).to_string();
+        assert!(
+            sql.starts_with(
+                "INSERT INTO t (a, b) SELECT n.last - count(*) OVER () + v.ord, v.b FROM c n, \
+                 unnest($1, $2) WITH ORDINALITY AS v (a, b, ord) X --"
+            ),
+            "{sql}"
         );
     }
 

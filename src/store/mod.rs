@@ -213,13 +213,13 @@ impl DbStore {
                 let mut plan = Plan::of(batch, self.owner())?;
                 let plan = &mut plan;
                 let mut conn = writer.get().await.map_err(pool_error)?;
-                let fenced = conn
+                let (fenced, first_event_id) = conn
                     .transaction(async |c| postgres::write_plan(c, plan).await)
                     .await
                     .map_err(TxError::into_store_error)?;
                 Ok(CommitReceipt {
                     fenced: fenced_positions(batch, &fenced),
-                    first_event_id: None,
+                    first_event_id,
                 })
             }
         }

@@ -10,7 +10,7 @@ use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use flowd_actors::store::StoreError;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, try_join_all};
+use futures_util::future::{BoxFuture, try_join_all, try_join4};
 
 use std::collections::HashSet;
 
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::columns::{Columns, FLOW_FENCE, Returning};
 use super::schema::sql_types::SqlUuid;
-use super::schema::{DbUuid, flows};
+use super::schema::{DbUuid, event_ids, flows};
 use super::{Plan, TxError};
 
 /// The PostgreSQL pool.
@@ -122,11 +122,17 @@ fn migrate(url: &str) -> Result<(), StoreError> {
 /// write's epoch and returns their ids. A flow it did not change was taken over by another
 /// node: the second trip leaves out that flow's phase, event and failure rows, so its
 /// transition commits nothing and fails alone while the batch commits (docs/cluster.md, 2.2).
-/// Returns the ids of the fenced flows.
+///
+/// Events are numbered last ([`EVENT_IDS`]): the counter row moves past the events actually
+/// written, the events are inserted with those ids, and `pg_notify` announces the batch's last
+/// id on [`EVENTS_CHANNEL`]; the row lock taken there is held until COMMIT, so ids are assigned
+/// in commit order across every node, without gaps (docs/cluster.md, 2.4).
+///
+/// Returns the ids of the fenced flows and the id of the first event written.
 pub(super) async fn write_plan(
     c: &mut AsyncPgConnection,
     plan: &mut Plan<'_>,
-) -> Result<HashSet<Uuid>, TxError> {
+) -> Result<(HashSet<Uuid>, Option<i64>), TxError> {
     let conn: &AsyncPgConnection = c;
     let mut inserts: Vec<BoxFuture<'_, QueryResult<usize>>> = Vec::new();
     if !plan.flow_types.is_empty() {
@@ -172,9 +178,6 @@ pub(super) async fn write_plan(
     if !plan.phases.is_empty() {
         rest.push(Columns::insert(&plan.phases).execute(&mut &*conn));
     }
-    if !plan.events.is_empty() {
-        rest.push(Columns::insert(&plan.events).execute(&mut &*conn));
-    }
     if !plan.failures.is_empty() {
         rest.push(Columns::insert(&plan.failures).execute(&mut &*conn));
     }
@@ -182,6 +185,27 @@ pub(super) async fn write_plan(
     if !plan.tasks.is_empty() {
         rest.push(Columns::insert(&plan.tasks).execute(&mut &*conn));
     }
-    try_join_all(rest).await?;
-    Ok(fenced)
+    if plan.events.is_empty() {
+        try_join_all(rest).await?;
+        return Ok((fenced, None));
+    }
+    let count = i64::try_from(plan.events.len()).unwrap_or(i64::MAX);
+    let counter = diesel::update(event_ids::table)
+        .set(event_ids::last.eq(event_ids::last + count))
+        .returning(event_ids::last)
+        .get_result::<i64>(&mut &*conn);
+    let events = Columns::insert_numbered(&plan.events, EVENT_IDS).execute(&mut &*conn);
+    let notify = diesel::sql_query(NOTIFY_EVENTS).execute(&mut &*conn);
+    let (_, last, _, _) = try_join4(try_join_all(rest), counter, events, notify).await?;
+    Ok((fenced, Some(last - count + 1)))
 }
+
+/// The one-row counter events are numbered from.
+const EVENT_IDS: &str = "event_ids";
+
+/// The channel on which every committed batch announces its last event id, delivered at
+/// commit and in commit order: how other nodes learn that events are there to read.
+pub const EVENTS_CHANNEL: &str = "flowd_events";
+
+/// Announces the batch's last event id on [`EVENTS_CHANNEL`] (the counter row, already moved).
+const NOTIFY_EVENTS: &str = "SELECT pg_notify('flowd_events', last::text) FROM event_ids";
