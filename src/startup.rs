@@ -256,6 +256,7 @@ impl Application {
                 return Err(error.into());
             }
         };
+        runtime.attach_to(&cluster);
         let runtime_data = web::Data::new(runtime.clone());
         let cluster_data = web::Data::new(cluster.clone());
         let keys = web::Data::new(KeyRing::new(&settings));

@@ -254,6 +254,19 @@ impl FlowStore for MemoryStore {
         async move { Ok(ids) }.boxed()
     }
 
+    fn not_owned<'a>(
+        &'a self,
+        ids: &'a [FlowId],
+    ) -> BoxFuture<'a, Result<Vec<FlowId>, StoreError>> {
+        let tables = self.tables.lock();
+        let lost = ids
+            .iter()
+            .filter(|id| tables.flows.get(id).is_some_and(|f| f.owner_node.is_some()))
+            .copied()
+            .collect();
+        async move { Ok(lost) }.boxed()
+    }
+
     /// This process owns every flow nobody took over ([`MemoryStore::take_over`]).
     fn owns(&self, flow: &FlowState) -> bool {
         flow.owner_node.is_none()

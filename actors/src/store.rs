@@ -246,6 +246,16 @@ pub trait FlowStore: Send + Sync + 'static {
         true
     }
 
+    /// Which of `ids` another node owns now (a takeover claimed them): after a long silence,
+    /// the actors this node must stop. A single-node store owns every flow: none.
+    fn not_owned<'a>(
+        &'a self,
+        ids: &'a [FlowId],
+    ) -> BoxFuture<'a, Result<Vec<FlowId>, StoreError>> {
+        let _ = ids;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// A cheap round trip, for readiness.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 

@@ -250,6 +250,27 @@ impl DbStore {
         Ok(ids.into_iter().map(|id| FlowId(id.0)).collect())
     }
 
+    /// Which of `ids` are owned by another node (PostgreSQL; SQLite owns every flow).
+    async fn lost(&self, ids: &[FlowId]) -> Result<Vec<FlowId>, StoreError> {
+        let (Some(owner), Pools::Postgres { pool, .. }) = (self.owner(), &*self.pools) else {
+            return Ok(Vec::new());
+        };
+        let mut conn = pool.get().await.map_err(pool_error)?;
+        let mut lost = Vec::new();
+        for chunk in ids.chunks(columns::MAX_ROWS) {
+            let chunk: Vec<DbUuid> = chunk.iter().map(|id| DbUuid(id.0)).collect();
+            let part: Vec<DbUuid> = flows::table
+                .filter(flows::id.eq_any(&chunk))
+                .filter(flows::owner_node.ne(owner))
+                .select(flows::id)
+                .load(&mut conn)
+                .await
+                .map_err(db_error)?;
+            lost.extend(part.into_iter().map(|id| FlowId(id.0)));
+        }
+        Ok(lost)
+    }
+
     async fn load_one(&self, id: FlowId) -> Result<Option<FlowState>, StoreError> {
         with_conn!(self, |conn: Db| {
             // Reads of one row by key use `load`, not diesel's `first`: `first` binds its
@@ -626,6 +647,13 @@ impl FlowStore for DbStore {
 
     fn load_flow(&self, id: FlowId) -> BoxFuture<'_, Result<Option<FlowState>, StoreError>> {
         Box::pin(read_retrying(move || self.load_one(id)))
+    }
+
+    fn not_owned<'a>(
+        &'a self,
+        ids: &'a [FlowId],
+    ) -> BoxFuture<'a, Result<Vec<FlowId>, StoreError>> {
+        Box::pin(read_retrying(move || self.lost(ids)))
     }
 
     fn owns(&self, flow: &FlowState) -> bool {
