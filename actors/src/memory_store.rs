@@ -13,7 +13,7 @@ use crate::definition::FlowType;
 use crate::events::FlowEvent;
 use crate::ids::{FlowId, Tenant};
 use crate::model::{FailureRecord, FlowState, FlowStatus};
-use crate::store::{CommitReceipt, FlowQuery, FlowStore, StoreError, Write};
+use crate::store::{CommitReceipt, FlowQuery, FlowStore, StoreError, Write, fenced_failure};
 use crate::task::{TaskId, TaskRecord};
 
 #[derive(Default, Clone)]
@@ -110,6 +110,16 @@ impl MemoryStore {
                         .is_some_and(|stored| stored.owner_epoch != t.flow.owner_epoch)
                     {
                         fenced.push(position);
+                        let master = t.events.first().map_or(t.flow_id, |e| e.master_flow_id);
+                        let mut failure = fenced_failure(
+                            t.flow_id,
+                            master,
+                            t.flow.current_phase.clone(),
+                            None,
+                            t.flow.owner_epoch,
+                        );
+                        failure.id = tables.failures.len() as i64 + 1;
+                        tables.failures.push(failure);
                         continue;
                     }
                     let flow = tables

@@ -108,6 +108,33 @@ impl CommitReceipt {
     }
 }
 
+/// The failure-journal row of a fenced transition: the node that wrote it had lost the flow.
+/// Written by the store in the same transaction as the rest of the batch; the journal has no
+/// fence, so it records that this node lost the flow while the new owner's history stays as
+/// it was (docs/cluster.md, 2.2).
+pub fn fenced_failure(
+    flow_id: FlowId,
+    master_flow_id: FlowId,
+    phase: Option<String>,
+    node: Option<&str>,
+    epoch: u64,
+) -> FailureRecord {
+    FailureRecord {
+        id: 0,
+        flow_id,
+        master_flow_id,
+        phase,
+        attempt: 0,
+        error_kind: "fenced".into(),
+        message: format!(
+            "another node owns this flow now; a transition written under epoch {epoch} \
+             committed nothing and its actor stopped"
+        ),
+        diagnostic: serde_json::json!({ "node": node, "epoch": epoch }),
+        at: crate::model::now(),
+    }
+}
+
 /// Filter and page of a flow listing; newest first.
 #[derive(Clone, Debug, Default)]
 pub struct FlowQuery {

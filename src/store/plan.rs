@@ -4,7 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
-use flowd_actors::store::{StoreError, Write};
+use flowd_actors::ids::FlowId;
+use flowd_actors::model::FailureRecord;
+use flowd_actors::store::{StoreError, Write, fenced_failure};
 
 use super::models::{
     EventWrite, FailureWrite, FlowChange, NewFlow, NewFlowType, PhaseWrite, TaskWrite,
@@ -94,6 +96,29 @@ impl<'a> Plan<'a> {
 }
 
 impl Plan<'_> {
+    /// The journal rows of the fenced `flows` ([`fenced_failure`]): which node lost which flow
+    /// under which epoch.
+    pub(super) fn fenced_journal(&self, flows: &HashSet<uuid::Uuid>) -> Vec<FailureRecord> {
+        self.flow_changes
+            .iter()
+            .filter(|change| flows.contains(&change.id.0))
+            .map(|change| {
+                let master = self
+                    .events
+                    .iter()
+                    .find(|event| event.flow_id.0 == change.id.0)
+                    .map_or(change.id.0, |event| event.master_flow_id.0);
+                fenced_failure(
+                    FlowId(change.id.0),
+                    FlowId(master),
+                    change.update.current_phase.clone(),
+                    change.owner_node,
+                    change.update.owner_epoch,
+                )
+            })
+            .collect()
+    }
+
     /// Drops the phase, event and failure rows of `flows`: transitions fenced off by their
     /// flow's owner, which must commit nothing (their flow rows were not updated).
     pub(super) fn leave_out(&mut self, flows: &HashSet<uuid::Uuid>) {

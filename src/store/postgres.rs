@@ -18,6 +18,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::columns::{Columns, FLOW_FENCE, Returning};
+use super::models::FailureWrite;
 use super::schema::sql_types::SqlUuid;
 use super::schema::{DbUuid, event_ids, flows};
 use super::{Plan, TxError};
@@ -53,9 +54,12 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<PgPool, StoreError> 
 /// flows update kept a hash join over a sequential scan of the whole table long after the table
 /// had grown (628 scans reading 5.6 million rows in one 20,000-flow benchmark run). Without
 /// sequential scans, hash and merge joins, every plan on this connection is a lookup by key,
-/// whatever the table's size when it was made.
-const WRITER_PLANNER: &str =
-    "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off";
+/// whatever the table's size when it was made. The one-row `event_ids` counter has nothing to
+/// look up by key: its scan keeps the penalty cost of a disabled sequential scan, which would
+/// make PostgreSQL compile each numbering statement with JIT (100 ms a commit); JIT is off, as
+/// it cannot pay off for statements of a few rows.
+const WRITER_PLANNER: &str = "SET enable_seqscan = off; SET enable_hashjoin = off; \
+     SET enable_mergejoin = off; SET jit = off";
 
 /// The commit connection: a pool of one, which reconnects after a failure like any pool, each
 /// connection with `WRITER_PLANNER`. Once migrated by [`connect`].
@@ -153,6 +157,7 @@ pub(super) async fn write_plan(
         None => Vec::new(),
     };
     let mut fenced = HashSet::new();
+    let mut journal = Vec::new();
     if updated.len() < plan.flow_changes.len() {
         // Keyed by id and deduplicated in the plan, so each change matches at most one row.
         let updated: HashSet<Uuid> = updated.into_iter().map(|id| id.0).collect();
@@ -172,14 +177,22 @@ pub(super) async fn write_plan(
             return Err(TxError::MissingFlows(unmatched.len() - stored.len()));
         }
         fenced = stored.into_iter().map(|id| id.0).collect();
+        journal = plan.fenced_journal(&fenced);
         plan.leave_out(&fenced);
     }
+    let journal: Vec<FailureWrite<'_>> = journal
+        .iter()
+        .filter_map(|failure| FailureWrite::from_domain(failure).ok())
+        .collect();
     let mut rest: Vec<BoxFuture<'_, QueryResult<usize>>> = Vec::new();
     if !plan.phases.is_empty() {
         rest.push(Columns::insert(&plan.phases).execute(&mut &*conn));
     }
     if !plan.failures.is_empty() {
         rest.push(Columns::insert(&plan.failures).execute(&mut &*conn));
+    }
+    if !journal.is_empty() {
+        rest.push(Columns::insert(&journal).execute(&mut &*conn));
     }
     // Deduplicated by id in the plan: one statement may not upsert a row twice.
     if !plan.tasks.is_empty() {
