@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use flowd_actors::definition::FlowType;
 use flowd_actors::events::FlowEvent;
 use flowd_actors::ids::{FlowId, Tenant};
@@ -213,10 +213,21 @@ impl DbStore {
                 let mut plan = Plan::of(batch, self.owner())?;
                 let plan = &mut plan;
                 let mut conn = writer.get().await.map_err(pool_error)?;
-                let (fenced, first_event_id) = conn
-                    .transaction(async |c| postgres::write_plan(c, plan).await)
-                    .await
-                    .map_err(TxError::into_store_error)?;
+                let committed = postgres::commit_plan(&mut conn, plan).await;
+                let (fenced, first_event_id) = match committed {
+                    Ok(committed) => committed,
+                    Err(error) => {
+                        // BEGIN and COMMIT are pipelined with the statements, outside diesel's
+                        // transaction manager: a connection that cannot say its transaction
+                        // ended is not given back to the pool.
+                        if postgres::roll_back(&mut conn).await.is_err() {
+                            drop(diesel_async::pooled_connection::deadpool::Object::take(
+                                conn,
+                            ));
+                        }
+                        return Err(error.into_store_error());
+                    }
+                };
                 Ok(CommitReceipt {
                     fenced: fenced_positions(batch, &fenced),
                     first_event_id,

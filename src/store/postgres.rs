@@ -10,7 +10,7 @@ use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use flowd_actors::store::StoreError;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, try_join_all, try_join4};
+use futures_util::future::{BoxFuture, try_join, try_join_all, try_join5};
 
 use std::collections::HashSet;
 
@@ -114,48 +114,50 @@ fn migrate(url: &str) -> Result<(), StoreError> {
     migrated.and(unlocked.map(drop))
 }
 
-/// Writes a planned batch inside the caller's transaction, one statement per table that has
-/// rows ([`Columns`]): on PostgreSQL every statement is a network round trip, so a batch
-/// of a thousand transitions costs a handful of them rather than thousands. Each text depends
-/// only on its table, so it stays prepared on the connection, and the statements are
-/// pipelined: each is sent without waiting for the one before it, and PostgreSQL still runs
-/// them in order.
+/// Commits a planned batch in one transaction, one statement per table that has rows
+/// ([`Columns`]): on PostgreSQL every statement is a network round trip, so a batch of a
+/// thousand transitions costs a handful of them rather than thousands. Each text depends only
+/// on its table, so it stays prepared on the connection, and the statements are pipelined:
+/// each is sent without waiting for the one before it, and PostgreSQL still runs them in
+/// order. `BEGIN` and `COMMIT` are pipelined with them, so a batch is two round trips.
 ///
-/// Two pipelined trips: the flow rows first, then the rest. The flow update is fenced
+/// The first trip opens the transaction and writes the flow rows. Their update is fenced
 /// ([`Columns::fenced_update`]): it changes only rows still owned by this node under the
 /// write's epoch and returns their ids. A flow it did not change was taken over by another
-/// node: the second trip leaves out that flow's phase, event and failure rows, so its
-/// transition commits nothing and fails alone while the batch commits (docs/cluster.md, 2.2).
+/// node: the second trip leaves out that flow's phase, event and failure rows and journals the
+/// fence instead, so its transition commits nothing and fails alone while the batch commits
+/// (docs/cluster.md, 2.2).
 ///
 /// Events are numbered last ([`EVENT_IDS`]): the counter row moves past the events actually
 /// written, the events are inserted with those ids, and `pg_notify` announces the batch's last
-/// id on [`EVENTS_CHANNEL`]; the row lock taken there is held until COMMIT, so ids are assigned
-/// in commit order across every node, without gaps (docs/cluster.md, 2.4).
+/// id on [`EVENTS_CHANNEL`]; the row lock taken there is held until the COMMIT that ends the
+/// second trip, so ids are assigned in commit order across every node, without gaps
+/// (docs/cluster.md, 2.4).
 ///
-/// Returns the ids of the fenced flows and the id of the first event written.
-pub(super) async fn write_plan(
+/// Returns the ids of the fenced flows and the id of the first event written. On an error the
+/// transaction may still be open: the caller must roll it back (or give the connection up).
+pub(super) async fn commit_plan(
     c: &mut AsyncPgConnection,
     plan: &mut Plan<'_>,
 ) -> Result<(HashSet<Uuid>, Option<i64>), TxError> {
     let conn: &AsyncPgConnection = c;
-    let mut inserts: Vec<BoxFuture<'_, QueryResult<usize>>> = Vec::new();
+    let mut first: Vec<BoxFuture<'_, QueryResult<usize>>> =
+        vec![diesel::sql_query("BEGIN").execute(&mut &*conn)];
     if !plan.flow_types.is_empty() {
-        inserts.push(Columns::insert(&plan.flow_types).execute(&mut &*conn));
+        first.push(Columns::insert(&plan.flow_types).execute(&mut &*conn));
     }
     if !plan.new_flows.is_empty() {
-        inserts.push(Columns::insert(&plan.new_flows).execute(&mut &*conn));
+        first.push(Columns::insert(&plan.new_flows).execute(&mut &*conn));
     }
-    let update = (!plan.flow_changes.is_empty()).then(|| {
-        Returning::<SqlUuid>::new(Columns::fenced_update(&plan.flow_changes, FLOW_FENCE))
-            .load::<DbUuid>(&mut &*conn)
-    });
+    let update: BoxFuture<'_, QueryResult<Vec<DbUuid>>> = if plan.flow_changes.is_empty() {
+        Box::pin(async { Ok(Vec::new()) })
+    } else {
+        let update = Columns::fenced_update(&plan.flow_changes, FLOW_FENCE);
+        Box::pin(Returning::<SqlUuid>::new(update).load::<DbUuid>(&mut &*conn))
+    };
     // Outputs come back in the order sent, so the first error is the statement that failed,
     // not one that PostgreSQL refused afterwards because the transaction was already aborted.
-    try_join_all(inserts).await?;
-    let updated = match update {
-        Some(update) => update.await?,
-        None => Vec::new(),
-    };
+    let (_, updated) = try_join(try_join_all(first), update).await?;
     let mut fenced = HashSet::new();
     let mut journal = Vec::new();
     if updated.len() < plan.flow_changes.len() {
@@ -199,6 +201,7 @@ pub(super) async fn write_plan(
         rest.push(Columns::insert(&plan.tasks).execute(&mut &*conn));
     }
     if plan.events.is_empty() {
+        rest.push(diesel::sql_query("COMMIT").execute(&mut &*conn));
         try_join_all(rest).await?;
         return Ok((fenced, None));
     }
@@ -209,8 +212,15 @@ pub(super) async fn write_plan(
         .get_result::<i64>(&mut &*conn);
     let events = Columns::insert_numbered(&plan.events, EVENT_IDS).execute(&mut &*conn);
     let notify = diesel::sql_query(NOTIFY_EVENTS).execute(&mut &*conn);
-    let (_, last, _, _) = try_join4(try_join_all(rest), counter, events, notify).await?;
+    let commit = diesel::sql_query("COMMIT").execute(&mut &*conn);
+    let (_, last, _, _, _) = try_join5(try_join_all(rest), counter, events, notify, commit).await?;
     Ok((fenced, Some(last - count + 1)))
+}
+
+/// Ends a transaction [`commit_plan`] left open by an error (a warning, not an error, when
+/// its pipelined COMMIT already ended it).
+pub(super) async fn roll_back(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
+    diesel::sql_query("ROLLBACK").execute(conn).await
 }
 
 /// The one-row counter events are numbered from.
