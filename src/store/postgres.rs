@@ -58,8 +58,14 @@ pub async fn connect(url: &str, pool_size: usize) -> Result<PgPool, StoreError> 
 /// look up by key: its scan keeps the penalty cost of a disabled sequential scan, which would
 /// make PostgreSQL compile each numbering statement with JIT (100 ms a commit); JIT is off, as
 /// it cannot pay off for statements of a few rows.
+///
+/// A commit's transaction waits on this process only between its two pipelined trips, for
+/// microseconds; a process paused there (SIGSTOP, a starved machine) would hold its flow rows
+/// locked, and the claims of a takeover skip locked rows. After 5 s idle in a transaction the
+/// server ends the session and its locks go: the paused node's commit fails when it wakes.
 const WRITER_PLANNER: &str = "SET enable_seqscan = off; SET enable_hashjoin = off; \
-     SET enable_mergejoin = off; SET jit = off";
+     SET enable_mergejoin = off; SET jit = off; \
+     SET idle_in_transaction_session_timeout = 5000";
 
 /// The commit connection: a pool of one, which reconnects after a failure like any pool, each
 /// connection with `WRITER_PLANNER`. Once migrated by [`connect`].

@@ -1,6 +1,11 @@
 //! The persistence actor: the only writer. It drains its mailbox into one transaction per batch
 //! (group commit), so throughput rises with load while every writer still waits for its own
-//! commit. Event ids are numbered here, in commit order, which makes them rise across all flows.
+//! commit. Event ids are numbered here, in commit order, which makes them rise across all flows;
+//! a store that numbers them inside its commit (PostgreSQL, where the nodes of a cluster share
+//! one sequence) returns the ids it gave, and those are the ones published.
+//!
+//! A transition whose flow another node took over is fenced by the store: it commits nothing,
+//! fails alone (its batch commits) and its flow actor is answered [`PersistError::Fenced`].
 
 pub mod messages;
 
@@ -241,8 +246,7 @@ impl PersistenceActor {
             let answer = match outcome {
                 Outcome::Committed { first_event_id } => {
                     committed += 1;
-                    if let Write::Transition(t) = write {
-                        let mut t = t;
+                    if let Write::Transition(mut t) = write {
                         if let Some(first) = first_event_id {
                             for (id, event) in (first..).zip(&mut t.events) {
                                 event.id = id;
