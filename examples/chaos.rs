@@ -21,7 +21,7 @@ use flowd_actors::events::FlowEvent;
 use flowd_actors::handler::HandlerSet;
 use flowd_actors::ids::{FlowId, Tenant};
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus, NewFlow};
-use flowd_actors::store::{FlowQuery, FlowStore, StoreError, Write};
+use flowd_actors::store::{CommitReceipt, FlowQuery, FlowStore, StoreError, Write};
 use flowd_actors::supervisor::RestartIntensity;
 use flowd_actors::task::{TaskId, TaskRecord};
 use flowd_actors::{Runtime, RuntimeConfig};
@@ -50,6 +50,27 @@ impl FlowStore for Outage {
             return Box::pin(async { Err(StoreError::Unavailable("chaos: database down".into())) });
         }
         self.inner.commit(batch)
+    }
+    // The persistence actor commits through this one: the outage must reach it too, and the
+    // inner store's fence and event numbering must not be lost.
+    fn commit_receipted<'a>(
+        &'a self,
+        batch: &'a [Write],
+        synced: bool,
+    ) -> BoxFuture<'a, Result<CommitReceipt, StoreError>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Unavailable("chaos: database down".into())) });
+        }
+        self.inner.commit_receipted(batch, synced)
+    }
+    fn owns(&self, flow: &FlowState) -> bool {
+        self.inner.owns(flow)
+    }
+    fn not_owned<'a>(
+        &'a self,
+        ids: &'a [FlowId],
+    ) -> BoxFuture<'a, Result<Vec<FlowId>, StoreError>> {
+        self.inner.not_owned(ids)
     }
     fn load_flow_types(&self) -> BoxFuture<'_, Result<Vec<FlowType>, StoreError>> {
         self.inner.load_flow_types()

@@ -233,7 +233,7 @@ impl Application {
                     error,
                 })?;
         tracing::info!(backend = store.backend_name(), "database ready");
-        let store = Arc::new(store);
+        let store = Arc::new(store.with_node(&settings.cluster.node_id()));
         let nodes: Arc<dyn NodeStore> = store.clone();
         let cluster = Cluster::join(
             NodeConfig {
@@ -267,6 +267,7 @@ impl Application {
                 return Err(error.into());
             }
         };
+        runtime.attach_to(&cluster);
         if let Some(tail) = runtime.event_tail() {
             crate::store::listen::start(url, tail.clone());
         }

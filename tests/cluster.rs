@@ -1,6 +1,8 @@
-//! Cluster mode, first layer: nodes register and heartbeat in the `nodes` table,
-//! `/v1/cluster/nodes` (operators only) and `/metrics` show them, a killed node turns `down`
-//! after the node timeout, a stopped one `stopped`; SQLite refuses a second process.
+//! Cluster mode: nodes register and heartbeat in the `nodes` table, `/v1/cluster/nodes`
+//! (operators only) and `/metrics` show them, a killed node turns `down` after the node
+//! timeout, a stopped one `stopped`; SQLite refuses a second process. On PostgreSQL, the
+//! flows of a killed or paused node are taken over by the others, and a paused node's late
+//! writes are fenced off (`takeover`).
 
 mod common;
 
@@ -349,5 +351,283 @@ async fn postgres_nodes_started_at_once_on_an_empty_database_all_come_up() {
             "{list:?}"
         );
         drop(running);
+    }
+}
+
+/// Takeover tests: heartbeats every 100 ms, a node silent for 1 s is dead; flows of four
+/// sleeping phases, so that many are in flight at any moment.
+#[cfg(flowd_postgres_tests)]
+mod takeover {
+    use std::collections::{BTreeMap, HashMap};
+    use std::time::{Duration, Instant};
+
+    use chrono::{DateTime, Utc};
+    use futures_util::future::join_all;
+    use serde_json::{Value, json};
+
+    use super::common::{self, Backend, TestDatabase, TestServer, config_for};
+    use super::{CLUSTER, TIMEOUT};
+
+    /// `steps`: four phases of `ms` milliseconds each.
+    fn config(db: &TestDatabase, ms: u64) -> std::path::PathBuf {
+        let phase = |name: &str| {
+            format!(
+                "[[flow_types.phases]]\nname = \"{name}\"\nhandler = \"sleep\"\n\
+                 params = {{ ms = {ms} }}\n"
+            )
+        };
+        let types = format!(
+            "[[flow_types]]\nname = \"steps\"\nversion = 1\n{}{}{}{}",
+            phase("one"),
+            phase("two"),
+            phase("three"),
+            phase("four")
+        );
+        config_for(db, &format!("{CLUSTER}{types}"))
+    }
+
+    /// Creates `count` flows on `server`; their ids. The node that creates a flow owns it.
+    async fn create(server: &TestServer, count: usize) -> Vec<String> {
+        let posts = (0..count).map(|i| async move {
+            let reply = common::post(
+                server,
+                "/v1/flows",
+                &json!({ "flow_type": "steps", "input": { "n": i } }),
+            )
+            .await;
+            assert_eq!(reply.status, 201, "{:?}", reply.body);
+            reply.body["id"].as_str().expect("id").to_owned()
+        });
+        join_all(posts).await
+    }
+
+    fn status(flow: &Value) -> &str {
+        flow["status"].as_str().unwrap_or_default()
+    }
+
+    /// Waits until every flow of `ids` is terminal on `server`; their final states.
+    async fn all_terminal(server: &TestServer, ids: &[String], within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        let mut done: HashMap<String, Value> = HashMap::new();
+        loop {
+            let pending: Vec<&String> = ids.iter().filter(|id| !done.contains_key(*id)).collect();
+            for id in pending {
+                let reply = common::get(server, &format!("/v1/flows/{id}")).await;
+                assert_eq!(reply.status, 200, "{:?}", reply.body);
+                if matches!(status(&reply.body), "completed" | "failed" | "cancelled") {
+                    done.insert(id.clone(), reply.body);
+                }
+            }
+            if done.len() == ids.len() {
+                return ids.iter().map(|id| done[id].clone()).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} flows still not terminal",
+                ids.len() - done.len(),
+                ids.len()
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn events(server: &TestServer, id: &str) -> Vec<Value> {
+        let reply = common::get(server, &format!("/v1/flows/{id}/events")).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        reply.body["events"].as_array().expect("events").clone()
+    }
+
+    fn at(event: &Value) -> DateTime<Utc> {
+        event["at"]
+            .as_str()
+            .and_then(|at| at.parse().ok())
+            .expect("an event time")
+    }
+
+    /// A successful attempt: from its `phase_started` to its `phase_succeeded`.
+    type Run = (DateTime<Utc>, DateTime<Utc>);
+
+    /// The checks every flow must pass however its nodes died: completed, `seq` gap-free, and
+    /// each phase succeeded exactly once (so no two successful attempts of a phase, let alone
+    /// overlapping ones), each success after its own start.
+    fn ran_once(id: &str, flow: &Value, events: &[Value]) {
+        assert_eq!(status(flow), "completed", "{flow}");
+        let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+        assert_eq!(
+            seqs,
+            (1..=events.len() as u64).collect::<Vec<_>>(),
+            "flow {id}: seq gap-free"
+        );
+        let mut started: HashMap<&str, DateTime<Utc>> = HashMap::new();
+        let mut succeeded: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+        for event in events {
+            let phase = event["current_phase"].as_str().unwrap_or_default();
+            match event["kind"].as_str() {
+                Some("phase_started") => {
+                    started.insert(phase, at(event));
+                }
+                Some("phase_succeeded") => {
+                    let from = started
+                        .get(phase)
+                        .copied()
+                        .expect("started before it succeeded");
+                    succeeded.entry(phase).or_default().push((from, at(event)));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            succeeded.keys().copied().collect::<Vec<_>>(),
+            ["four", "one", "three", "two"],
+            "flow {id}: {events:?}"
+        );
+        for (phase, runs) in &succeeded {
+            assert_eq!(runs.len(), 1, "flow {id}: phase {phase} succeeded {runs:?}");
+            assert!(runs[0].0 <= runs[0].1, "flow {id}: {runs:?}");
+        }
+    }
+
+    /// A counter or gauge of `server`'s `/metrics`, by its full name.
+    async fn metric(server: &TestServer, name: &str) -> Option<f64> {
+        let mut response = common::client()
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .ok()?;
+        let text = response.body().await.ok()?;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    fn signal(server: &TestServer, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &server.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Three nodes share 300 flows; one is SIGKILLed with its flows in flight. The survivors
+    /// take them over after the node timeout and every flow completes, each phase succeeding
+    /// once, `seq` gap-free; the killed node's unfinished flows move again within the node
+    /// timeout + 2 s.
+    #[actix_web::test]
+    async fn a_killed_node_s_flows_complete_on_the_survivors() {
+        let db = TestDatabase::new(Backend::Postgres);
+        let config = config(&db, 500);
+        let a = TestServer::start(&config);
+        let b = TestServer::start(&config);
+        let c = TestServer::start(&config);
+        let (on_a, on_b, on_c) =
+            futures_util::join!(create(&a, 100), create(&b, 100), create(&c, 100));
+        actix_web::rt::time::sleep(Duration::from_millis(400)).await;
+
+        b.kill();
+        let killed = Utc::now();
+
+        let ids: Vec<String> = on_a.iter().chain(&on_b).chain(&on_c).cloned().collect();
+        let flows = all_terminal(&a, &ids, Duration::from_secs(90)).await;
+        for (id, flow) in ids.iter().zip(&flows) {
+            let server = if on_c.contains(id) { &c } else { &a };
+            ran_once(id, flow, &events(server, id).await);
+        }
+        // Every flow of b that moved after the kill was claimed, once; none of b's other
+        // flows was (those that b finished just before the kill).
+        let limit = chrono::Duration::from_std(TIMEOUT + Duration::from_secs(2)).expect("limit");
+        let mut resumed = 0;
+        for id in &on_b {
+            let events = events(&a, id).await;
+            let Some(moved) = events.iter().map(at).find(|at| *at > killed) else {
+                continue;
+            };
+            resumed += 1;
+            assert!(
+                moved - killed <= limit,
+                "flow {id} moved again {:?} after the kill",
+                moved - killed
+            );
+        }
+        assert!(
+            resumed > 50,
+            "only {resumed} of b's flows were still running"
+        );
+        let claimed = metric(&a, "flowd_cluster_claimed_flows_total")
+            .await
+            .unwrap_or(0.0)
+            + metric(&c, "flowd_cluster_claimed_flows_total")
+                .await
+                .unwrap_or(0.0);
+        assert_eq!(
+            claimed,
+            f64::from(resumed),
+            "each running flow of b claimed once"
+        );
+    }
+
+    /// A node paused (SIGSTOP) past its lease loses its flows to the others; resumed
+    /// (SIGCONT), its late phase results commit nothing, its actors stop, and each flow
+    /// finishes once.
+    #[actix_web::test]
+    async fn a_paused_node_s_late_writes_are_fenced_and_its_actors_stop() {
+        let db = TestDatabase::new(Backend::Postgres);
+        let config = config(&db, 1500);
+        let a = TestServer::start(&config);
+        let b = TestServer::start(&config);
+        let c = TestServer::start(&config);
+        let on_b = create(&b, 30).await;
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        signal(&b, "-STOP");
+        // Past the lease, and long enough for the claims: the survivors run the phases again.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let claimed = metric(&a, "flowd_cluster_claimed_flows_total")
+                .await
+                .unwrap_or(0.0)
+                + metric(&c, "flowd_cluster_claimed_flows_total")
+                    .await
+                    .unwrap_or(0.0);
+            if claimed >= on_b.len() as f64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "only {claimed} flows claimed");
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        // b's phases were due while it was stopped: it wakes with their results at once.
+        actix_web::rt::time::sleep(Duration::from_millis(1200)).await;
+        signal(&b, "-CONT");
+
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let live = metric(&b, "flowd_live_flow_actors").await;
+            if live == Some(0.0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "b still runs {live:?} flow actors"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        let fenced = metric(&b, "flowd_fenced_writes_total").await.unwrap_or(0.0);
+        let reconciled = metric(&b, "flowd_cluster_reconciliations_total")
+            .await
+            .unwrap_or(0.0);
+        assert!(
+            fenced >= 1.0 || reconciled >= 1.0,
+            "b's actors stopped by its fenced writes ({fenced}) or its reconciliation ({reconciled})"
+        );
+        let flows = all_terminal(&a, &on_b, Duration::from_secs(60)).await;
+        for (id, flow) in on_b.iter().zip(&flows) {
+            ran_once(id, flow, &events(&a, id).await);
+        }
+        // b is alive and takes new work at once.
+        let fresh = create(&b, 3).await;
+        for flow in all_terminal(&b, &fresh, Duration::from_secs(30)).await {
+            assert_eq!(status(&flow), "completed");
+        }
+        drop((a, c));
     }
 }

@@ -119,6 +119,45 @@ conformance!(
     events_after_reads_every_tenant_in_id_order,
 );
 
+// The ownership fence of cluster mode: PostgreSQL, and the memory store that mirrors it for
+// the actors' tests. SQLite is single-node and has no fence.
+mod memory_fence {
+    #[tokio::test]
+    async fn a_fenced_write_commits_nothing_and_the_others_commit() {
+        let store = super::MemoryStore::new();
+        super::a_fenced_write_commits_nothing_and_the_others_commit(&store, async |id| {
+            store.take_over(id).expect("stored");
+        })
+        .await;
+    }
+}
+
+#[cfg(flowd_postgres_tests)]
+mod postgres_fence {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    #[tokio::test]
+    async fn a_fenced_write_commits_nothing_and_the_others_commit() {
+        let db = super::TestDb::postgres().await;
+        let url = db.database.url.clone();
+        super::a_fenced_write_commits_nothing_and_the_others_commit(&db.store, async |id| {
+            // What another node's claim does to the row.
+            let mut conn = AsyncPgConnection::establish(&url).await.expect("connect");
+            let claimed = diesel::sql_query(
+                "UPDATE flows SET owner_node = 'another-node', owner_epoch = owner_epoch + 1 \
+                 WHERE id = $1",
+            )
+            .bind::<diesel::sql_types::Uuid, _>(id.0)
+            .execute(&mut conn)
+            .await
+            .expect("claim");
+            assert_eq!(claimed, 1);
+        })
+        .await;
+        db.finish();
+    }
+}
+
 // Cases about the diesel stores' handle itself, which the memory store does not have.
 on_diesel_stores!(sqlite_db, postgres_db: a_cloned_store_shares_the_database);
 
@@ -257,12 +296,52 @@ async fn commit(store: &dyn FlowStore, batch: &[Write]) {
     store.commit(batch).await.expect("commit");
 }
 
+/// Commits `batch` and gives its events the ids the store assigned, when it numbers them
+/// itself (PostgreSQL: in commit order across a cluster), as the persistence actor does.
+async fn commit_numbered(store: &dyn FlowStore, batch: &mut [Write]) {
+    let receipt = store.commit_receipted(batch, false).await.expect("commit");
+    let Some(mut next) = receipt.first_event_id else {
+        return;
+    };
+    for (position, write) in batch.iter_mut().enumerate() {
+        if let Write::Transition(t) = write
+            && !receipt.is_fenced(position)
+        {
+            for event in &mut t.events {
+                event.id = next;
+                next += 1;
+            }
+        }
+    }
+}
+
+/// The first event of a transition.
+fn first_event(write: &Write) -> FlowEvent {
+    match write {
+        Write::Transition(t) => t.events[0].clone(),
+        Write::FlowType(_) | Write::Task(_) => unreachable!("a transition"),
+    }
+}
+
+/// The stored flow, its owner left out when it is the store's own node: a flow in memory
+/// does not know which node stored it, and is compared with what is read back.
 async fn load(store: &dyn FlowStore, id: FlowId) -> FlowState {
-    store
+    let flow = store
         .load_flow(id)
         .await
         .expect("load_flow")
-        .expect("flow exists")
+        .expect("flow exists");
+    own(store, flow)
+}
+
+/// `flow` as read, without its owner when that is the store's own node (see [`load`]).
+fn own(store: &dyn FlowStore, mut flow: FlowState) -> FlowState {
+    assert!(
+        store.owns(&flow),
+        "stored flows are owned by their store's node"
+    );
+    flow.owner_node = None;
+    flow
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -367,17 +446,14 @@ async fn events_after_reads_every_tenant_in_id_order(store: &dyn FlowStore) {
     let definition = flow_type("discovery", 1);
     let mut a = new_flow(&definition, &tenant("acme"), None, None);
     let mut c = new_flow(&definition, &tenant("globex"), None, None);
-    let (ca, ea1) = create(&mut a);
-    let (cc, ec1) = create(&mut c);
-    commit(store, &[ca, cc]).await;
-    let wa2 = start_phase(&mut a, 0);
-    let wc2 = start_phase(&mut c, 0);
-    commit(store, &[wc2.clone(), wa2.clone()]).await;
-    let event_of = |w: &Write| match w {
-        Write::Transition(t) => t.events[0].clone(),
-        Write::FlowType(_) | Write::Task(_) => unreachable!(),
-    };
-    let mut written = vec![ea1, ec1, event_of(&wc2), event_of(&wa2)];
+    let (ca, _) = create(&mut a);
+    let (cc, _) = create(&mut c);
+    // The ids as committed: PostgreSQL numbers events in the commit itself.
+    let mut creates = [ca, cc];
+    commit_numbered(store, &mut creates).await;
+    let mut starts = [start_phase(&mut c, 0), start_phase(&mut a, 0)];
+    commit_numbered(store, &mut starts).await;
+    let mut written: Vec<FlowEvent> = creates.iter().chain(&starts).map(first_event).collect();
     written.sort_by_key(|e| e.id);
 
     let all = store.events_after(0, 100).await.expect("events after 0");
@@ -406,22 +482,18 @@ async fn events_come_back_in_order_after_a_cursor(store: &dyn FlowStore) {
     let mut a = new_flow(&definition, &tenant("acme"), None, None);
     let mut b = new_flow(&definition, &tenant("acme"), None, None);
     let mut c = new_flow(&definition, &tenant("globex"), None, None);
-    let (ca, ea1) = create(&mut a);
-    let (cb, eb1) = create(&mut b);
-    let (cc, ec1) = create(&mut c);
-    commit(store, &[ca, cb, cc]).await;
+    let mut created = [create(&mut a).0, create(&mut b).0, create(&mut c).0];
+    commit_numbered(store, &mut created).await;
+    let [ea1, eb1, ec1] = created.each_ref().map(first_event);
 
     let wa2 = start_phase(&mut a, 0);
     let wb2 = start_phase(&mut b, 0);
     let wc2 = start_phase(&mut c, 0);
     let ea3 = event(&mut a, EventKind::FlowPaused, Some("operator"));
-    let wa3 = transition(&a, &[], vec![ea3.clone()], None);
-    commit(store, &[wa2.clone(), wb2.clone(), wc2, wa3]).await;
-    let event_of = |w: &Write| match w {
-        Write::Transition(t) => t.events[0].clone(),
-        Write::FlowType(_) | Write::Task(_) => unreachable!(),
-    };
-    let (ea2, eb2) = (event_of(&wa2), event_of(&wb2));
+    let wa3 = transition(&a, &[], vec![ea3], None);
+    let mut moved = [wa2, wb2, wc2, wa3];
+    commit_numbered(store, &mut moved).await;
+    let [ea2, eb2, _, ea3] = moved.each_ref().map(first_event);
 
     let all_a = store.flow_events(a.id, 0, 100).await.expect("flow events");
     assert_eq!(all_a, vec![ea1.clone(), ea2.clone(), ea3.clone()]);
@@ -565,7 +637,7 @@ async fn idempotency_key_finds_the_flow_within_its_tenant(store: &dyn FlowStore)
         .find_by_idempotency_key(&tenant("acme"), "retry-me")
         .await
         .expect("find");
-    assert_eq!(found, Some(flow.clone()));
+    assert_eq!(found.map(|f| own(store, f)), Some(flow.clone()));
     let found = store
         .find_by_idempotency_key(&tenant("globex"), "retry-me")
         .await
@@ -627,6 +699,7 @@ async fn listing_filters_and_pages_newest_first(store: &dyn FlowStore) {
         ..FlowQuery::default()
     };
     let all = store.list_flows(&query).await.expect("list");
+    let all: Vec<FlowState> = all.into_iter().map(|f| own(store, f)).collect();
     assert_eq!(all, expected);
     assert!(all.iter().all(|f| f.phases.len() == 3));
 
@@ -700,6 +773,7 @@ async fn listing_filters_and_pages_newest_first(store: &dyn FlowStore) {
         })
         .await
         .expect("globex");
+    let globex: Vec<FlowState> = globex.into_iter().map(|f| own(store, f)).collect();
     assert_eq!(globex, vec![foreign]);
 }
 
@@ -724,7 +798,8 @@ async fn active_flows_exclude_terminal_ones(store: &dyn FlowStore) {
     }
     commit(store, &writes).await;
 
-    let mut active = store.load_active_flows().await.expect("active");
+    let active = store.load_active_flows().await.expect("active");
+    let mut active: Vec<FlowState> = active.into_iter().map(|f| own(store, f)).collect();
     active.sort_by_key(|f| f.id);
     let expected: Vec<FlowState> = flows
         .iter()
@@ -875,8 +950,8 @@ async fn a_large_batch_commits_every_row_in_order(store: &dyn FlowStore) {
         .collect();
     let creates: Vec<Write> = flows.iter_mut().map(|f| create(f).0).collect();
     commit(store, &creates).await;
-    let updates: Vec<Write> = flows.iter_mut().map(|f| start_phase(f, 0)).collect();
-    commit(store, &updates).await;
+    let mut updates: Vec<Write> = flows.iter_mut().map(|f| start_phase(f, 0)).collect();
+    commit_numbered(store, &mut updates).await;
 
     for flow in [&flows[0], &flows[299], &flows[599]] {
         assert_eq!(&load(store, flow.id).await, flow);
@@ -901,22 +976,91 @@ async fn max_event_id_tracks_the_highest_id(store: &dyn FlowStore) {
     assert_eq!(store.max_event_id().await.expect("empty"), 0);
     let definition = flow_type("discovery", 1);
     let mut flow = new_flow(&definition, &tenant("acme"), None, None);
-    let (write, first) = create(&mut flow);
-    commit(store, &[write]).await;
-    assert_eq!(store.max_event_id().await.expect("one"), first.id);
-    let w = start_phase(&mut flow, 0);
-    let Write::Transition(t) = &w else {
-        unreachable!()
-    };
-    let id = t.events[0].id;
-    commit(store, &[w]).await;
-    assert_eq!(store.max_event_id().await.expect("two"), id);
+    let mut first = [create(&mut flow).0];
+    commit_numbered(store, &mut first).await;
+    assert_eq!(
+        store.max_event_id().await.expect("one"),
+        first_event(&first[0]).id
+    );
+    let mut second = [start_phase(&mut flow, 0)];
+    commit_numbered(store, &mut second).await;
+    assert_eq!(
+        store.max_event_id().await.expect("two"),
+        first_event(&second[0]).id
+    );
 }
 
 async fn empty_batch_and_ping(store: &dyn FlowStore) {
     store.ping().await.expect("ping");
     commit(store, &[]).await;
     assert_eq!(store.max_event_id().await.expect("max"), 0);
+}
+
+/// A transition of a flow that another node took over (its epoch moved on) commits nothing,
+/// not its flow row, phase rows, events or failure (a `fenced` journal row says so instead),
+/// and fails alone: every other write of
+/// its batch commits, in the same transaction, and the receipt names the fenced one.
+async fn a_fenced_write_commits_nothing_and_the_others_commit(
+    store: &dyn FlowStore,
+    take_over: impl AsyncFnOnce(FlowId),
+) {
+    let definition = flow_type("discovery", 1);
+    let mut flows: Vec<FlowState> = (0..1000)
+        .map(|_| new_flow(&definition, &tenant("acme"), None, None))
+        .collect();
+    let creates: Vec<Write> = flows.iter_mut().map(|f| create(f).0).collect();
+    commit(store, &creates).await;
+    let lost = flows[500].id;
+    take_over(lost).await;
+    let before = store.load_flow(lost).await.expect("load").expect("stored");
+    assert!(!store.owns(&before), "taken over by another node");
+
+    let mut updates: Vec<Write> = flows.iter_mut().map(|f| start_phase(f, 0)).collect();
+    // The lost flow's transition also journals a failure: it must not be written either.
+    if let Write::Transition(t) = &mut updates[500] {
+        t.failure = Some(FailureRecord {
+            id: 0,
+            flow_id: lost,
+            master_flow_id: lost,
+            phase: Some("import".into()),
+            attempt: 1,
+            error_kind: "handler_error".into(),
+            message: "late".into(),
+            diagnostic: json!({}),
+            at: now(),
+        });
+    }
+    let receipt = store
+        .commit_receipted(&updates, false)
+        .await
+        .expect("the batch commits");
+    assert_eq!(receipt.fenced, vec![500]);
+
+    let after = store.load_flow(lost).await.expect("load").expect("stored");
+    assert_eq!(after, before, "nothing of the fenced transition is stored");
+    let events = store.flow_events(lost, 0, 10).await.expect("events");
+    assert_eq!(events.len(), 1, "only its creation event: {events:?}");
+    // Journaled instead: this node lost the flow; the late failure itself is not written.
+    let journal = store.failures(lost).await.expect("failures");
+    assert_eq!(journal.len(), 1, "{journal:?}");
+    assert_eq!(journal[0].error_kind, "fenced");
+    assert_eq!(journal[0].phase.as_deref(), Some("import"));
+    for flow in [&flows[0], &flows[499], &flows[501], &flows[999]] {
+        assert_eq!(&load(store, flow.id).await, flow);
+        assert_eq!(
+            store
+                .flow_events(flow.id, 0, 10)
+                .await
+                .expect("events")
+                .len(),
+            2
+        );
+    }
+    let all = store
+        .tenant_events(&tenant("acme"), 0, 5000)
+        .await
+        .expect("tenant events");
+    assert_eq!(all.len(), 1999, "every event but the fenced one's");
 }
 
 /// A clone of a `DbStore` (one per HTTP worker) is a handle on the same pool and database.
@@ -1126,40 +1270,40 @@ async fn tree_events_cover_the_whole_tree_in_id_order(store: &dyn FlowStore) {
     assert_eq!(grandchild.master_flow_id, master.id);
 
     let mut tree = Vec::new();
-    let mut writes = Vec::new();
-    for (flow, ours) in [
+    let mut rounds: Vec<(Vec<Write>, Vec<bool>)> = Vec::new();
+    let (mut writes, mut ours) = (Vec::new(), Vec::new());
+    for (flow, mine) in [
         (&mut master, true),
         (&mut stranger, false),
         (&mut child, true),
         (&mut strangers_child, false),
         (&mut grandchild, true),
     ] {
-        let (write, event) = create(flow);
-        writes.push(write);
-        if ours {
-            tree.push(event);
-        }
+        writes.push(create(flow).0);
+        ours.push(mine);
     }
-    commit(store, &writes).await;
+    rounds.push((writes, ours));
     // Progress interleaved across both trees, children before their master.
-    let mut writes = Vec::new();
-    for (flow, ours) in [
+    let (mut writes, mut ours) = (Vec::new(), Vec::new());
+    for (flow, mine) in [
         (&mut grandchild, true),
         (&mut strangers_child, false),
         (&mut child, true),
         (&mut master, true),
         (&mut stranger, false),
     ] {
-        let write = start_phase(flow, 0);
-        if ours {
-            let Write::Transition(t) = &write else {
-                unreachable!()
-            };
-            tree.push(t.events[0].clone());
-        }
-        writes.push(write);
+        writes.push(start_phase(flow, 0));
+        ours.push(mine);
     }
-    commit(store, &writes).await;
+    rounds.push((writes, ours));
+    for (mut writes, ours) in rounds {
+        commit_numbered(store, &mut writes).await;
+        for (write, mine) in writes.iter().zip(ours) {
+            if mine {
+                tree.push(first_event(write));
+            }
+        }
+    }
     assert!(tree.windows(2).all(|w| w[0].id < w[1].id));
 
     let all = store.tree_events(master.id, 0, 100).await.expect("tree");
@@ -1379,4 +1523,71 @@ mod sqlite_upgrade {
         #[diesel(sql_type = diesel::sql_types::Text)]
         name: String,
     }
+}
+
+/// Two nodes committing at once on one database: their events are numbered from one counter,
+/// so the ids of all their batches are disjoint and together gap-free, and each batch
+/// announces its last id on `flowd_events` at commit, in commit (= id) order.
+#[cfg(flowd_postgres_tests)]
+#[tokio::test]
+async fn postgres_event_ids_are_gap_free_across_nodes_and_announced_per_batch() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    use futures_util::StreamExt;
+
+    let db = TestDb::postgres().await;
+    let a = db.store.clone().with_node("a");
+    let b = DbStore::connect(&db.database.url, 2)
+        .await
+        .expect("second node")
+        .with_node("b");
+    let mut listener = AsyncPgConnection::establish(&db.database.url)
+        .await
+        .expect("listener");
+    diesel::sql_query("LISTEN flowd_events")
+        .execute(&mut listener)
+        .await
+        .expect("listen");
+
+    let definition = flow_type("discovery", 1);
+    let node = async |store: &DbStore, size: usize| {
+        let mut ranges = Vec::new();
+        for _ in 0..20 {
+            let mut flows: Vec<FlowState> = (0..size)
+                .map(|_| new_flow(&definition, &tenant("acme"), None, None))
+                .collect();
+            let batch: Vec<Write> = flows.iter_mut().map(|f| create(f).0).collect();
+            let receipt = store.commit_receipted(&batch, false).await.expect("commit");
+            let first = receipt.first_event_id.expect("numbered by the store");
+            ranges.push((first, first + size as i64 - 1));
+        }
+        ranges
+    };
+    let (mut ranges, from_b) = tokio::join!(node(&a, 3), node(&b, 5));
+    ranges.extend(from_b);
+    ranges.sort_unstable();
+    assert_eq!(ranges.as_slice().first().map(|r| r.0), Some(1));
+    assert!(
+        ranges.windows(2).all(|w| w[1].0 == w[0].1 + 1),
+        "disjoint and gap-free: {ranges:?}"
+    );
+    let last = ranges.as_slice().last().expect("ranges").1;
+    assert_eq!(last, 20 * 3 + 20 * 5);
+    assert_eq!(a.max_event_id().await.expect("max"), last);
+
+    let mut announced = Vec::new();
+    let mut notifications = std::pin::pin!(listener.notifications_stream());
+    while announced.len() < ranges.len() {
+        let notification =
+            tokio::time::timeout(std::time::Duration::from_secs(5), notifications.next())
+                .await
+                .expect("a notification per batch")
+                .expect("stream open")
+                .expect("notification");
+        assert_eq!(notification.channel, "flowd_events");
+        announced.push(notification.payload.parse::<i64>().expect("an id"));
+    }
+    let batch_ends: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+    assert_eq!(announced, batch_ends, "one per batch, in commit order");
+    drop(b);
+    db.finish();
 }

@@ -13,7 +13,7 @@ use crate::definition::FlowType;
 use crate::events::FlowEvent;
 use crate::ids::{FlowId, Tenant};
 use crate::model::{FailureRecord, FlowState, FlowStatus};
-use crate::store::{FlowQuery, FlowStore, StoreError, Write};
+use crate::store::{CommitReceipt, FlowQuery, FlowStore, StoreError, Write, fenced_failure};
 use crate::task::{TaskId, TaskRecord};
 
 #[derive(Default, Clone)]
@@ -36,6 +36,9 @@ pub struct MemoryStore {
     tables: Mutex<Tables>,
     /// When set, every commit fails: lets tests exercise a database that went away.
     fail_commits: Mutex<bool>,
+    /// Numbers committed events itself, after the highest stored id, as PostgreSQL does in a
+    /// cluster ([`MemoryStore::numbering_events`]).
+    numbers_events: bool,
 }
 
 impl MemoryStore {
@@ -44,13 +47,40 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// An empty store that numbers the events of each commit itself, in commit order and
+    /// without a gap, ignoring the writer's ids, as the PostgreSQL store does: for tests of
+    /// the ids a writer publishes.
+    pub fn numbering_events() -> Self {
+        Self {
+            numbers_events: true,
+            ..Self::default()
+        }
+    }
+
     /// Makes every later commit fail (or succeed again), to test persistence errors.
     pub fn set_fail_commits(&self, fail: bool) {
         *self.fail_commits.lock() = fail;
     }
 
-    fn apply(tables: &mut Tables, batch: &[Write]) -> Result<(), StoreError> {
-        for write in batch {
+    /// Another node takes `id` over, as a claim does: its epoch is bumped, so every later
+    /// write under the old epoch is fenced off. For tests of the fence.
+    pub fn take_over(&self, id: FlowId) -> Option<u64> {
+        let mut tables = self.tables.lock();
+        let flow = tables.flows.get_mut(&id)?;
+        flow.owner_epoch += 1;
+        flow.owner_node = Some("another-node".into());
+        Some(flow.owner_epoch)
+    }
+
+    /// Applies `batch`; returns the positions of the transitions fenced off (their flow's
+    /// stored epoch is not theirs), which write nothing.
+    fn apply(
+        tables: &mut Tables,
+        batch: &[Write],
+        numbers_events: bool,
+    ) -> Result<Vec<usize>, StoreError> {
+        let mut fenced = Vec::new();
+        for (position, write) in batch.iter().enumerate() {
             match write {
                 Write::FlowType(definition) => {
                     tables
@@ -74,6 +104,23 @@ impl MemoryStore {
                             tables.idempotency.insert(slot, t.flow_id);
                         }
                         tables.flows.insert(t.flow_id, (**created).clone());
+                    } else if tables
+                        .flows
+                        .get(&t.flow_id)
+                        .is_some_and(|stored| stored.owner_epoch != t.flow.owner_epoch)
+                    {
+                        fenced.push(position);
+                        let master = t.events.first().map_or(t.flow_id, |e| e.master_flow_id);
+                        let mut failure = fenced_failure(
+                            t.flow_id,
+                            master,
+                            t.flow.current_phase.clone(),
+                            None,
+                            t.flow.owner_epoch,
+                        );
+                        failure.id = tables.failures.len() as i64 + 1;
+                        tables.failures.push(failure);
+                        continue;
                     }
                     let flow = tables
                         .flows
@@ -104,6 +151,10 @@ impl MemoryStore {
                                 event.flow_id, event.seq
                             )));
                         }
+                        let mut event = event.clone();
+                        if numbers_events {
+                            event.id = tables.events.last_key_value().map_or(1, |(id, _)| id + 1);
+                        }
                         if tables.events.insert(event.id, event.clone()).is_some() {
                             return Err(StoreError::Conflict(format!(
                                 "event id {} exists",
@@ -119,7 +170,7 @@ impl MemoryStore {
                 }
             }
         }
-        Ok(())
+        Ok(fenced)
     }
 
     /// Inserts a task, or overwrites the columns a lease, heartbeat or result changes, like the
@@ -149,12 +200,30 @@ impl MemoryStore {
 
 impl FlowStore for MemoryStore {
     fn commit<'a>(&'a self, batch: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self.commit_receipted(batch, false);
+        async move { result.await.map(drop) }.boxed()
+    }
+
+    fn commit_receipted<'a>(
+        &'a self,
+        batch: &'a [Write],
+        _synced: bool,
+    ) -> BoxFuture<'a, Result<CommitReceipt, StoreError>> {
         let result = if *self.fail_commits.lock() {
             Err(StoreError::Unavailable("commits are switched off".into()))
         } else {
             let mut tables = self.tables.lock();
             let mut next = tables.clone();
-            Self::apply(&mut next, batch).map(|()| *tables = next)
+            let first_event_id = self
+                .numbers_events
+                .then(|| tables.events.last_key_value().map_or(1, |(id, _)| id + 1));
+            Self::apply(&mut next, batch, self.numbers_events).map(|fenced| {
+                *tables = next;
+                CommitReceipt {
+                    fenced,
+                    first_event_id,
+                }
+            })
         };
         async move { result }.boxed()
     }
@@ -170,7 +239,7 @@ impl FlowStore for MemoryStore {
             .lock()
             .flows
             .values()
-            .filter(|f| !f.status.is_terminal())
+            .filter(|f| !f.status.is_terminal() && f.owner_node.is_none())
             .cloned()
             .collect();
         async move { Ok(flows) }.boxed()
@@ -186,11 +255,31 @@ impl FlowStore for MemoryStore {
             .lock()
             .flows
             .values()
-            .filter(|f| !f.status.is_terminal() && f.updated_at < updated_before)
+            .filter(|f| {
+                !f.status.is_terminal() && f.updated_at < updated_before && f.owner_node.is_none()
+            })
             .map(|f| f.id)
             .take(limit as usize)
             .collect();
         async move { Ok(ids) }.boxed()
+    }
+
+    fn not_owned<'a>(
+        &'a self,
+        ids: &'a [FlowId],
+    ) -> BoxFuture<'a, Result<Vec<FlowId>, StoreError>> {
+        let tables = self.tables.lock();
+        let lost = ids
+            .iter()
+            .filter(|id| tables.flows.get(id).is_some_and(|f| f.owner_node.is_some()))
+            .copied()
+            .collect();
+        async move { Ok(lost) }.boxed()
+    }
+
+    /// This process owns every flow nobody took over ([`MemoryStore::take_over`]).
+    fn owns(&self, flow: &FlowState) -> bool {
+        flow.owner_node.is_none()
     }
 
     fn load_flow(&self, id: FlowId) -> BoxFuture<'_, Result<Option<FlowState>, StoreError>> {

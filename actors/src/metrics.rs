@@ -129,6 +129,7 @@ pub struct RuntimeMetrics {
     actor_restarts: Counter,
     pings_missed: Counter,
     events_committed: Counter,
+    fenced_writes: Counter,
     commit_seconds: Histogram,
     batch_writes: Histogram,
     handler_queued_seconds: Histogram,
@@ -164,7 +165,8 @@ impl RuntimeMetrics {
             family: Family::default(),
             handles: Capped::new(max_series),
         };
-        let (retries, actor_restarts, pings_missed, events_committed) = Default::default();
+        let (retries, actor_restarts, pings_missed, events_committed, fenced_writes) =
+            Default::default();
         let (commit_seconds, batch_writes, handler_queued_seconds) = (
             seconds_histogram(),
             Histogram::new(BATCH),
@@ -172,7 +174,7 @@ impl RuntimeMetrics {
         );
         // The registry holds clones: each shares its value with the handle kept here.
         let mut registry = Registry::default();
-        let counters: [(&str, &str, &Counter); 4] = [
+        let counters: [(&str, &str, &Counter); 5] = [
             (
                 "flowd_retries",
                 "Phase attempts scheduled again after a failure",
@@ -192,6 +194,11 @@ impl RuntimeMetrics {
                 "flowd_events_committed",
                 "Events (durable transitions) committed",
                 &events_committed,
+            ),
+            (
+                "flowd_fenced_writes",
+                "Transitions that committed nothing because another node had taken the flow over",
+                &fenced_writes,
             ),
         ];
         for (name, help, counter) in counters {
@@ -235,6 +242,7 @@ impl RuntimeMetrics {
             actor_restarts,
             pings_missed,
             events_committed,
+            fenced_writes,
             commit_seconds,
             batch_writes,
             handler_queued_seconds,
@@ -336,6 +344,16 @@ impl RuntimeMetrics {
                 counter.inc();
             },
         );
+    }
+
+    /// A transition was fenced off: this node no longer owns its flow.
+    pub fn fenced_write(&self) {
+        self.fenced_writes.inc();
+    }
+
+    /// Transitions fenced off since start.
+    pub fn fenced_writes(&self) -> u64 {
+        self.fenced_writes.get()
     }
 
     /// A phase attempt was scheduled again after a failure.
@@ -465,6 +483,7 @@ mod tests {
                 "flowd_actor_restarts_total counter",
                 "flowd_health_pings_missed_total counter",
                 "flowd_events_committed_total counter",
+                "flowd_fenced_writes_total counter",
                 "flowd_failures_total counter",
                 "flowd_phase_duration_seconds histogram",
                 "flowd_handler_queued_seconds histogram",

@@ -148,6 +148,14 @@ pub struct FlowState {
     /// The `Idempotency-Key` the flow was created with, if any.
     #[serde(skip)]
     pub idempotency_key: Option<String>,
+    /// The cluster node that owns the flow as stored (`None`: not yet stored, or stored by a
+    /// single-node store or an older version). Only its owner may write it (docs/cluster.md).
+    #[serde(skip)]
+    pub owner_node: Option<String>,
+    /// The owner's lease epoch: every transition write is conditional on it, so a node that
+    /// lost the flow (a takeover bumped the epoch) commits nothing.
+    #[serde(skip)]
+    pub owner_epoch: u64,
 }
 
 impl FlowState {
@@ -198,6 +206,8 @@ impl FlowState {
             updated_at: at,
             last_seq: 0,
             idempotency_key: request.idempotency_key,
+            owner_node: None,
+            owner_epoch: 1,
         }
     }
 }

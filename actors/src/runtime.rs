@@ -271,6 +271,16 @@ impl Runtime {
         })
     }
 
+    /// Joins this runtime to the takeover of `cluster`: flows claimed from dead nodes are
+    /// resumed by the supervisor as at boot, and a node back from a long silence stops the
+    /// actors of flows taken over meanwhile.
+    pub fn attach_to(&self, cluster: &crate::cluster::Cluster) {
+        cluster.attach(
+            self.supervisor.clone().recipient(),
+            self.supervisor.clone().recipient(),
+        );
+    }
+
     /// Creates a flow; it is `running` when this returns.
     pub async fn create_flow(&self, request: NewFlow) -> Result<CreatedFlow, RuntimeError> {
         self.supervisor.send(CreateFlow(request)).await?

@@ -38,6 +38,10 @@ pub struct FlowUpdate {
     pub progress_percentage: f64,
     pub last_seq: u64,
     pub updated_at: DateTime<Utc>,
+    /// The epoch under which the writer owns the flow: the update (and with it the whole
+    /// transition) commits only while the stored row still holds it (docs/cluster.md, 2.2).
+    /// Not a changed column: it is the fence.
+    pub owner_epoch: u64,
 }
 
 impl FlowUpdate {
@@ -50,6 +54,7 @@ impl FlowUpdate {
             progress_percentage: flow.progress_percentage,
             last_seq: flow.last_seq,
             updated_at: flow.updated_at,
+            owner_epoch: flow.owner_epoch,
         }
     }
 }
@@ -81,6 +86,55 @@ pub enum Write {
     Task(Box<TaskRecord>),
 }
 
+/// What became of a committed batch, write by write: which transitions were fenced off, and
+/// the ids of the events the store numbered itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitReceipt {
+    /// Positions in the batch of the transition writes whose flow this node no longer owns
+    /// under the write's epoch (another node took it over): they committed nothing, not even
+    /// their events; every other write of the batch committed. Ascending.
+    pub fenced: Vec<usize>,
+    /// Set by a store that numbers events inside the commit (PostgreSQL: ids unique and in
+    /// commit order across the nodes of a cluster): the id of the first committed event. The
+    /// committed events (those of writes not fenced, in batch order) have the ids from here
+    /// on, without a gap. `None`: the ids the writer set are the stored ones.
+    pub first_event_id: Option<i64>,
+}
+
+impl CommitReceipt {
+    /// Whether the write at `position` of the batch was fenced off.
+    pub fn is_fenced(&self, position: usize) -> bool {
+        self.fenced.binary_search(&position).is_ok()
+    }
+}
+
+/// The failure-journal row of a fenced transition: the node that wrote it had lost the flow.
+/// Written by the store in the same transaction as the rest of the batch; the journal has no
+/// fence, so it records that this node lost the flow while the new owner's history stays as
+/// it was (docs/cluster.md, 2.2).
+pub fn fenced_failure(
+    flow_id: FlowId,
+    master_flow_id: FlowId,
+    phase: Option<String>,
+    node: Option<&str>,
+    epoch: u64,
+) -> FailureRecord {
+    FailureRecord {
+        id: 0,
+        flow_id,
+        master_flow_id,
+        phase,
+        attempt: 0,
+        error_kind: "fenced".into(),
+        message: format!(
+            "another node owns this flow now; a transition written under epoch {epoch} \
+             committed nothing and its actor stopped"
+        ),
+        diagnostic: serde_json::json!({ "node": node, "epoch": epoch }),
+        at: crate::model::now(),
+    }
+}
+
 /// Filter and page of a flow listing; newest first.
 #[derive(Clone, Debug, Default)]
 pub struct FlowQuery {
@@ -96,17 +150,41 @@ pub struct FlowQuery {
 /// What the runtime and the read API need from a database. Writes come only from the
 /// persistence actor; reads may come from anywhere and use their own connections.
 pub trait FlowStore: Send + Sync + 'static {
-    /// Commits every write of the batch in one transaction, or none of them.
+    /// Commits every write of the batch in one transaction, or none of them. A transition
+    /// fenced off by its flow's owner commits nothing while the rest commits: use
+    /// [`FlowStore::commit_receipted`] to learn which (the persistence actor does).
     fn commit<'a>(&'a self, batch: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// [`FlowStore::commit`] (or [`FlowStore::commit_synced`] with `synced`), reporting what
+    /// became of each write: the fenced ones, and the event ids the store assigned. The
+    /// persistence actor commits through this. A store that neither fences nor numbers keeps
+    /// the default.
+    fn commit_receipted<'a>(
+        &'a self,
+        batch: &'a [Write],
+        synced: bool,
+    ) -> BoxFuture<'a, Result<CommitReceipt, StoreError>> {
+        Box::pin(async move {
+            if synced {
+                self.commit_synced(batch).await?;
+            } else {
+                self.commit(batch).await?;
+            }
+            Ok(CommitReceipt::default())
+        })
+    }
 
     /// Every stored flow type version.
     fn load_flow_types(&self) -> BoxFuture<'_, Result<Vec<FlowType>, StoreError>>;
 
-    /// Every flow that is not terminal, with its phases: what must be resumed at boot.
+    /// Every flow that is not terminal and that this node owns, with its phases: what must be
+    /// resumed at boot. A store shared by a cluster first takes over the active flows nobody
+    /// owns (left by an older version); a single-node store owns every flow.
     fn load_active_flows(&self) -> BoxFuture<'_, Result<Vec<FlowState>, StoreError>>;
 
     /// Ids of non-terminal flows whose row was last written before `updated_before`, at most
     /// `limit`: the candidates of the stored-flow sweep. Cheap however many flows have ended.
+    /// Only flows this node owns: another node's quiet flow is its owner's to resume.
     fn stale_active_flows(
         &self,
         updated_before: DateTime<Utc>,
@@ -202,6 +280,23 @@ pub trait FlowStore: Send + Sync + 'static {
                 "this store does not count flows per tenant".into(),
             ))
         })
+    }
+
+    /// Whether this node may run `flow` as it was read: a store shared by a cluster answers
+    /// whether the row names this node as its owner; a single-node store owns every flow.
+    fn owns(&self, flow: &FlowState) -> bool {
+        let _ = flow;
+        true
+    }
+
+    /// Which of `ids` another node owns now (a takeover claimed them): after a long silence,
+    /// the actors this node must stop. A single-node store owns every flow: none.
+    fn not_owned<'a>(
+        &'a self,
+        ids: &'a [FlowId],
+    ) -> BoxFuture<'a, Result<Vec<FlowId>, StoreError>> {
+        let _ = ids;
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     /// A cheap round trip, for readiness.

@@ -832,3 +832,48 @@ async fn a_fan_out_waits_for_its_children_and_cancel_reaches_them() {
         "{children:?}"
     );
 }
+
+/// Another node takes the flow over while its phase runs here: the phase's result is fenced
+/// off (nothing of it is stored, the fence is journaled and counted), the flow actor stops,
+/// and nothing here restarts or resumes it, since it is another node's now.
+#[actix::test]
+async fn a_flow_taken_over_by_another_node_stops_here_without_writing() {
+    let store = Arc::new(MemoryStore::new());
+    let types = vec![flow_type(
+        "slow",
+        vec![
+            phase("wait", "sleep", json!({ "ms": 300 }), 0),
+            phase("after", "noop", json!({}), 0),
+        ],
+    )];
+    let runtime = start(store.clone(), types).await;
+    let id = runtime.create_flow(request("slow")).await.unwrap().flow.id;
+    assert_eq!(runtime.live_flows().await.unwrap(), 1);
+    store.take_over(id).expect("stored");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime.live_flows().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "the fenced actor never stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(runtime.metrics().fenced_writes(), 1);
+    // Health pings and the stored-flow sweep run meanwhile: the flow stays the other node's.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(runtime.live_flows().await.unwrap(), 0);
+    let flow = store.load_flow(id).await.unwrap().expect("stored");
+    assert_eq!(flow.status, FlowStatus::Running);
+    assert_eq!(flow.current_phase.as_deref(), Some("wait"));
+    assert_eq!(
+        flow.phases[0].status,
+        PhaseStatus::Running,
+        "its result was not written"
+    );
+    let journal = store.failures(id).await.unwrap();
+    assert_eq!(
+        journal
+            .iter()
+            .map(|f| f.error_kind.as_str())
+            .collect::<Vec<_>>(),
+        ["fenced"]
+    );
+}

@@ -118,8 +118,18 @@ pub async fn render_metrics(cluster: &Cluster) -> String {
             out,
             "# HELP flowd_cluster_heartbeats_missed_total Heartbeats this node missed.\n\
              # TYPE flowd_cluster_heartbeats_missed_total counter\n\
-             flowd_cluster_heartbeats_missed_total {}",
-            stats.missed_heartbeats
+             flowd_cluster_heartbeats_missed_total {}\n\
+             # HELP flowd_cluster_claimed_flows_total Flows this node took over from dead nodes.\n\
+             # TYPE flowd_cluster_claimed_flows_total counter\n\
+             flowd_cluster_claimed_flows_total {}\n\
+             # HELP flowd_cluster_claim_rounds_total Claim rounds that took over flows.\n\
+             # TYPE flowd_cluster_claim_rounds_total counter\n\
+             flowd_cluster_claim_rounds_total {}\n\
+             # HELP flowd_cluster_reconciliations_total Returns from a silence past the node \
+             timeout that stopped the actors of flows taken over.\n\
+             # TYPE flowd_cluster_reconciliations_total counter\n\
+             flowd_cluster_reconciliations_total {}",
+            stats.missed_heartbeats, stats.claimed_flows, stats.claim_rounds, stats.reconciliations
         );
     }
     out

@@ -147,11 +147,14 @@ commit_row! {
         last_seq: BigInt = &r.last_seq,
         created_at: SqlTime = &r.created_at,
         updated_at: SqlTime = &r.updated_at,
+        owner_node: Nullable<Text> = &r.owner_node,
+        owner_epoch: BigInt = &r.owner_epoch,
     }
 }
 
 commit_row! {
-    /// `flows`, updated by a transition: the key, then the columns a transition changes.
+    /// `flows`, updated by a transition: the key, the columns a transition changes, then the
+    /// fence ([`FLOW_FENCE`]), which is matched, never set.
     FlowChange<'_>: "flows", "" => |r| {
         id: SqlUuid = &r.id,
         status: Text = r.update.status.as_str(),
@@ -160,8 +163,15 @@ commit_row! {
         progress_percentage: Double = &r.update.progress_percentage,
         last_seq: BigInt = &r.last_seq,
         updated_at: SqlTime = &r.updated_at,
+        owner_node: Nullable<Text> = &r.owner_node,
+        owner_epoch: BigInt = &r.owner_epoch,
     }
 }
+
+/// The columns of [`FlowChange`] that fence the update: the owner and its epoch must match the
+/// stored row (PostgreSQL, [`Columns::fenced_update`]); SQLite, single-node, neither sets nor
+/// matches them.
+pub const FLOW_FENCE: &[&str] = &["owner_node", "owner_epoch"];
 
 commit_row! {
     /// `phase_runs`: a whole phase, inserted or overwritten.
@@ -260,17 +270,50 @@ impl<'f> Columns<'f> {
         R::bind_columns(rows, statement)
     }
 
-    /// One `UPDATE … FROM unnest(…)` of `rows`, matched by their first column, setting the
-    /// others.
-    pub fn update<R: CommitRow>(rows: &'f [R]) -> Self {
-        let (key, set) = R::COLUMNS.split_first().expect("a table has a key");
-        let set: Vec<String> = set.iter().map(|c| format!("{c} = v.{c}")).collect();
+    /// `INSERT INTO table (columns) SELECT …` of `rows` whose first column, the id, is
+    /// numbered in the statement from the counter row `counter.last` (already moved past
+    /// them): the rows get the ids up to `last`, in order, whatever ids they carry.
+    pub fn insert_numbered<R: CommitRow>(rows: &'f [R], counter: &str) -> Self {
+        let values: Vec<String> = R::COLUMNS[1..].iter().map(|c| format!("v.{c}")).collect();
+        let statement = Self {
+            head: format!(
+                "INSERT INTO {} ({}) SELECT n.last - count(*) OVER () + v.ord, {} FROM {counter} n, ",
+                R::TABLE,
+                R::COLUMNS.join(", "),
+                values.join(", ")
+            ),
+            binds: Vec::with_capacity(R::COLUMNS.len()),
+            tail: format!(
+                " WITH ORDINALITY AS v ({}, ord){}",
+                R::COLUMNS.join(", "),
+                R::CONFLICT
+            ),
+        };
+        R::bind_columns(rows, statement)
+    }
+
+    /// One `UPDATE … FROM unnest(…)` of `rows` that changes a row only while its `fence`
+    /// columns hold the values of the update, matched by the first column and setting the
+    /// others, and returns the keys it changed: the caller learns which rows were fenced off
+    /// in the same statement that wrote the others.
+    pub fn fenced_update<R: CommitRow>(rows: &'f [R], fence: &[&str]) -> Self {
+        let (key, rest) = R::COLUMNS.split_first().expect("a table has a key");
+        let set: Vec<String> = rest
+            .iter()
+            .filter(|c| !fence.contains(c))
+            .map(|c| format!("{c} = v.{c}"))
+            .collect();
+        let matched: String = std::iter::once(key)
+            .chain(fence)
+            .map(|c| format!(" AND {t}.{c} = v.{c}", t = R::TABLE))
+            .collect();
         let statement = Self {
             head: format!("UPDATE {} SET {} FROM ", R::TABLE, set.join(", ")),
             binds: Vec::with_capacity(R::COLUMNS.len()),
             tail: format!(
-                " AS v ({}) WHERE {}.{key} = v.{key}",
+                " AS v ({}) WHERE{} RETURNING {}.{key}",
                 R::COLUMNS.join(", "),
+                &matched[4..],
                 R::TABLE
             ),
         };
@@ -312,6 +355,41 @@ impl QueryFragment<Pg> for Columns<'_> {
 impl QueryId for Columns<'_> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+/// A [`Columns`] statement whose `RETURNING` yields one column of SQL type `ST`, so that it
+/// can be `load`ed.
+pub struct Returning<'f, ST> {
+    statement: Columns<'f>,
+    sql_type: PhantomData<ST>,
+}
+
+impl<'f, ST> Returning<'f, ST> {
+    /// `statement`, read back as rows of `ST` (its text must end in `RETURNING` one column).
+    pub fn new(statement: Columns<'f>) -> Self {
+        Self {
+            statement,
+            sql_type: PhantomData,
+        }
+    }
+}
+
+impl<ST> QueryFragment<Pg> for Returning<'_, ST> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.statement.walk_ast(out)
+    }
+}
+
+/// Cached by its text, like [`Columns`].
+impl<ST> QueryId for Returning<'_, ST> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<ST: diesel::sql_types::SqlType + diesel::sql_types::SingleValue> diesel::query_builder::Query
+    for Returning<'_, ST>
+{
+    type SqlType = ST;
 }
 
 /// One bound value of [`Columns`] and its SQL type.
@@ -379,27 +457,45 @@ mod tests {
     }
 
     #[test]
-    fn updates_by_the_first_column() {
+    fn numbers_rows_from_a_counter() {
         let rows = pairs();
-        let sql = diesel::debug_query::<Pg, _>(&Columns::update(&rows)).to_string();
+        let sql = diesel::debug_query::<Pg, _>(&Columns::insert_numbered(&rows, "c")).to_string();
         assert!(
             sql.starts_with(
-                "UPDATE t SET b = v.b FROM unnest($1, $2) AS v (a, b) WHERE t.a = v.a --"
+                "INSERT INTO t (a, b) SELECT n.last - count(*) OVER () + v.ord, v.b FROM c n, \
+                 unnest($1, $2) WITH ORDINALITY AS v (a, b, ord) X --"
             ),
             "{sql}"
         );
     }
 
     #[test]
-    fn updates_flows_from_named_columns() {
-        let sql = diesel::debug_query::<Pg, _>(&Columns::update::<FlowChange>(&[])).to_string();
+    fn updates_by_the_first_column() {
+        let rows = pairs();
+        let sql = diesel::debug_query::<Pg, _>(&Columns::fenced_update(&rows, &[])).to_string();
+        assert!(
+            sql.starts_with(
+                "UPDATE t SET b = v.b FROM unnest($1, $2) AS v (a, b) WHERE t.a = v.a \
+                 RETURNING t.a --"
+            ),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn updates_flows_only_under_their_owner_and_epoch() {
+        let sql =
+            diesel::debug_query::<Pg, _>(&Columns::fenced_update::<FlowChange>(&[], FLOW_FENCE))
+                .to_string();
         assert!(
             sql.starts_with(
                 "UPDATE flows SET status = v.status, current_phase = v.current_phase, \
                  next_phase = v.next_phase, progress_percentage = v.progress_percentage, \
                  last_seq = v.last_seq, updated_at = v.updated_at \
-                 FROM unnest($1, $2, $3, $4, $5, $6, $7) AS v (id, status, current_phase, \
-                 next_phase, progress_percentage, last_seq, updated_at) WHERE flows.id = v.id --"
+                 FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) AS v (id, status, current_phase, \
+                 next_phase, progress_percentage, last_seq, updated_at, owner_node, owner_epoch) \
+                 WHERE flows.id = v.id AND flows.owner_node = v.owner_node \
+                 AND flows.owner_epoch = v.owner_epoch RETURNING flows.id --"
             ),
             "{sql}"
         );

@@ -29,12 +29,12 @@ use std::sync::Arc;
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use flowd_actors::definition::FlowType;
 use flowd_actors::events::FlowEvent;
 use flowd_actors::ids::{FlowId, Tenant};
 use flowd_actors::model::{FailureRecord, FlowState, FlowStatus};
-use flowd_actors::store::{FlowQuery, FlowStore, StoreError, Write};
+use flowd_actors::store::{CommitReceipt, FlowQuery, FlowStore, StoreError, Write};
 use flowd_actors::task::{TaskId, TaskRecord};
 use futures_util::future::BoxFuture;
 
@@ -47,7 +47,15 @@ use self::schema::{DbTime, DbUuid, events, failures, flow_types, flows, phase_ru
 #[derive(Clone)]
 pub struct DbStore {
     pools: Arc<Pools>,
+    /// This node's id: on PostgreSQL, the owner of the flows it creates, the fence of its
+    /// updates, and whose flows it resumes (docs/cluster.md). SQLite is single-node and
+    /// ignores it.
+    node: Arc<str>,
 }
+
+/// The node id of a store not told its node ([`DbStore::with_node`]): tools and tests that
+/// run one process.
+pub const LOCAL_NODE: &str = "local";
 
 enum Pools {
     /// Reads share `pool`; commits use `writer`, a connection of their own (see
@@ -129,7 +137,29 @@ impl DbStore {
         };
         Ok(DbStore {
             pools: Arc::new(pools),
+            node: Arc::from(LOCAL_NODE),
         })
+    }
+
+    /// The same store, writing as node `node_id` (the `[cluster] node_id`): on PostgreSQL it
+    /// owns the flows it creates and resumes only its own.
+    pub fn with_node(mut self, node_id: &str) -> Self {
+        self.node = Arc::from(node_id);
+        self
+    }
+
+    /// The node this store writes as.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// The owner written into created flows and matched by updates: this node on PostgreSQL,
+    /// nobody on single-node SQLite.
+    fn owner(&self) -> Option<&str> {
+        match &*self.pools {
+            Pools::Sqlite { .. } => None,
+            Pools::Postgres { .. } => Some(&self.node),
+        }
     }
 
     /// Which backend this store talks to, for logs and metrics.
@@ -142,9 +172,13 @@ impl DbStore {
 
     /// Commits `batch`; with `synced`, a SQLite store that syncs its WAL itself also syncs it
     /// before returning, on the same blocking thread.
-    async fn commit_batch(&self, batch: &[Write], synced: bool) -> Result<(), StoreError> {
+    async fn commit_batch(
+        &self,
+        batch: &[Write],
+        synced: bool,
+    ) -> Result<CommitReceipt, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(CommitReceipt::default());
         }
         match &*self.pools {
             Pools::Sqlite {
@@ -156,7 +190,7 @@ impl DbStore {
                 let wal_sync = wal_sync.clone().filter(|_| synced);
                 let mut conn = writer.get().await.map_err(pool_error)?;
                 conn.spawn_blocking(move |conn| {
-                    let committed = Plan::of(&owned).and_then(|plan| {
+                    let committed = Plan::of(&owned, None).and_then(|plan| {
                         conn.transaction(|c| sqlite::write_plan(c, &plan))
                             .map_err(TxError::into_store_error)
                     });
@@ -172,16 +206,34 @@ impl DbStore {
                     Ok(committed)
                 })
                 .await
-                .map_err(db_error)?
+                .map_err(db_error)??;
+                // Single-node: nothing is fenced, the writer's event ids stand.
+                Ok(CommitReceipt::default())
             }
             Pools::Postgres { writer, .. } => {
                 // Everything that can fail without the database fails here, before the transaction.
-                let plan = Plan::of(batch)?;
-                let plan = &plan;
+                let mut plan = Plan::of(batch, self.owner())?;
+                let plan = &mut plan;
                 let mut conn = writer.get().await.map_err(pool_error)?;
-                conn.transaction(async |c| postgres::write_plan(c, plan).await)
-                    .await
-                    .map_err(TxError::into_store_error)
+                let committed = postgres::commit_plan(&mut conn, plan).await;
+                let (fenced, first_event_id) = match committed {
+                    Ok(committed) => committed,
+                    Err(error) => {
+                        // BEGIN and COMMIT are pipelined with the statements, outside diesel's
+                        // transaction manager: a connection that cannot say its transaction
+                        // ended is not given back to the pool.
+                        if postgres::roll_back(&mut conn).await.is_err() {
+                            drop(diesel_async::pooled_connection::deadpool::Object::take(
+                                conn,
+                            ));
+                        }
+                        return Err(error.into_store_error());
+                    }
+                };
+                Ok(CommitReceipt {
+                    fenced: fenced_positions(batch, &fenced),
+                    first_event_id,
+                })
             }
         }
     }
@@ -192,11 +244,16 @@ impl DbStore {
         limit: u32,
     ) -> Result<Vec<FlowId>, StoreError> {
         let active = active_statuses();
+        let owner = self.owner();
         let ids: Vec<DbUuid> = with_conn!(self, |conn: Db| {
-            flows::table
+            let mut q = flows::table
                 .filter(flows::status.eq_any(&active))
                 .filter(flows::updated_at.lt(DbTime(updated_before)))
-                .order(flows::id)
+                .into_boxed::<Db>();
+            if let Some(owner) = owner {
+                q = q.filter(flows::owner_node.eq(owner));
+            }
+            q.order(flows::id)
                 .limit(i64::from(limit))
                 .select(flows::id)
                 .load(conn)
@@ -204,6 +261,27 @@ impl DbStore {
                 .map_err(db_error)?
         });
         Ok(ids.into_iter().map(|id| FlowId(id.0)).collect())
+    }
+
+    /// Which of `ids` are owned by another node (PostgreSQL; SQLite owns every flow).
+    async fn lost(&self, ids: &[FlowId]) -> Result<Vec<FlowId>, StoreError> {
+        let (Some(owner), Pools::Postgres { pool, .. }) = (self.owner(), &*self.pools) else {
+            return Ok(Vec::new());
+        };
+        let mut conn = pool.get().await.map_err(pool_error)?;
+        let mut lost = Vec::new();
+        for chunk in ids.chunks(columns::MAX_ROWS) {
+            let chunk: Vec<DbUuid> = chunk.iter().map(|id| DbUuid(id.0)).collect();
+            let part: Vec<DbUuid> = flows::table
+                .filter(flows::id.eq_any(&chunk))
+                .filter(flows::owner_node.ne(owner))
+                .select(flows::id)
+                .load(&mut conn)
+                .await
+                .map_err(db_error)?;
+            lost.extend(part.into_iter().map(|id| FlowId(id.0)));
+        }
+        Ok(lost)
     }
 
     async fn load_one(&self, id: FlowId) -> Result<Option<FlowState>, StoreError> {
@@ -300,27 +378,51 @@ impl DbStore {
 
     async fn active(&self) -> Result<Vec<FlowState>, StoreError> {
         let active = active_statuses();
+        let owner = self.owner();
+        if let (Some(owner), Pools::Postgres { pool, .. }) = (owner, &*self.pools) {
+            // Active flows stored before flows had owners: the first node to boot takes them.
+            let mut conn = pool.get().await.map_err(pool_error)?;
+            let adopted = diesel::update(
+                flows::table
+                    .filter(flows::owner_node.is_null())
+                    .filter(flows::status.eq_any(&active)),
+            )
+            .set((
+                flows::owner_node.eq(owner),
+                flows::owner_epoch.eq(flows::owner_epoch + 1),
+            ))
+            .execute(&mut conn)
+            .await
+            .map_err(db_error)?;
+            if adopted > 0 {
+                tracing::info!(flows = adopted, "active flows without an owner taken over");
+            }
+        }
         with_conn!(self, |conn: Db| {
-            let rows = flows::table
+            let mut q = flows::table
                 .filter(flows::status.eq_any(&active))
+                .into_boxed::<Db>();
+            if let Some(owner) = owner {
+                q = q.filter(flows::owner_node.eq(owner));
+            }
+            let rows = q
                 .order(flows::id)
                 .select(FlowRow::as_select())
                 .load(conn)
                 .await
                 .map_err(db_error)?;
-            let phases = phase_runs::table
-                .filter(
-                    phase_runs::flow_id.eq_any(
-                        flows::table
-                            .filter(flows::status.eq_any(&active))
-                            .select(flows::id),
-                    ),
-                )
-                .order((phase_runs::flow_id, phase_runs::position))
-                .select(PhaseRow::as_select())
-                .load(conn)
-                .await
-                .map_err(db_error)?;
+            let mut phases = Vec::new();
+            let ids: Vec<DbUuid> = rows.iter().map(|r| r.id).collect();
+            for chunk in ids.chunks(columns::MAX_ROWS) {
+                let mut part = phase_runs::table
+                    .filter(phase_runs::flow_id.eq_any(chunk))
+                    .order((phase_runs::flow_id, phase_runs::position))
+                    .select(PhaseRow::as_select())
+                    .load(conn)
+                    .await
+                    .map_err(db_error)?;
+                phases.append(&mut part);
+            }
             with_phases(rows, phases)
         })
     }
@@ -517,13 +619,39 @@ impl DbStore {
     }
 }
 
+/// Positions in `batch` of the transitions of `fenced` flows (a create is never fenced: it
+/// inserts a new id).
+fn fenced_positions(batch: &[Write], fenced: &std::collections::HashSet<uuid::Uuid>) -> Vec<usize> {
+    if fenced.is_empty() {
+        return Vec::new();
+    }
+    batch
+        .iter()
+        .enumerate()
+        .filter_map(|(position, write)| match write {
+            Write::Transition(t) if t.create.is_none() && fenced.contains(&t.flow_id.0) => {
+                Some(position)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 impl FlowStore for DbStore {
     fn commit<'a>(&'a self, batch: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.commit_batch(batch, false))
+        Box::pin(async move { self.commit_batch(batch, false).await.map(drop) })
     }
 
     fn commit_synced<'a>(&'a self, batch: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.commit_batch(batch, true))
+        Box::pin(async move { self.commit_batch(batch, true).await.map(drop) })
+    }
+
+    fn commit_receipted<'a>(
+        &'a self,
+        batch: &'a [Write],
+        synced: bool,
+    ) -> BoxFuture<'a, Result<CommitReceipt, StoreError>> {
+        Box::pin(self.commit_batch(batch, synced))
     }
 
     fn load_flow_types(&self) -> BoxFuture<'_, Result<Vec<FlowType>, StoreError>> {
@@ -546,6 +674,20 @@ impl FlowStore for DbStore {
 
     fn load_flow(&self, id: FlowId) -> BoxFuture<'_, Result<Option<FlowState>, StoreError>> {
         Box::pin(read_retrying(move || self.load_one(id)))
+    }
+
+    fn not_owned<'a>(
+        &'a self,
+        ids: &'a [FlowId],
+    ) -> BoxFuture<'a, Result<Vec<FlowId>, StoreError>> {
+        Box::pin(read_retrying(move || self.lost(ids)))
+    }
+
+    fn owns(&self, flow: &FlowState) -> bool {
+        match self.owner() {
+            None => true,
+            Some(owner) => flow.owner_node.as_deref() == Some(owner),
+        }
     }
 
     fn find_by_idempotency_key<'a>(

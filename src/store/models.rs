@@ -79,6 +79,8 @@ pub struct FlowRow {
     pub last_seq: i64,
     pub created_at: DbTime,
     pub updated_at: DbTime,
+    pub owner_node: Option<String>,
+    pub owner_epoch: i64,
 }
 
 impl FlowRow {
@@ -103,6 +105,8 @@ impl FlowRow {
             updated_at: self.updated_at.0,
             last_seq: to_u64("flows.last_seq", self.last_seq)?,
             idempotency_key: self.idempotency_key,
+            owner_node: self.owner_node,
+            owner_epoch: to_u64("flows.owner_epoch", self.owner_epoch)?,
         })
     }
 }
@@ -289,12 +293,17 @@ pub struct NewFlow<'a> {
     pub last_seq: i64,
     pub created_at: DbTime,
     pub updated_at: DbTime,
+    /// The node that creates the flow owns it (`None` on a single-node store).
+    pub owner_node: Option<&'a str>,
+    pub owner_epoch: i64,
 }
 
 impl<'a> NewFlow<'a> {
-    /// Checks the flow's integers against their columns.
-    pub fn from_domain(flow: &'a FlowState) -> Result<Self, StoreError> {
+    /// Checks the flow's integers against their columns; `owner` is the creating node.
+    pub fn from_domain(flow: &'a FlowState, owner: Option<&'a str>) -> Result<Self, StoreError> {
         Ok(Self {
+            owner_node: owner,
+            owner_epoch: to_i64("owner_epoch", flow.owner_epoch)?,
             flow,
             id: DbUuid(flow.id.0),
             flow_type_version: to_i32("flow_type_version", flow.flow_type_version)?,
@@ -315,16 +324,25 @@ pub struct FlowChange<'a> {
     pub update: &'a FlowUpdate,
     pub last_seq: i64,
     pub updated_at: DbTime,
+    /// The fence, not changed columns: the writing node and its epoch.
+    pub owner_node: Option<&'a str>,
+    pub owner_epoch: i64,
 }
 
 impl<'a> FlowChange<'a> {
-    /// Checks the update's integers against their columns.
-    pub fn from_domain(id: FlowId, update: &'a FlowUpdate) -> Result<Self, StoreError> {
+    /// Checks the update's integers against their columns; `owner` is the writing node.
+    pub fn from_domain(
+        id: FlowId,
+        update: &'a FlowUpdate,
+        owner: Option<&'a str>,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
             id: DbUuid(id.0),
             update,
             last_seq: to_i64("last_seq", update.last_seq)?,
             updated_at: DbTime(update.updated_at),
+            owner_node: owner,
+            owner_epoch: to_i64("owner_epoch", update.owner_epoch)?,
         })
     }
 }

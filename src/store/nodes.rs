@@ -6,9 +6,10 @@
 //! the database's.
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use diesel_async::RunQueryDsl;
 use flowd_actors::cluster::{NodeList, NodeRecord, NodeRegistration, NodeStore};
+use flowd_actors::ids::FlowId;
 use flowd_actors::store::StoreError;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
@@ -85,7 +86,68 @@ const LIST: &str = "SELECT node_id, advertise, started_at, heartbeat_at, stopped
      missed_heartbeats FROM nodes ORDER BY node_id";
 const CLOCK_PG: &str = "SELECT now() AS now";
 
+/// The claim round of the takeover (see [`NodeStore::claim_flows`]): `$1` this node, `$2` the
+/// node timeout in milliseconds, `$3` node ids known dead, `$4` the largest share. Owners
+/// are judged by the database's clock; the epoch bump is in the claiming statement itself.
+const CLAIM_PG: &str = "WITH live AS ( \
+       SELECT node_id FROM nodes \
+       WHERE stopped_at IS NULL AND heartbeat_at >= now() - $2 * interval '1 millisecond' \
+         AND node_id <> ALL($3) \
+     ), share AS ( \
+       SELECT LEAST($4, GREATEST(1, CEIL(count(*)::float8 \
+                / GREATEST(1, (SELECT count(*) FROM live)))))::bigint AS n \
+       FROM flows f \
+       WHERE f.status IN ('initialized', 'running', 'paused') \
+         AND f.owner_node <> $1 AND f.owner_node NOT IN (SELECT node_id FROM live) \
+     ), orphans AS ( \
+       SELECT f.id FROM flows f \
+       WHERE f.status IN ('initialized', 'running', 'paused') \
+         AND f.owner_node <> $1 AND f.owner_node NOT IN (SELECT node_id FROM live) \
+       ORDER BY f.id \
+       LIMIT (SELECT n FROM share) \
+       FOR UPDATE OF f SKIP LOCKED \
+     ) \
+     UPDATE flows f SET owner_node = $1, owner_epoch = f.owner_epoch + 1 \
+     FROM orphans WHERE f.id = orphans.id \
+     RETURNING f.id AS id, f.owner_epoch AS owner_epoch";
+
+/// One claimed flow, as [`CLAIM_PG`] returns it.
+#[derive(diesel::QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = SqlUuid)]
+    id: DbUuid,
+    #[diesel(sql_type = BigInt)]
+    owner_epoch: i64,
+}
+
 impl DbStore {
+    async fn claim(
+        &self,
+        node_id: &str,
+        node_timeout: std::time::Duration,
+        gone: &[String],
+        max_share: u32,
+    ) -> Result<Vec<(FlowId, u64)>, StoreError> {
+        // SQLite is single-node: there is nobody to take over from.
+        let Pools::Postgres { pool, .. } = &*self.pools else {
+            return Ok(Vec::new());
+        };
+        let mut conn = pool.get().await.map_err(pool_error)?;
+        let timeout_ms = i64::try_from(node_timeout.as_millis()).unwrap_or(i64::MAX);
+        let claimed: Vec<Claimed> = diesel::sql_query(CLAIM_PG)
+            .bind::<Text, _>(node_id)
+            .bind::<BigInt, _>(timeout_ms)
+            .bind::<Array<Text>, _>(gone)
+            .bind::<BigInt, _>(i64::from(max_share))
+            .load(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        Ok(claimed
+            .into_iter()
+            .map(|c| (FlowId(c.id.0), u64::try_from(c.owner_epoch).unwrap_or(0)))
+            .collect())
+    }
+
     async fn register_row(&self, node: &NodeRegistration) -> Result<(), StoreError> {
         let advertise = node.advertise.as_deref();
         let incarnation = DbUuid(node.incarnation);
@@ -258,5 +320,15 @@ impl NodeStore for DbStore {
 
     fn list_nodes(&self) -> BoxFuture<'_, Result<NodeList, StoreError>> {
         Box::pin(super::read_retrying(move || self.node_rows()))
+    }
+
+    fn claim_flows<'a>(
+        &'a self,
+        node_id: &'a str,
+        node_timeout: std::time::Duration,
+        gone: &'a [String],
+        max_share: u32,
+    ) -> BoxFuture<'a, Result<Vec<(FlowId, u64)>, StoreError>> {
+        Box::pin(self.claim(node_id, node_timeout, gone, max_share))
     }
 }

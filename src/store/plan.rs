@@ -1,10 +1,12 @@
 //! The commit plan: a batch of writes turned into rows, grouped by table, before either backend
 //! writes them. Reads never pass through here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
-use flowd_actors::store::{StoreError, Write};
+use flowd_actors::ids::FlowId;
+use flowd_actors::model::FailureRecord;
+use flowd_actors::store::{StoreError, Write, fenced_failure};
 
 use super::models::{
     EventWrite, FailureWrite, FlowChange, NewFlow, NewFlowType, PhaseWrite, TaskWrite,
@@ -31,7 +33,9 @@ pub(super) struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
-    pub(super) fn of(batch: &'a [Write]) -> Result<Self, StoreError> {
+    /// `owner`: the node that writes the batch, on a store shared by a cluster (PostgreSQL):
+    /// created flows are its own, updates are fenced by it. `None` on a single-node store.
+    pub(super) fn of(batch: &'a [Write], owner: Option<&'a str>) -> Result<Self, StoreError> {
         let now = DbTime(flowd_actors::model::now());
         let mut plan = Plan {
             flow_types: Vec::new(),
@@ -57,13 +61,13 @@ impl<'a> Plan<'a> {
                 Write::Transition(t) => {
                     if let Some(created) = &t.create {
                         // The created row already is the state after the transition.
-                        plan.new_flows.push(NewFlow::from_domain(created)?);
+                        plan.new_flows.push(NewFlow::from_domain(created, owner)?);
                         for (position, phase) in created.phases.iter().enumerate() {
                             let row = PhaseWrite::from_domain(created.id, position, phase)?;
                             phases.put(&mut plan.phases, (created.id, position), row);
                         }
                     } else {
-                        let change = FlowChange::from_domain(t.flow_id, &t.flow)?;
+                        let change = FlowChange::from_domain(t.flow_id, &t.flow, owner)?;
                         changes.put(&mut plan.flow_changes, t.flow_id, change);
                         for (position, phase) in &t.phases {
                             let row = PhaseWrite::from_domain(t.flow_id, *position, phase)?;
@@ -88,6 +92,39 @@ impl<'a> Plan<'a> {
             }
         }
         Ok(plan)
+    }
+}
+
+impl Plan<'_> {
+    /// The journal rows of the fenced `flows` ([`fenced_failure`]): which node lost which flow
+    /// under which epoch.
+    pub(super) fn fenced_journal(&self, flows: &HashSet<uuid::Uuid>) -> Vec<FailureRecord> {
+        self.flow_changes
+            .iter()
+            .filter(|change| flows.contains(&change.id.0))
+            .map(|change| {
+                let master = self
+                    .events
+                    .iter()
+                    .find(|event| event.flow_id.0 == change.id.0)
+                    .map_or(change.id.0, |event| event.master_flow_id.0);
+                fenced_failure(
+                    FlowId(change.id.0),
+                    FlowId(master),
+                    change.update.current_phase.clone(),
+                    change.owner_node,
+                    change.update.owner_epoch,
+                )
+            })
+            .collect()
+    }
+
+    /// Drops the phase, event and failure rows of `flows`: transitions fenced off by their
+    /// flow's owner, which must commit nothing (their flow rows were not updated).
+    pub(super) fn leave_out(&mut self, flows: &HashSet<uuid::Uuid>) {
+        self.phases.retain(|row| !flows.contains(&row.flow_id.0));
+        self.events.retain(|row| !flows.contains(&row.flow_id.0));
+        self.failures.retain(|row| !flows.contains(&row.flow_id.0));
     }
 }
 

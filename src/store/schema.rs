@@ -36,6 +36,16 @@ pub mod sql_types {
 use sql_types::{SqlJson, SqlTime, SqlUuid};
 
 diesel::table! {
+    use diesel::sql_types::{BigInt, Bool};
+
+    /// PostgreSQL only: the one-row counter events are numbered from, inside each commit.
+    event_ids (one) {
+        one -> Bool,
+        last -> BigInt,
+    }
+}
+
+diesel::table! {
     use diesel::sql_types::{Integer, Text};
     use super::sql_types::{SqlJson, SqlTime};
 
@@ -71,6 +81,8 @@ diesel::table! {
         last_seq -> BigInt,
         created_at -> SqlTime,
         updated_at -> SqlTime,
+        owner_node -> Nullable<Text>,
+        owner_epoch -> BigInt,
     }
 }
 

@@ -341,10 +341,11 @@ impl<const SETS_STATUS: bool> QueryFragment<Sqlite> for UpdateFlow<'_, '_, SETS_
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         let change = self.0;
         out.push_sql("UPDATE flows SET ");
+        // Single-node: the owner columns are written at create and never change.
         let skip: &[&str] = if SETS_STATUS {
-            &["id"]
+            &["id", "owner_node", "owner_epoch"]
         } else {
-            &["id", "status"]
+            &["id", "status", "owner_node", "owner_epoch"]
         };
         change.bind_assignments(skip, &mut out)?;
         out.push_sql(" WHERE id = ");

@@ -112,6 +112,19 @@ impl Cluster {
             .map_err(|_| ClusterError::Stopped)
     }
 
+    /// Hands this node's takeover to the running runtime: flows claimed from dead nodes are
+    /// resumed by `recover` (as at boot), and after a silence past the node timeout
+    /// `reconcile` stops the actors of flows other nodes took over. The first claim round
+    /// runs at once.
+    pub fn attach(
+        &self,
+        recover: Recipient<crate::supervisor::RecoverFlows>,
+        reconcile: Recipient<crate::supervisor::ReconcileOwnership>,
+    ) {
+        self.node
+            .do_send(super::AttachRuntime { recover, reconcile });
+    }
+
     /// Leaves the cluster gracefully: the row is marked stopped, heartbeats end.
     pub async fn leave(&self) -> Result<(), ClusterError> {
         self.node

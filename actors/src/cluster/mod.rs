@@ -19,9 +19,10 @@ use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::store::StoreError;
+use crate::supervisor::{ReconcileOwnership, RecoverFlows};
 pub use handle::{Cluster, NodeView};
-pub use messages::{GetNodeStats, NodeStats, StopNode};
-pub use status::{NodeStatus, heartbeat_age, status_of};
+pub use messages::{AttachRuntime, GetNodeStats, NodeStats, StopNode};
+pub use status::{NodeStatus, gone_on_this_host, heartbeat_age, status_of};
 pub use store::{MemoryNodes, NodeList, NodeRecord, NodeRegistration, NodeStore};
 
 /// Rows silent for this long (or for ten node timeouts, if longer) are deleted when a node
@@ -39,6 +40,9 @@ pub enum ClusterError {
     #[error("the node actor has stopped")]
     Stopped,
 }
+
+/// Most flows one claim round takes over; rounds repeat at once while they come back full.
+pub const MAX_CLAIM_SHARE: u32 = 500;
 
 /// How this node takes part in the cluster.
 #[derive(Clone, Debug)]
@@ -64,6 +68,10 @@ pub struct NodeActor {
     stopping: bool,
     last_tick: Instant,
     last_written: Instant,
+    /// Where claimed flows and reconciliations go, once the runtime runs.
+    runtime: Option<AttachRuntime>,
+    /// A claim round is in flight.
+    claiming: bool,
 }
 
 impl NodeActor {
@@ -79,7 +87,56 @@ impl NodeActor {
             stopping: false,
             last_tick: now,
             last_written: now,
+            runtime: None,
+            claiming: false,
         }
+    }
+
+    /// Claims one share of the flows of dead nodes and hands them to the supervisor, which
+    /// resumes them as boot recovery does; repeats at once while a round comes back full.
+    /// `gone`: node ids known dead although their heartbeat is recent (see
+    /// [`gone_on_this_host`]).
+    fn claim(&mut self, gone: Vec<String>, ctx: &mut Context<Self>) {
+        if self.claiming || self.stopping || self.stats.displaced || self.runtime.is_none() {
+            return;
+        }
+        self.claiming = true;
+        let store = self.store.clone();
+        let node_id = self.config.node_id.clone();
+        let timeout = self.config.node_timeout;
+        let round = async move {
+            store
+                .claim_flows(&node_id, timeout, &gone, MAX_CLAIM_SHARE)
+                .await
+        };
+        ctx.spawn(round.into_actor(self).map(|claimed, act, ctx| {
+            act.claiming = false;
+            let claimed = match claimed {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    warn!(node_id = %act.config.node_id, %error, "claim round failed");
+                    return;
+                }
+            };
+            if claimed.is_empty() {
+                return;
+            }
+            act.stats.claim_rounds += 1;
+            act.stats.claimed_flows += claimed.len() as u64;
+            info!(
+                node_id = %act.config.node_id,
+                flows = claimed.len(),
+                "took over flows of a dead node"
+            );
+            let full = claimed.len() >= MAX_CLAIM_SHARE as usize;
+            let ids = claimed.into_iter().map(|(id, _)| id).collect();
+            if let Some(runtime) = &act.runtime {
+                runtime.recover.do_send(RecoverFlows::claimed(ids));
+            }
+            if full {
+                act.claim(Vec::new(), ctx);
+            }
+        }));
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
@@ -113,11 +170,11 @@ impl NodeActor {
         ctx.spawn(
             write
                 .into_actor(self)
-                .map(|written, act, _| act.heartbeat_done(written)),
+                .map(|written, act, ctx| act.heartbeat_done(written, ctx)),
         );
     }
 
-    fn heartbeat_done(&mut self, written: Result<bool, StoreError>) {
+    fn heartbeat_done(&mut self, written: Result<bool, StoreError>, ctx: &mut Context<Self>) {
         self.writing = false;
         let node_id = &self.config.node_id;
         match written {
@@ -135,9 +192,15 @@ impl NodeActor {
                         silence_ms,
                         timeout_ms = self.config.node_timeout.as_millis() as u64,
                         "this node wrote no heartbeat for longer than the node timeout: \
-                         the cluster reported it down meanwhile"
+                         the cluster reported it down meanwhile and may have taken its \
+                         flows over; stopping the actors of those"
                     );
+                    if let Some(runtime) = &self.runtime {
+                        self.stats.reconciliations += 1;
+                        runtime.reconcile.do_send(ReconcileOwnership);
+                    }
                 }
+                self.claim(Vec::new(), ctx);
             }
             Ok(false) => {
                 self.stats.displaced = true;
@@ -193,6 +256,34 @@ impl Handler<StopNode> for NodeActor {
             stopped.map_err(ClusterError::from)
         }))
     }
+}
+
+impl Handler<AttachRuntime> for NodeActor {
+    type Result = ();
+
+    fn handle(&mut self, runtime: AttachRuntime, ctx: &mut Context<Self>) {
+        self.runtime = Some(runtime);
+        // At once rather than at the next heartbeat, with the nodes of this host whose
+        // process is gone counted dead: a node restarted after a crash resumes what its
+        // previous process left as boot recovery always did, without waiting out its lease.
+        let store = self.store.clone();
+        let node_id = self.config.node_id.clone();
+        let nodes = async move { store.list_nodes().await };
+        ctx.spawn(nodes.into_actor(self).map(move |nodes, act, ctx| {
+            let gone = match nodes {
+                Ok(list) => gone_on_this_host(&node_id, std::process::id(), &list.nodes, pid_alive),
+                Err(_) => Vec::new(),
+            };
+            act.claim(gone, ctx);
+        }));
+    }
+}
+
+/// Whether a process with this id runs on this host; `true` when that cannot be told (no
+/// `/proc`), so that a node is never judged dead by mistake.
+fn pid_alive(pid: u32) -> bool {
+    let proc = std::path::Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 impl Handler<GetNodeStats> for NodeActor {

@@ -55,6 +55,35 @@ pub fn status_of(node: &NodeRecord, observed_at: DateTime<Utc>, timeout: Duratio
     }
 }
 
+/// The nodes of this host whose process is gone: with default node ids (`HOST-PID`), this
+/// node's own id names its host and process, and another id of the same host whose process
+/// does not run (`pid_alive`) is a dead node whatever its last heartbeat says. Used once, at
+/// boot: a process restarted after a crash takes over what its predecessor left at once.
+/// Empty for configured node ids, which say nothing of hosts or processes.
+pub fn gone_on_this_host(
+    me: &str,
+    my_pid: u32,
+    nodes: &[NodeRecord],
+    pid_alive: impl Fn(u32) -> bool,
+) -> Vec<String> {
+    let Some(host) = me.strip_suffix(&format!("-{my_pid}")) else {
+        return Vec::new();
+    };
+    nodes
+        .iter()
+        .filter(|node| node.stopped_at.is_none())
+        .filter_map(|node| {
+            let pid: u32 = node
+                .node_id
+                .strip_prefix(host)?
+                .strip_prefix('-')?
+                .parse()
+                .ok()?;
+            (pid != my_pid && !pid_alive(pid)).then(|| node.node_id.clone())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +98,30 @@ mod tests {
             heartbeats: 1,
             missed_heartbeats: 0,
         }
+    }
+
+    #[test]
+    fn only_default_ids_of_this_host_whose_process_is_gone_are_dead() {
+        let now = Utc::now();
+        let named = |id: &str, stopped: bool| NodeRecord {
+            node_id: id.into(),
+            ..node(now, stopped)
+        };
+        let nodes = [
+            named("db-host-7", false),    // this node
+            named("db-host-8", false),    // gone
+            named("db-host-9", false),    // alive
+            named("db-host-10", true),    // gone, but said goodbye: claimed as stopped anyway
+            named("db-host-x-11", false), // another host
+            named("other-12", false),
+        ];
+        let alive = |pid: u32| pid == 9;
+        assert_eq!(
+            gone_on_this_host("db-host-7", 7, &nodes, alive),
+            ["db-host-8"]
+        );
+        // A configured id says nothing of processes.
+        assert!(gone_on_this_host("node-a", 7, &nodes, alive).is_empty());
     }
 
     #[test]

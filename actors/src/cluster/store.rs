@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
+use crate::ids::FlowId;
 use crate::store::StoreError;
 
 /// A node as it registers at start.
@@ -86,6 +87,25 @@ pub trait NodeStore: Send + Sync + 'static {
 
     /// Every node row, ordered by node id, with the database's clock.
     fn list_nodes(&self) -> BoxFuture<'_, Result<NodeList, StoreError>>;
+
+    /// One claim round of the takeover (docs/cluster.md, 2.3): makes `node_id` the owner of
+    /// at most one share of the active flows whose owner is not a live node (its heartbeat
+    /// older than `node_timeout`, stopped, or named in `gone`: known dead), bumping each
+    /// flow's epoch in the same statement, so that any late write of the old owner is fenced
+    /// off from that moment. The share is the orphans divided among the live nodes, at most
+    /// `max_share`; rows another node is claiming at the same moment are skipped, not waited
+    /// for. Returns the claimed flows with their new epochs. A store without a cluster claims
+    /// nothing.
+    fn claim_flows<'a>(
+        &'a self,
+        node_id: &'a str,
+        node_timeout: std::time::Duration,
+        gone: &'a [String],
+        max_share: u32,
+    ) -> BoxFuture<'a, Result<Vec<(FlowId, u64)>, StoreError>> {
+        let _ = (node_id, node_timeout, gone, max_share);
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// The `nodes` table in memory, for actor tests and embedding programs without a database.

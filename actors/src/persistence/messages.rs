@@ -56,6 +56,9 @@ pub struct PersistenceStats {
     pub failed_batches: u64,
     /// Writes the database refused for their content; each failed alone, its batch committed.
     pub refused_writes: u64,
+    /// Transitions fenced off because another node owns their flow now; each failed alone and
+    /// its flow actor stopped.
+    pub fenced_writes: u64,
     /// Failed tries of the current batch while the database is unavailable: non-zero means it
     /// cannot write now. A refused write does not count: the database is fine.
     pub consecutive_failures: u64,

@@ -1,6 +1,11 @@
 //! The persistence actor: the only writer. It drains its mailbox into one transaction per batch
 //! (group commit), so throughput rises with load while every writer still waits for its own
-//! commit. Event ids are numbered here, in commit order, which makes them rise across all flows.
+//! commit. Event ids are numbered here, in commit order, which makes them rise across all flows;
+//! a store that numbers them inside its commit (PostgreSQL, where the nodes of a cluster share
+//! one sequence) returns the ids it gave, and those are the ones published.
+//!
+//! A transition whose flow another node took over is fenced by the store: it commits nothing,
+//! fails alone (its batch commits) and its flow actor is answered [`PersistError::Fenced`].
 
 pub mod messages;
 
@@ -17,7 +22,7 @@ use crate::error::PersistError;
 use crate::events::EventFanout;
 use crate::ids::FlowId;
 use crate::metrics::RuntimeMetrics;
-use crate::store::{FlowStore, StoreError, Write};
+use crate::store::{CommitReceipt, FlowStore, StoreError, Write};
 pub use messages::{Fence, GetStats, Persist, PersistenceStats, Release};
 
 /// First wait before a batch is tried again while the database is unavailable; it doubles up to
@@ -31,6 +36,8 @@ const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 struct Pending {
     write: Write,
+    /// The writing flow actor's generation (`None`: the supervisor, the registry, the queue).
+    writer: Option<u64>,
     /// A flow actor's write holds finished work: it waits out an outage. Anyone else's (a
     /// create, a registration, a task report) is answered "unavailable" and may try again.
     waits_out_outage: bool,
@@ -109,8 +116,10 @@ impl PersistenceActor {
         let mut writes = Vec::with_capacity(take);
         let mut acks = Vec::with_capacity(take);
         let mut waits = Vec::with_capacity(take);
+        let mut writers = Vec::with_capacity(take);
         for Pending {
             mut write,
+            writer,
             waits_out_outage,
             ack,
         } in self.queue.drain(..take)
@@ -124,6 +133,7 @@ impl PersistenceActor {
             writes.push(write);
             acks.push(ack);
             waits.push(waits_out_outage);
+            writers.push(writer);
         }
         // Nothing queued behind this batch and no sync in flight: its commit syncs on the way
         // (one trip, the lowest latency). Otherwise the sync runs beside the next batch.
@@ -161,6 +171,7 @@ impl PersistenceActor {
                     act.stats.commit_micros += took.as_micros() as u64;
                     let settled = Settled {
                         writes,
+                        writers,
                         acks,
                         outcomes,
                         took,
@@ -168,7 +179,7 @@ impl PersistenceActor {
                     let any_committed = settled
                         .outcomes
                         .iter()
-                        .any(|outcome| matches!(outcome, Outcome::Committed));
+                        .any(|outcome| matches!(outcome, Outcome::Committed { .. }));
                     if any_committed && act.store.commits_need_sync() && !synced_inline {
                         // The next batch commits while this one's sync is in flight.
                         act.unsynced.push(settled);
@@ -216,25 +227,54 @@ impl PersistenceActor {
     }
 
     /// Acks each write of a finished batch and publishes the events of those that committed,
-    /// in batch order. A write that did not commit is answered alone: the rest of its batch
-    /// committed.
+    /// in batch order, under the ids the store gave them when it numbers them (commit order
+    /// across a cluster). A write that did not commit is answered alone: the rest of its
+    /// batch committed. A fenced write's flow actor is told so and stops.
     fn answer(&mut self, settled: Settled) {
         let Settled {
             writes,
+            writers,
             acks,
             outcomes,
             took,
         } = settled;
         let mut committed = 0;
         let mut events = Vec::new();
-        for ((write, ack), outcome) in writes.into_iter().zip(acks).zip(outcomes) {
+        for (((write, writer), ack), outcome) in
+            writes.into_iter().zip(writers).zip(acks).zip(outcomes)
+        {
             let answer = match outcome {
-                Outcome::Committed => {
+                Outcome::Committed { first_event_id } => {
                     committed += 1;
-                    if let Write::Transition(t) = write {
+                    if let Write::Transition(mut t) = write {
+                        if let Some(first) = first_event_id {
+                            for (id, event) in (first..).zip(&mut t.events) {
+                                event.id = id;
+                            }
+                        }
                         events.extend(t.events);
                     }
                     Ok(())
+                }
+                Outcome::Fenced => {
+                    self.stats.fenced_writes += 1;
+                    self.metrics.fenced_write();
+                    if let Write::Transition(t) = &write {
+                        warn!(
+                            flow_id = %t.flow_id,
+                            epoch = t.flow.owner_epoch,
+                            "transition fenced off: another node owns the flow now; nothing \
+                             committed, its actor stops"
+                        );
+                        // The actor that wrote it stops; a successor started meanwhile keeps
+                        // its own fence.
+                        if writer.is_some()
+                            && self.fences.get(&t.flow_id).copied().flatten() == writer
+                        {
+                            self.fences.remove(&t.flow_id);
+                        }
+                    }
+                    Err(PersistError::Fenced)
                 }
                 Outcome::Refused(error) => {
                     self.stats.refused_writes += 1;
@@ -257,6 +297,7 @@ impl PersistenceActor {
 /// one).
 struct Settled {
     writes: Vec<Write>,
+    writers: Vec<Option<u64>>,
     acks: Vec<oneshot::Sender<Result<(), PersistError>>>,
     outcomes: Vec<Outcome>,
     /// How long its commit held the writer (a sync it waits for runs beside the writer).
@@ -265,7 +306,10 @@ struct Settled {
 
 /// What became of one write of a batch.
 enum Outcome {
-    Committed,
+    /// With the id of its first event when the store numbered the events itself.
+    Committed { first_event_id: Option<i64> },
+    /// Its flow is owned by another node now (or under a newer epoch): nothing committed.
+    Fenced,
     /// The database refused this write for its content; its neighbours committed.
     Refused(StoreError),
     /// The database was down and the writer of this write was told to try again itself.
@@ -285,11 +329,15 @@ async fn commit_once(
     store: &dyn FlowStore,
     batch: &[Write],
     synced: bool,
-) -> Result<(), StoreError> {
-    if synced {
-        store.commit_synced(batch).await
-    } else {
-        store.commit(batch).await
+) -> Result<CommitReceipt, StoreError> {
+    store.commit_receipted(batch, synced).await
+}
+
+/// Events a write carries (only transitions carry any).
+fn event_count(write: &Write) -> i64 {
+    match write {
+        Write::Transition(t) => t.events.len() as i64,
+        _ => 0,
     }
 }
 
@@ -322,10 +370,19 @@ async fn commit_isolating(
                 commit_once(store, &subset, synced).await
             };
             let message = match result {
-                Ok(()) => {
+                Ok(receipt) => {
                     outage_tries.store(0, Ordering::Relaxed);
-                    for &i in &group {
-                        outcomes[i] = Some(Outcome::Committed);
+                    // A fenced write fails alone, without a retry or a split: nothing of it
+                    // committed, and it would be fenced again.
+                    let mut next_id = receipt.first_event_id;
+                    for (position, &i) in group.iter().enumerate() {
+                        outcomes[i] = Some(if receipt.is_fenced(position) {
+                            Outcome::Fenced
+                        } else {
+                            let first_event_id = next_id;
+                            next_id = next_id.map(|id| id + event_count(&writes[i]));
+                            Outcome::Committed { first_event_id }
+                        });
                     }
                     break;
                 }
@@ -408,6 +465,7 @@ impl Handler<Persist> for PersistenceActor {
         let (ack, committed) = oneshot::channel();
         self.queue.push(Pending {
             write: message.write,
+            writer: message.writer,
             waits_out_outage: message.writer.is_some(),
             ack,
         });

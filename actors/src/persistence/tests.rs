@@ -224,3 +224,145 @@ async fn a_lone_batch_syncs_in_its_commit_and_a_busy_writer_commits_during_the_s
     let stats = writer.send(GetStats).await.expect("stats");
     assert_eq!((stats.writes, stats.syncs), (3, 2));
 }
+
+/// A stored flow of a one-phase type, and its create write (owned under epoch 1).
+fn created_flow() -> (FlowState, Write) {
+    let definition = match flow_type(1) {
+        Write::FlowType(definition) => definition,
+        _ => unreachable!("flow_type builds a flow type"),
+    };
+    let flow = FlowState::new_initialized(
+        &definition,
+        crate::model::NewFlow {
+            flow_type: definition.name.clone(),
+            input: serde_json::json!({}),
+            parent_flow_id: None,
+            master_flow_id: None,
+            tenant: Tenant {
+                client_account_id: "acme".into(),
+                engagement_id: "e1".into(),
+            },
+            created_by: None,
+            idempotency_key: None,
+        },
+    );
+    let write = Write::Transition(crate::store::TransitionWrite {
+        flow_id: flow.id,
+        create: Some(Box::new(flow.clone())),
+        flow: crate::store::FlowUpdate::of(&flow),
+        phases: Vec::new(),
+        events: Vec::new(),
+        failure: None,
+    });
+    (flow, write)
+}
+
+/// The next transition of `flow` (it starts running), with one event.
+fn started(flow: &mut FlowState) -> Write {
+    flow.status = FlowStatus::Running;
+    flow.last_seq += 1;
+    let event = FlowEvent::of(flow, crate::events::EventKind::FlowStarted, None);
+    Write::Transition(crate::store::TransitionWrite {
+        flow_id: flow.id,
+        create: None,
+        flow: crate::store::FlowUpdate::of(flow),
+        phases: Vec::new(),
+        events: vec![event],
+        failure: None,
+    })
+}
+
+/// A writer of one big batch: every write queued before the first commit joins it.
+async fn writer_of(
+    store: Arc<MemoryStore>,
+    fanout: EventFanout,
+    metrics: Arc<RuntimeMetrics>,
+) -> Addr<PersistenceActor> {
+    PersistenceActor::new(store, fanout, 0, 1000, metrics).start()
+}
+
+#[actix::test]
+async fn a_write_fenced_by_a_takeover_fails_alone_and_its_neighbours_commit() {
+    let store = Arc::new(MemoryStore::numbering_events());
+    let fanout = EventFanout::new(64);
+    let mut published = fanout.subscribe();
+    let metrics = Arc::new(RuntimeMetrics::default());
+    let writer = writer_of(store.clone(), fanout.clone(), metrics.clone()).await;
+    let mut flows = Vec::new();
+    for generation in 1..=5u64 {
+        let (flow, create) = created_flow();
+        writer
+            .send(Persist::unfenced(create))
+            .await
+            .expect("mailbox")
+            .expect("created");
+        writer.do_send(Fence {
+            flow_id: flow.id,
+            writer: Some(generation),
+        });
+        flows.push((flow, generation));
+    }
+    // Another node claims the third flow: its epoch moves on.
+    let lost = flows[2].0.id;
+    assert_eq!(store.take_over(lost), Some(2));
+
+    let sends: Vec<_> = flows
+        .iter_mut()
+        .map(|(flow, generation)| {
+            writer.send(Persist {
+                write: started(flow),
+                writer: Some(*generation),
+            })
+        })
+        .collect();
+    let answers = futures_util::future::join_all(sends).await;
+    for ((flow, _), answer) in flows.iter().zip(answers) {
+        let answer = answer.expect("mailbox");
+        if flow.id == lost {
+            assert!(matches!(answer, Err(PersistError::Fenced)), "{answer:?}");
+        } else {
+            answer.expect("committed");
+        }
+    }
+    let stats = writer.send(GetStats).await.expect("stats");
+    assert_eq!((stats.fenced_writes, stats.refused_writes), (1, 0));
+    assert_eq!(
+        stats.writes, 9,
+        "5 creates and the 4 transitions not fenced"
+    );
+    assert_eq!(metrics.fenced_writes(), 1);
+
+    // Nothing of the fenced write is stored; the others are.
+    for (flow, _) in &flows {
+        let stored = store
+            .load_flow(flow.id)
+            .await
+            .expect("read")
+            .expect("stored");
+        let expected = if flow.id == lost {
+            FlowStatus::Initialized
+        } else {
+            FlowStatus::Running
+        };
+        assert_eq!(stored.status, expected);
+    }
+    // Published under the store's ids, in commit order, without the fenced one's event and
+    // without a gap.
+    let mut ids = Vec::new();
+    while let Ok(event) = published.try_recv() {
+        assert_ne!(event.flow_id, lost);
+        ids.push(event.id);
+    }
+    assert_eq!(ids, vec![1, 2, 3, 4]);
+    assert_eq!(store.max_event_id().await.expect("max"), 4);
+
+    // The fenced actor's fence is gone: a later write of that generation is refused at once.
+    let again = writer
+        .send(Persist {
+            write: started(&mut flows[2].0),
+            writer: Some(3),
+        })
+        .await
+        .expect("mailbox");
+    assert!(matches!(again, Err(PersistError::Fenced)), "{again:?}");
+}

@@ -31,21 +31,43 @@ pub struct RecoverFlows {
     /// `None` at boot: every non-terminal flow. For the periodic sweep, only flows whose row
     /// has not been written for this long: a flow that could be orphaned, never a busy one.
     pub quiet_for: Option<Duration>,
+    /// Flows this node has just claimed from a dead node (cluster takeover): exactly these,
+    /// resumed as at boot; a live actor of an earlier ownership is replaced.
+    pub claimed: Option<Vec<FlowId>>,
 }
 
 impl RecoverFlows {
-    /// Boot recovery: resume every stored non-terminal flow.
+    /// Boot recovery: resume every stored non-terminal flow (this node's own, in a cluster).
     pub fn all() -> Self {
-        Self { quiet_for: None }
+        Self {
+            quiet_for: None,
+            claimed: None,
+        }
     }
 
     /// The stored-flow sweep: adopt non-terminal flows left quiet for `quiet_for`.
     pub fn quiet_for(quiet_for: Duration) -> Self {
         Self {
             quiet_for: Some(quiet_for),
+            claimed: None,
+        }
+    }
+
+    /// Takeover: resume the flows this node claimed, exactly as boot recovery does.
+    pub fn claimed(ids: Vec<FlowId>) -> Self {
+        Self {
+            quiet_for: None,
+            claimed: Some(ids),
         }
     }
 }
+
+/// After a silence longer than the node timeout (the process was paused, or starved), other
+/// nodes may have taken flows over: stop the actors of flows this node no longer owns. Their
+/// writes would be fenced anyway; this stops their work sooner. Answers how many stopped.
+#[derive(Message)]
+#[rtype(result = "Result<usize, RuntimeError>")]
+pub struct ReconcileOwnership;
 
 /// A lifecycle request for one flow of one tenant.
 #[derive(Message)]

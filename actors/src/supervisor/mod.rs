@@ -34,8 +34,8 @@ use crate::persistence::PersistenceActor;
 use crate::registry::Registry;
 use crate::store::FlowStore;
 pub use messages::{
-    ControlFlow, CreateFlow, CreatedFlow, FlowStopped, LiveFlow, LiveFlows, RecoverFlows,
-    RestartFlow, StopCause,
+    ControlFlow, CreateFlow, CreatedFlow, FlowStopped, LiveFlow, LiveFlows, ReconcileOwnership,
+    RecoverFlows, RestartFlow, StopCause,
 };
 use stale_reads::StaleReads;
 

@@ -5,15 +5,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::spawn::definition_of;
-use super::{ControlFlow, RecoverFlows, Supervisor};
+use super::{ControlFlow, ReconcileOwnership, RecoverFlows, Supervisor};
 use crate::definition::FlowType;
 use crate::error::RuntimeError;
+use crate::flow::StopFlow;
 use crate::flow::{ControlCommand, StartMode};
 use crate::ids::FlowId;
 use crate::model::{FlowState, FlowStatus, now};
+use crate::persistence::Fence;
 use crate::registry::Registry;
 use crate::store::FlowStore;
 
@@ -26,7 +28,18 @@ impl Handler<RecoverFlows> for Supervisor {
     fn handle(&mut self, message: RecoverFlows, _: &mut Self::Context) -> Self::Result {
         let began = self.stale_reads.begin();
         let store = self.store.clone();
+        let claimed = message.claimed.is_some();
+        if let Some(ids) = &message.claimed {
+            // Claimed under a new epoch: an actor still live here belongs to an earlier
+            // ownership of this node, and its writes would be fenced.
+            for id in ids {
+                self.retire(*id, "claimed again under a newer epoch");
+            }
+        }
         let candidates = async move {
+            if let Some(ids) = message.claimed {
+                return Ok(Some(ids));
+            }
             match message.quiet_for {
                 None => Ok(None),
                 Some(quiet) => {
@@ -54,9 +67,57 @@ impl Handler<RecoverFlows> for Supervisor {
                 .map(move |result, act, ctx| {
                     let result = result.map(|ready| act.adopt(ready, began, ctx));
                     act.stale_reads.end(began);
+                    if claimed && let Ok(started) = &result {
+                        info!(flows = started, "flows taken over from a dead node resumed");
+                    }
                     result
                 }),
         )
+    }
+}
+
+impl Handler<ReconcileOwnership> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<usize, RuntimeError>>;
+
+    fn handle(&mut self, _: ReconcileOwnership, _: &mut Self::Context) -> Self::Result {
+        let live: Vec<FlowId> = self.flows.keys().copied().collect();
+        let store = self.store.clone();
+        let lost = async move { store.not_owned(&live).await };
+        Box::pin(lost.into_actor(self).map(|lost, act, _| {
+            let lost = lost?;
+            let mut stopped = 0;
+            for id in lost {
+                if act.retire(id, "another node owns the flow now") {
+                    stopped += 1;
+                }
+            }
+            if stopped > 0 {
+                warn!(
+                    flows = stopped,
+                    "actors of flows taken over by other nodes stopped"
+                );
+            }
+            Ok(stopped)
+        }))
+    }
+}
+
+impl Supervisor {
+    /// Stops the live actor of `flow_id`, if any, without a restart: from now on none of its
+    /// writes are taken. Whether there was one.
+    pub(super) fn retire(&mut self, flow_id: FlowId, reason: &str) -> bool {
+        let Some(live) = self.flows.remove(&flow_id) else {
+            return false;
+        };
+        self.stale_reads.stopped(flow_id);
+        self.persistence.do_send(Fence {
+            flow_id,
+            writer: None,
+        });
+        // Its late stop notice matches no live generation.
+        live.addr.do_send(StopFlow);
+        warn!(flow_id = %flow_id, reason, "flow actor stopped: this node no longer runs the flow");
+        true
     }
 }
 
@@ -74,6 +135,11 @@ impl Supervisor {
             let (flow_id, tenant) = (flow.id, flow.tenant());
             if self.stale_reads.is_stale(flow_id, began) {
                 info!(flow_id = %flow_id, "flow stopped while it was read; not revived");
+                continue;
+            }
+            if !self.store.owns(&flow) {
+                // Another node took it over since it was listed: its owner runs it.
+                info!(flow_id = %flow_id, owner = ?flow.owner_node, "flow owned by another node; not revived");
                 continue;
             }
             if !self.flows.contains_key(&flow_id) {

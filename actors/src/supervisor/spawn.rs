@@ -131,6 +131,11 @@ impl Supervisor {
                 if flow.status.is_terminal() {
                     return Ok(None);
                 }
+                if !store.owns(&flow) {
+                    // Taken over by another node: its owner runs it; this one must not.
+                    info!(flow_id = %flow_id, owner = ?flow.owner_node, "flow owned by another node; not restarted");
+                    return Ok(None);
+                }
                 if exceeded {
                     let message = format!("restarted too often; last cause: {reason}");
                     if let Ok(step) =

@@ -1,0 +1,2 @@
+ALTER TABLE flows DROP COLUMN owner_epoch;
+ALTER TABLE flows DROP COLUMN owner_node;
