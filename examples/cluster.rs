@@ -15,6 +15,11 @@
 //! Exits non-zero when a flow is left unfinished or failed, a phase succeeded twice, a `seq` has
 //! a gap, a flow of the killed node was not taken over, or the stream missed or repeated events.
 //!
+//! With `--throughput` nothing is killed: C clients, round-robin over the nodes (1 or more),
+//! each create a flow of `--phases` `noop` phases and wait for its `flow_completed` on the flow's
+//! own websocket, until `--flows` completed; prints flows/s and transitions (events)/s of the
+//! whole cluster.
+//!
 //! `cargo build --release --bin flowd && cargo run --release --example cluster [-- --flows 300]`
 //! (the nodes are the `flowd` binary of the same build; the database is a throw-away one next
 //! to `FLOWD_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
@@ -58,9 +63,12 @@ struct Args {
     /// Longest wait for every flow to end after the kill.
     #[arg(long, default_value_t = 90)]
     timeout_s: u64,
-    /// Creates in flight at once.
+    /// Creates in flight at once (with `--throughput`: clients, each with one flow in flight).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Measure the cluster's throughput instead (`noop` phases, no kill).
+    #[arg(long)]
+    throughput: bool,
 }
 
 const FLOW_TYPE: &str = "cluster_load";
@@ -76,10 +84,16 @@ fn node_config(args: &Args, db: &TestDatabase, index: usize) -> anyhow::Result<s
         db.url, args.heartbeat_ms, args.node_timeout_ms
     );
     for phase in 1..=args.phases.max(1) {
-        toml.push_str(&format!(
-            "[[flow_types.phases]]\nname = \"p{phase}\"\nhandler = \"sleep\"\nparams = {{ ms = {} }}\n",
-            args.phase_ms
-        ));
+        if args.throughput {
+            toml.push_str(&format!(
+                "[[flow_types.phases]]\nname = \"p{phase}\"\nhandler = \"noop\"\n"
+            ));
+        } else {
+            toml.push_str(&format!(
+                "[[flow_types.phases]]\nname = \"p{phase}\"\nhandler = \"sleep\"\nparams = {{ ms = {} }}\n",
+                args.phase_ms
+            ));
+        }
     }
     std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -156,6 +170,36 @@ async fn events_of(client: &awc::Client, base: &str, flow: &str) -> anyhow::Resu
     }
 }
 
+/// The survivors' `flowd_cluster_claimed_flows_total`, summed, every 20 ms from the kill on:
+/// (time since the kill, flows claimed so far) at each change, until `stop` is set.
+async fn watch_claims(
+    bases: Vec<String>,
+    killed: Instant,
+    stop: Rc<std::cell::Cell<bool>>,
+) -> Vec<(Duration, u64)> {
+    let client = client();
+    let mut timeline: Vec<(Duration, u64)> = Vec::new();
+    while !stop.get() {
+        let mut claimed = 0;
+        for base in &bases {
+            let text = match client.get(format!("{base}/metrics")).send().await {
+                Ok(mut response) => response.body().limit(1 << 24).await.unwrap_or_default(),
+                Err(_) => continue,
+            };
+            claimed += String::from_utf8_lossy(&text)
+                .lines()
+                .find_map(|line| line.strip_prefix("flowd_cluster_claimed_flows_total "))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64;
+        }
+        if timeline.last().is_none_or(|(_, last)| *last != claimed) {
+            timeline.push((killed.elapsed(), claimed));
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    timeline
+}
+
 fn is_terminal(status: &str) -> bool {
     matches!(status, "completed" | "failed" | "cancelled")
 }
@@ -186,6 +230,76 @@ async fn follow_tenant_stream(base: String, ids: Rc<RefCell<Vec<i64>>>) -> anyho
     Ok(())
 }
 
+/// `--throughput`: flows/s and events/s of N nodes driven over HTTP, each client with one flow
+/// in flight, waiting on the flow's own websocket.
+async fn throughput(args: &Args) -> anyhow::Result<()> {
+    let db = TestDatabase::create(Backend::Postgres)?;
+    let mut nodes = Vec::with_capacity(args.nodes);
+    for index in 0..args.nodes.max(1) {
+        nodes.push(start(&node_config(args, &db, index)?)?);
+    }
+    let bases: Vec<String> = nodes.iter().map(|node| node.base.clone()).collect();
+    let next = std::cell::Cell::new(0usize);
+    let begun = Instant::now();
+    let clients = (0..args.concurrency.max(1)).map(|c| {
+        let (bases, next) = (&bases, &next);
+        async move {
+            let client = client();
+            let mut events = 0usize;
+            loop {
+                let i = next.get();
+                if i >= args.flows {
+                    return anyhow::Ok(events);
+                }
+                next.set(i + 1);
+                let base = &bases[(i + c) % bases.len()];
+                let id = create(&client, base).await?;
+                events += wait_completed(&client, base, &id).await?;
+            }
+        }
+    });
+    let mut events = 0;
+    for done in futures_util::future::join_all(clients).await {
+        events += done?;
+    }
+    let seconds = begun.elapsed().as_secs_f64();
+    println!(
+        "{:<38} {}\n{:<38} {}\n{:<38} {:.0}\n{:<38} {:.0}",
+        "nodes",
+        bases.len(),
+        "flows completed",
+        args.flows,
+        "flows/s",
+        args.flows as f64 / seconds,
+        "transitions (events)/s",
+        events as f64 / seconds
+    );
+    Ok(())
+}
+
+/// Waits on a flow's own stream until it completes; the events it carried.
+async fn wait_completed(client: &awc::Client, base: &str, id: &str) -> anyhow::Result<usize> {
+    let ws = base.replacen("http", "ws", 1);
+    let (_, mut socket) = client
+        .ws(format!("{ws}/v1/flows/{id}/ws?after=0"))
+        .connect()
+        .await
+        .map_err(|e| anyhow!("flow stream on {base}: {e}"))?;
+    let mut events = 0;
+    while let Some(frame) = socket.next().await {
+        if let awc::ws::Frame::Text(bytes) = frame? {
+            events += 1;
+            let event: Value = serde_json::from_slice(&bytes)?;
+            match event["kind"].as_str() {
+                Some("flow_completed") => return Ok(events),
+                Some("flow_failed" | "flow_cancelled") => bail!("flow {id} did not complete"),
+                _ => {}
+            }
+        }
+    }
+    bail!("flow {id}'s stream ended before it completed")
+}
+
 /// What the run found.
 #[derive(Default)]
 struct Report {
@@ -198,6 +312,9 @@ struct Report {
     unfinished: usize,
     victim_in_flight: usize,
     victim_not_resumed: usize,
+    /// Kill → the survivors had claimed every flow the killed node had in flight (their
+    /// `flowd_cluster_claimed_flows_total`); each claimed flow is resumed at once.
+    claimed: Option<Duration>,
     takeover: Option<Duration>,
     duplicate_successes: usize,
     flows_with_gaps: usize,
@@ -209,6 +326,9 @@ struct Report {
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.throughput {
+        return throughput(&args).await;
+    }
     if args.nodes < 2 {
         bail!("--nodes must be 2 or more: one is killed");
     }
@@ -259,6 +379,12 @@ async fn main() -> anyhow::Result<()> {
         .filter(|(i, _)| *i != victim)
         .map(|(_, base)| base.as_str())
         .collect();
+    let stop_watching = Rc::new(std::cell::Cell::new(false));
+    let claims = actix_web::rt::spawn(watch_claims(
+        survivors.iter().map(|base| (*base).to_owned()).collect(),
+        killed,
+        stop_watching.clone(),
+    ));
     let mut in_flight = Vec::new();
     for (id, _) in flows.iter().filter(|(_, node)| *node == victim) {
         let flow = get_json(&client, &format!("{}/v1/flows/{id}", survivors[0])).await?;
@@ -290,7 +416,15 @@ async fn main() -> anyhow::Result<()> {
         actix_web::rt::time::sleep(Duration::from_millis(250)).await;
     }
 
+    stop_watching.set(true);
+    let claims = claims.await.unwrap_or_default();
+    let claimed = claims
+        .iter()
+        .find(|(_, claimed)| *claimed >= in_flight.len() as u64)
+        .map(|(after, _)| *after);
+
     let mut report = Report {
+        claimed,
         created: flows.len(),
         refused_creates: refused.len(),
         first_refusal: refused.first().cloned(),
@@ -397,6 +531,17 @@ fn print_report(args: &Args, report: &Report) {
         (
             "  of them never resumed",
             report.victim_not_resumed.to_string(),
+        ),
+        (
+            "claim time (kill → all claimed)",
+            match report.claimed {
+                Some(after) => format!(
+                    "{:.2} s (node timeout {} ms)",
+                    after.as_secs_f64(),
+                    args.node_timeout_ms
+                ),
+                None => "not observed".to_owned(),
+            },
         ),
         (
             "takeover time (kill → last resumed)",
