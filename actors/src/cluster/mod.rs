@@ -41,7 +41,7 @@ pub enum ClusterError {
     Stopped,
 }
 
-/// Most flows one claim round takes over; rounds repeat at once while they come back full.
+/// Most flows one claim round takes over; rounds repeat at once until one finds none.
 pub const MAX_CLAIM_SHARE: u32 = 500;
 
 /// How this node takes part in the cluster.
@@ -93,7 +93,7 @@ impl NodeActor {
     }
 
     /// Claims one share of the flows of dead nodes and hands them to the supervisor, which
-    /// resumes them as boot recovery does; repeats at once while a round comes back full.
+    /// resumes them as boot recovery does; repeats at once until a round finds none.
     /// `gone`: node ids known dead although their heartbeat is recent (see
     /// [`gone_on_this_host`]).
     fn claim(&mut self, gone: Vec<String>, ctx: &mut Context<Self>) {
@@ -128,14 +128,14 @@ impl NodeActor {
                 flows = claimed.len(),
                 "took over flows of a dead node"
             );
-            let full = claimed.len() >= MAX_CLAIM_SHARE as usize;
             let ids = claimed.into_iter().map(|(id, _)| id).collect();
             if let Some(runtime) = &act.runtime {
                 runtime.recover.do_send(RecoverFlows::claimed(ids));
             }
-            if full {
-                act.claim(Vec::new(), ctx);
-            }
+            // At once, not at the next heartbeat: a share is the orphans divided by the live
+            // nodes, so it shrinks as the survivors claim; waiting a heartbeat per round would
+            // leave the last orphans halving for seconds. The round that finds none ends it.
+            act.claim(Vec::new(), ctx);
         }));
     }
 
