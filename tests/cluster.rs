@@ -514,6 +514,64 @@ mod takeover {
     /// take them over after the node timeout and every flow completes, each phase succeeding
     /// once, `seq` gap-free; the killed node's unfinished flows move again within the node
     /// timeout + 2 s.
+    /// The same create, with one idempotency key, sent to two nodes at once (many times):
+    /// one flow per key, and both answers name it, as on one node.
+    #[actix_web::test]
+    async fn an_idempotency_key_raced_on_two_nodes_makes_one_flow() {
+        let db = TestDatabase::new(Backend::Postgres);
+        let config = config(&db, 20);
+        let a = TestServer::start(&config);
+        let b = TestServer::start(&config);
+        let post = |server: &TestServer, key: String| {
+            let request = common::client()
+                .post(server.url("/v1/flows"))
+                .insert_header(("Idempotency-Key", key));
+            async move {
+                let mut response = request
+                    .send_json(&json!({ "flow_type": "steps", "input": { "n": 1 } }))
+                    .await
+                    .expect("POST");
+                let body: Value = response.json().await.expect("JSON");
+                (response.status().as_u16(), body)
+            }
+        };
+        for round in 0..20 {
+            let key = format!("race-{round}");
+            let ((on_a, flow_a), (on_b, flow_b)) =
+                futures_util::join!(post(&a, key.clone()), post(&b, key.clone()));
+            let mut statuses = [on_a, on_b];
+            statuses.sort_unstable();
+            assert_eq!(
+                statuses,
+                [200, 201],
+                "round {round}: one create, one repeat: {flow_a} {flow_b}"
+            );
+            assert_eq!(
+                flow_a["id"], flow_b["id"],
+                "round {round}: one flow per key"
+            );
+        }
+        // A different request under a used key is refused on the other node too.
+        let (status, body) = {
+            let mut response = common::client()
+                .post(b.url("/v1/flows"))
+                .insert_header(("Idempotency-Key", "race-0"))
+                .send_json(&json!({ "flow_type": "steps", "input": { "n": 2 } }))
+                .await
+                .expect("POST");
+            let body: Value = response.json().await.expect("JSON");
+            (response.status().as_u16(), body)
+        };
+        assert_eq!(status, 409, "{body}");
+        let flows = common::get(&a, "/v1/flows?limit=100").await;
+        assert_eq!(
+            flows.body["flows"].as_array().map(Vec::len),
+            Some(20),
+            "{:?}",
+            flows.body
+        );
+    }
+
     #[actix_web::test]
     async fn a_killed_node_s_flows_complete_on_the_survivors() {
         let db = TestDatabase::new(Backend::Postgres);

@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::{CreateFlow, CreatedFlow, Supervisor};
 use crate::definition::FlowType;
-use crate::error::RuntimeError;
+use crate::error::{PersistError, RuntimeError};
 use crate::flow::StartMode;
 use crate::machine;
 use crate::model::{FlowState, FlowStatus, now};
@@ -24,6 +24,27 @@ fn is_same_request(flow: &FlowState, request: &crate::model::NewFlow) -> bool {
     flow.flow_type == request.flow_type
         && *flow.input == request.input
         && flow.parent_flow_id == request.parent_flow_id
+}
+
+/// The flow stored under `flow`'s idempotency key, if it is the same request; a different one
+/// under that key is refused.
+async fn find_same(
+    store: &Arc<dyn FlowStore>,
+    flow: &FlowState,
+) -> Result<Option<FlowState>, RuntimeError> {
+    let Some(key) = &flow.idempotency_key else {
+        return Ok(None);
+    };
+    let Some(existing) = store.find_by_idempotency_key(&flow.tenant(), key).await? else {
+        return Ok(None);
+    };
+    let same = existing.flow_type == flow.flow_type
+        && existing.input == flow.input
+        && existing.parent_flow_id == flow.parent_flow_id;
+    if !same {
+        return Err(RuntimeError::IdempotencyMismatch(key.clone()));
+    }
+    Ok(Some(existing))
 }
 
 /// Checks, builds and commits a new flow; the caller starts its actor.
@@ -77,9 +98,28 @@ async fn create(
         &definition,
         write.failure.as_ref(),
     );
-    persistence
+    match persistence
         .send(Persist::unfenced(Write::Transition(write)))
-        .await??;
+        .await?
+    {
+        Ok(()) => {}
+        Err(PersistError::Refused(reason)) if flow.idempotency_key.is_some() => {
+            // The key's unique index refused it: another node of the cluster (or another
+            // process on the database) committed a flow under this key in the meantime. As
+            // on one node, a repeat gets that flow and a different request is refused.
+            return match find_same(&store, &flow).await? {
+                Some(existing) => Ok((
+                    CreatedFlow {
+                        flow: existing,
+                        created: false,
+                    },
+                    None,
+                )),
+                None => Err(PersistError::Refused(reason).into()),
+            };
+        }
+        Err(error) => return Err(error.into()),
+    }
     info!(flow_id = %flow.id, flow_type = %flow.flow_type, "flow created");
     Ok((
         CreatedFlow {
