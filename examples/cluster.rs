@@ -290,6 +290,9 @@ async fn wait_completed(client: &awc::Client, base: &str, id: &str) -> anyhow::R
         if let awc::ws::Frame::Text(bytes) = frame? {
             events += 1;
             let event: Value = serde_json::from_slice(&bytes)?;
+            if event["seq"].as_u64() != Some(events as u64) || event["flow_id"] != id {
+                bail!("flow {id}'s stream on {base}: event {events} is {event}");
+            }
             match event["kind"].as_str() {
                 Some("flow_completed") => return Ok(events),
                 Some("flow_failed" | "flow_cancelled") => bail!("flow {id} did not complete"),
