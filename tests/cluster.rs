@@ -16,6 +16,8 @@ use serde_json::Value;
 
 /// Heartbeats every 100 ms; silent for 1 s is `down`.
 const CLUSTER: &str = "[cluster]\nheartbeat_ms = 100\nnode_timeout_ms = 1000\n";
+/// The node timeout of [`CLUSTER`]; used only by the PostgreSQL tests.
+#[cfg_attr(not(flowd_postgres_tests), allow(dead_code))]
 const TIMEOUT: Duration = Duration::from_millis(1000);
 
 const AUTH: &str = "[auth]\nenabled = true\n\
