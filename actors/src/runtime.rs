@@ -281,6 +281,25 @@ impl Runtime {
         );
     }
 
+    /// Routes controls of flows other nodes own through `store` (cluster mode on PostgreSQL,
+    /// docs/cluster.md 2.6), and applies here the controls other nodes send for flows this
+    /// node owns. The handle is for the listener that wakes it. Without this call every
+    /// control is applied on this node, as on a single node.
+    pub fn route_controls(
+        &self,
+        store: Arc<dyn crate::controls::ControlStore>,
+        settings: crate::controls::ControlSettings,
+    ) -> crate::controls::RemoteControls {
+        let remote = crate::controls::RemoteControls::start(
+            store,
+            settings,
+            self.supervisor.clone().recipient(),
+        );
+        self.supervisor
+            .do_send(crate::supervisor::UseRemoteControls(remote.clone()));
+        remote
+    }
+
     /// Creates a flow; it is `running` when this returns.
     pub async fn create_flow(&self, request: NewFlow) -> Result<CreatedFlow, RuntimeError> {
         self.supervisor.send(CreateFlow(request)).await?
