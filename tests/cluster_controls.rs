@@ -277,6 +277,27 @@ mod postgres {
         );
     }
 
+    /// One PostgreSQL node restarted (a new `HOST-PID` node id): a flow that failed before
+    /// the restart still names the old node as its owner; a retry adopts it and runs it here
+    /// (before, the retry's write was fenced off and answered `503`).
+    #[actix_web::test]
+    async fn a_restarted_single_node_retries_a_flow_that_failed_before() {
+        let db = TestDatabase::new(Backend::Postgres);
+        let config = config_for(&db, &format!("{CLUSTER}{}", types(100)));
+        let first = TestServer::start(config);
+        let first_id = node_id(&first).await;
+        let id = create(&first, "flaky").await;
+        let failed = wait_for_flow(&first, &id, SETTLE, common::is_terminal).await;
+        assert_eq!(failed["status"], "failed", "{failed}");
+        let second = TestServer::start(first.kill());
+        assert_ne!(node_id(&second).await, first_id);
+        let retried = control(&second, &id, "retry").await;
+        assert_eq!(retried.status, 200, "{:?}", retried.body);
+        let done = wait_for_flow(&second, &id, SETTLE, common::is_terminal).await;
+        ran_once(&done, &events(&second, &id).await);
+        assert_eq!(fenced(&db), "0");
+    }
+
     /// A pause sent to C for a flow whose owner A was just SIGKILLed waits: the node that
     /// takes the flow over applies it and C answers with its reply. The flow then stays paused
     /// until resumed, and completes with each phase once.
