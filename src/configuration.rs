@@ -797,15 +797,20 @@ mod tests {
             assert!(id.chars().all(is_node_id_char), "{id}");
             assert_eq!(settings.cluster.heartbeat(), Duration::from_secs(1));
             assert_eq!(settings.cluster.node_timeout(), Duration::from_secs(5));
+            assert_eq!(settings.cluster.control_timeout(), Duration::from_secs(10));
 
             jail.create_file(
                 "c.toml",
-                "[cluster]\nnode_id = \"node-a\"\nheartbeat_ms = 200\nnode_timeout_ms = 1000\nadvertise = \"10.0.0.5:8080\"\n",
+                "[cluster]\nnode_id = \"node-a\"\nheartbeat_ms = 200\nnode_timeout_ms = 1000\nadvertise = \"10.0.0.5:8080\"\ncontrol_timeout_ms = 2500\n",
             )?;
             let settings = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(settings.cluster.node_id(), "node-a");
             assert_eq!(settings.cluster.heartbeat(), Duration::from_millis(200));
             assert_eq!(settings.cluster.advertise.as_deref(), Some("10.0.0.5:8080"));
+            assert_eq!(
+                settings.cluster.control_timeout(),
+                Duration::from_millis(2500)
+            );
 
             for (toml, key) in [
                 ("node_id = \"a b\"", "cluster.node_id"),
@@ -816,6 +821,7 @@ mod tests {
                     "cluster.node_timeout_ms",
                 ),
                 ("advertise = \" \"", "cluster.advertise"),
+                ("control_timeout_ms = 50", "cluster.control_timeout_ms"),
             ] {
                 jail.create_file("bad.toml", &format!("[cluster]\n{toml}\n"))?;
                 let error = Settings::load(Some(Path::new("bad.toml"))).expect_err(toml);
