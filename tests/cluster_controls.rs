@@ -90,6 +90,21 @@ mod postgres {
             .to_owned()
     }
 
+    /// A counter of `server`'s `/metrics`.
+    async fn metric(server: &TestServer, name: &str) -> Option<f64> {
+        let mut response = common::client()
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        let text = response.body().await.expect("body");
+        let prefix = format!("{name} ");
+        String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
     async fn create(server: &TestServer, flow_type: &str) -> String {
         let reply = common::post(server, "/v1/flows", &json!({ "flow_type": flow_type })).await;
         assert_eq!(reply.status, 201, "{:?}", reply.body);
@@ -176,6 +191,23 @@ mod postgres {
         assert_eq!(
             status(&common::get(&a, &format!("/v1/flows/{id}")).await.body),
             "paused"
+        );
+        // Counted: sent by C and B, applied by A, none unanswered.
+        assert_eq!(
+            metric(&c, "flowd_cluster_controls_sent_total").await,
+            Some(1.0)
+        );
+        assert_eq!(
+            metric(&a, "flowd_cluster_controls_applied_total").await,
+            Some(2.0)
+        );
+        assert_eq!(
+            metric(&a, "flowd_cluster_controls_sent_total").await,
+            Some(0.0)
+        );
+        assert_eq!(
+            metric(&c, "flowd_cluster_controls_unanswered_total").await,
+            Some(0.0)
         );
         // C and B applied nothing themselves: same owner, same epoch, no fenced write.
         assert_eq!(owner(&db, &id), format!("{a_id}|1"));
@@ -366,6 +398,10 @@ mod postgres {
         assert_eq!(paused.content_type, "application/problem+json");
         let detail = paused.body["detail"].as_str().unwrap_or_default();
         assert!(detail.contains("was not applied"), "{detail}");
+        assert_eq!(
+            metric(&c, "flowd_cluster_controls_unanswered_total").await,
+            Some(1.0)
+        );
         let done = wait_for_flow(&c, &id, SETTLE, common::is_terminal).await;
         let history = events(&c, &id).await;
         ran_once(&done, &history);

@@ -149,6 +149,8 @@ pub struct Runtime {
     fanout: EventFanout,
     /// Cluster mode only: reads other nodes' events into the fan-out.
     tail: Option<EventTail>,
+    /// Cluster mode only: controls routed to and from other nodes ([`Runtime::route_controls`]).
+    remote: Arc<std::sync::OnceLock<crate::controls::RemoteControls>>,
     metrics: Arc<RuntimeMetrics>,
     #[cfg(feature = "faults")]
     faults: Arc<FaultPlan>,
@@ -264,6 +266,7 @@ impl Runtime {
             store,
             fanout,
             tail,
+            remote: Arc::default(),
             metrics,
             #[cfg(feature = "faults")]
             faults,
@@ -297,7 +300,15 @@ impl Runtime {
         );
         self.supervisor
             .do_send(crate::supervisor::UseRemoteControls(remote.clone()));
+        let _ = self.remote.set(remote.clone());
         remote
+    }
+
+    /// Counts of the controls routed to and from other nodes; `None` without a cluster.
+    pub fn control_stats(&self) -> Option<crate::controls::ControlStats> {
+        self.remote
+            .get()
+            .map(crate::controls::RemoteControls::stats)
     }
 
     /// Creates a flow; it is `running` when this returns.

@@ -17,6 +17,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::Recipient;
@@ -170,6 +171,24 @@ pub struct ControlSettings {
     pub poll: Duration,
 }
 
+/// Counts of the routing on this node, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControlStats {
+    /// Controls this node sent to another node.
+    pub sent: u64,
+    /// Of those, answered `503` because no reply came in time.
+    pub unanswered: u64,
+    /// Controls other nodes sent that this node applied and answered.
+    pub applied: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    unanswered: AtomicU64,
+    applied: AtomicU64,
+}
+
 /// This node's end of the routing: it sends controls of other nodes' flows and applies the
 /// controls other nodes sent for flows it owns. Cheap to clone.
 #[derive(Clone)]
@@ -184,6 +203,7 @@ struct Inner {
     waiters: Mutex<HashMap<Uuid, Arc<Notify>>>,
     /// Wakes the applier.
     inbox: Notify,
+    counters: Arc<Counters>,
 }
 
 /// Removes a waiter however its request ends.
@@ -212,10 +232,21 @@ impl RemoteControls {
                 settings,
                 waiters: Mutex::new(HashMap::new()),
                 inbox: Notify::new(),
+                counters: Arc::default(),
             }),
         };
         actix::spawn(controls.clone().apply_loop(supervisor));
         controls
+    }
+
+    /// Controls sent, unanswered and applied so far.
+    pub fn stats(&self) -> ControlStats {
+        let counters = &self.inner.counters;
+        ControlStats {
+            sent: counters.sent.load(Ordering::Relaxed),
+            unanswered: counters.unanswered.load(Ordering::Relaxed),
+            applied: counters.applied.load(Ordering::Relaxed),
+        }
     }
 
     /// This node's id.
@@ -270,6 +301,7 @@ impl RemoteControls {
             requested_by: inner.settings.node_id.clone(),
         };
         inner.store.request_control(&request).await?;
+        inner.counters.sent.fetch_add(1, Ordering::Relaxed);
         debug!(flow_id = %flow_id, %owner, command = command_name(command), "control sent to the owner");
         let deadline = Instant::now() + inner.settings.timeout;
         loop {
@@ -304,6 +336,7 @@ impl RemoteControls {
             ),
         };
         warn!(flow_id = %flow_id, %owner, command = name, "control not answered by the owner");
+        inner.counters.unanswered.fetch_add(1, Ordering::Relaxed);
         self.forget(id);
         Err(RuntimeError::Unavailable(detail))
     }
@@ -378,6 +411,7 @@ impl RemoteControls {
                                 inner.settings.node_id.clone(),
                                 supervisor.clone(),
                                 control,
+                                inner.counters.clone(),
                             ));
                         }
                         if !full {
@@ -406,6 +440,7 @@ async fn apply(
     node: String,
     supervisor: Recipient<ControlFlow>,
     control: TakenControl,
+    counters: Arc<Counters>,
 ) {
     let TakenControl {
         id,
@@ -427,6 +462,7 @@ async fn apply(
     let reply = ControlReply::of(&result);
     match store.reply_control(id, &node, &reply).await {
         Ok(true) => {
+            counters.applied.fetch_add(1, Ordering::Relaxed);
             info!(flow_id = %flow_id, command = command_name(command), "control from another node applied")
         }
         Ok(false) => {
