@@ -311,7 +311,8 @@ mod postgres {
 
     /// One PostgreSQL node restarted (a new `HOST-PID` node id): a flow that failed before
     /// the restart still names the old node as its owner; a retry adopts it and runs it here
-    /// (before, the retry's write was fenced off and answered `503`).
+    /// (before, the retry's write was fenced off and answered `503`). So is a failed flow
+    /// with no owner (stored by an older version).
     #[actix_web::test]
     async fn a_restarted_single_node_retries_a_flow_that_failed_before() {
         let db = TestDatabase::new(Backend::Postgres);
@@ -323,6 +324,19 @@ mod postgres {
         assert_eq!(failed["status"], "failed", "{failed}");
         let second = TestServer::start(first.kill());
         assert_ne!(node_id(&second).await, first_id);
+        let retried = control(&second, &id, "retry").await;
+        assert_eq!(retried.status, 200, "{:?}", retried.body);
+        let done = wait_for_flow(&second, &id, SETTLE, common::is_terminal).await;
+        ran_once(&done, &events(&second, &id).await);
+
+        // A failed flow stored by an older version, with no owner at all: adopted the same way.
+        let id = create(&second, "flaky").await;
+        let failed = wait_for_flow(&second, &id, SETTLE, common::is_terminal).await;
+        assert_eq!(failed["status"], "failed", "{failed}");
+        sql(
+            &db,
+            &format!("UPDATE flows SET owner_node = NULL WHERE id = '{id}'"),
+        );
         let retried = control(&second, &id, "retry").await;
         assert_eq!(retried.status, 200, "{:?}", retried.body);
         let done = wait_for_flow(&second, &id, SETTLE, common::is_terminal).await;

@@ -50,7 +50,8 @@ const REPLY: &str = "WITH answered AS ( \
      ) SELECT pg_notify($4, 'reply:' || id::text) AS notified FROM answered";
 /// A failed flow changes owner, under a new epoch, only if nothing changed since it was read.
 const ADOPT_FAILED: &str = "UPDATE flows SET owner_node = $4, owner_epoch = owner_epoch + 1 \
-     WHERE id = $1 AND status = 'failed' AND owner_node = $2 AND owner_epoch = $3 \
+     WHERE id = $1 AND status = 'failed' AND owner_node IS NOT DISTINCT FROM $2 \
+       AND owner_epoch = $3 \
      RETURNING owner_epoch";
 
 #[derive(diesel::QueryableByName)]
@@ -237,14 +238,14 @@ impl DbStore {
     async fn adopt(
         &self,
         flow_id: FlowId,
-        owner: &str,
+        owner: Option<&str>,
         epoch: u64,
         node: &str,
     ) -> Result<Option<u64>, StoreError> {
         let mut conn = self.pg()?.get().await.map_err(pool_error)?;
         let rows: Vec<Epoch> = diesel::sql_query(ADOPT_FAILED)
             .bind::<SqlUuid, _>(flow_id.0)
-            .bind::<Text, _>(owner)
+            .bind::<Nullable<Text>, _>(owner)
             .bind::<BigInt, _>(i64::try_from(epoch).unwrap_or(i64::MAX))
             .bind::<Text, _>(node)
             .load(&mut *conn)
@@ -304,7 +305,7 @@ impl ControlStore for DbStore {
     fn adopt_failed<'a>(
         &'a self,
         flow_id: FlowId,
-        owner: &'a str,
+        owner: Option<&'a str>,
         epoch: u64,
         node: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {

@@ -364,9 +364,7 @@ impl RemoteControls {
     /// Makes this node the owner of a failed flow another node owns, for a retry: the new
     /// epoch, or `None` if the flow changed meanwhile (read it again).
     pub async fn adopt_failed(&self, flow: &FlowState) -> Result<Option<u64>, RuntimeError> {
-        let Some(owner) = flow.owner_node.as_deref() else {
-            return Ok(None);
-        };
+        let owner = flow.owner_node.as_deref();
         let adopted = self
             .inner
             .store
@@ -378,7 +376,7 @@ impl RemoteControls {
             )
             .await?;
         if adopted.is_some() {
-            info!(flow_id = %flow.id, from = owner, "failed flow adopted from another node for a retry");
+            info!(flow_id = %flow.id, from = ?owner, "failed flow adopted from another node for a retry");
         }
         Ok(adopted)
     }

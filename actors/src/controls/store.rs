@@ -87,13 +87,14 @@ pub trait ControlStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Makes `node` the owner of failed flow `flow_id` under a new epoch, if it is still failed
-    /// and still owned by `owner` under `epoch` (read before): a retry from any node then runs
-    /// the flow there, and a retry the old owner applies at the same moment is fenced off.
-    /// The new epoch, or `None` if the row changed meanwhile.
+    /// and still owned by `owner` (`None`: nobody, a flow of an older version) under `epoch`
+    /// (read before): a retry from any node then runs the flow there, and a retry the old
+    /// owner applies at the same moment is fenced off. The new epoch, or `None` if the row
+    /// changed meanwhile.
     fn adopt_failed<'a>(
         &'a self,
         flow_id: FlowId,
-        owner: &'a str,
+        owner: Option<&'a str>,
         epoch: u64,
         node: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;

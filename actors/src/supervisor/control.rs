@@ -81,17 +81,18 @@ enum Route {
 /// The routing rule, pure: `owns` is whether this node's store owns the flow as read,
 /// `clustered` whether controls can reach other nodes at all.
 fn route(flow: &FlowState, command: ControlCommand, owns: bool, clustered: bool) -> Route {
-    // A flow without an owner was left by an older version: whoever adopts it runs it.
-    if !clustered || owns || flow.owner_node.is_none() {
+    if !clustered || owns {
         return Route::Local;
     }
-    if !flow.status.is_terminal() {
-        return Route::Owner;
-    }
+    // Also a failed flow left without an owner by an older version.
     if command == ControlCommand::Retry && flow.status == FlowStatus::Failed {
         return Route::AdoptThenLocal;
     }
-    Route::Local
+    // A live flow without an owner was left by an older version: boot adopts those.
+    if flow.status.is_terminal() || flow.owner_node.is_none() {
+        return Route::Local;
+    }
+    Route::Owner
 }
 
 impl Handler<UseRemoteControls> for Supervisor {
@@ -337,11 +338,16 @@ mod tests {
                 assert_eq!(route(&other, command, true, true), Route::Local);
             }
         }
-        // Left by an older version: nobody's, adopted by whoever controls it.
+        // Left by an older version: a live one is adopted at boot, a failed one by a retry.
         let legacy = flow(FlowStatus::Running, None);
         assert_eq!(
             route(&legacy, ControlCommand::Pause, false, true),
             Route::Local
+        );
+        let legacy = flow(FlowStatus::Failed, None);
+        assert_eq!(
+            route(&legacy, ControlCommand::Retry, false, true),
+            Route::AdoptThenLocal
         );
     }
 
