@@ -291,6 +291,10 @@ pub struct ClusterSettings {
     /// Where other nodes and operators reach this node's API (`host:port` or a URL); shown in
     /// `/v1/cluster/nodes`, not used for routing yet.
     pub advertise: Option<String>,
+    /// How long a control of a flow another node owns waits for that node's reply before it is
+    /// answered `503` (docs/cluster.md, 2.6). Longer than `node_timeout_ms` plus a heartbeat,
+    /// so that a control sent to a node that just died is applied by the node taking over.
+    pub control_timeout_ms: Option<u64>,
 }
 
 impl ClusterSettings {
@@ -298,6 +302,8 @@ impl ClusterSettings {
     pub const DEFAULT_HEARTBEAT_MS: u64 = 1000;
     /// Node timeout when `node_timeout_ms` is absent.
     pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 5000;
+    /// Control reply wait when `control_timeout_ms` is absent.
+    pub const DEFAULT_CONTROL_TIMEOUT_MS: u64 = 10_000;
     /// Longest node id: it is a key column and a metric-free log field, not a document.
     pub const MAX_NODE_ID_LEN: usize = 128;
 
@@ -311,6 +317,14 @@ impl ClusterSettings {
         Duration::from_millis(
             self.node_timeout_ms
                 .unwrap_or(Self::DEFAULT_NODE_TIMEOUT_MS),
+        )
+    }
+
+    /// How long a control routed to another node waits for its reply.
+    pub fn control_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.control_timeout_ms
+                .unwrap_or(Self::DEFAULT_CONTROL_TIMEOUT_MS),
         )
     }
 
@@ -361,6 +375,16 @@ impl ClusterSettings {
                     "expected at least twice cluster.heartbeat_ms ({}) and at most 3600000",
                     2 * heartbeat
                 ),
+            });
+        }
+        let control = self
+            .control_timeout_ms
+            .unwrap_or(Self::DEFAULT_CONTROL_TIMEOUT_MS);
+        if !(100..=600_000).contains(&control) {
+            return Err(ConfigError::BadValue {
+                key: "cluster.control_timeout_ms",
+                value: control.to_string(),
+                reason: "expected 100 to 600000 milliseconds".into(),
             });
         }
         if let Some(advertise) = &self.advertise
@@ -773,15 +797,20 @@ mod tests {
             assert!(id.chars().all(is_node_id_char), "{id}");
             assert_eq!(settings.cluster.heartbeat(), Duration::from_secs(1));
             assert_eq!(settings.cluster.node_timeout(), Duration::from_secs(5));
+            assert_eq!(settings.cluster.control_timeout(), Duration::from_secs(10));
 
             jail.create_file(
                 "c.toml",
-                "[cluster]\nnode_id = \"node-a\"\nheartbeat_ms = 200\nnode_timeout_ms = 1000\nadvertise = \"10.0.0.5:8080\"\n",
+                "[cluster]\nnode_id = \"node-a\"\nheartbeat_ms = 200\nnode_timeout_ms = 1000\nadvertise = \"10.0.0.5:8080\"\ncontrol_timeout_ms = 2500\n",
             )?;
             let settings = Settings::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(settings.cluster.node_id(), "node-a");
             assert_eq!(settings.cluster.heartbeat(), Duration::from_millis(200));
             assert_eq!(settings.cluster.advertise.as_deref(), Some("10.0.0.5:8080"));
+            assert_eq!(
+                settings.cluster.control_timeout(),
+                Duration::from_millis(2500)
+            );
 
             for (toml, key) in [
                 ("node_id = \"a b\"", "cluster.node_id"),
@@ -792,6 +821,7 @@ mod tests {
                     "cluster.node_timeout_ms",
                 ),
                 ("advertise = \" \"", "cluster.advertise"),
+                ("control_timeout_ms = 50", "cluster.control_timeout_ms"),
             ] {
                 jail.create_file("bad.toml", &format!("[cluster]\n{toml}\n"))?;
                 let error = Settings::load(Some(Path::new("bad.toml"))).expect_err(toml);

@@ -172,6 +172,10 @@ fn lock_sqlite(url: &str) -> Result<Option<std::fs::File>, StartupError> {
 /// drops.
 const CLUSTER_EVENTS_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often a node waiting for another node's reply to a control reads it without a
+/// notification (docs/cluster.md, 2.6).
+const CONTROL_REPLY_BACKSTOP: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A started flowd: the runtime is running, the node has joined its cluster and the server is
 /// bound.
 pub struct Application {
@@ -254,7 +258,7 @@ impl Application {
         }
         let runtime = match Runtime::start(
             runtime_config,
-            store,
+            store.clone(),
             handlers,
             settings.flow_types.clone(),
         )
@@ -269,7 +273,23 @@ impl Application {
         };
         runtime.attach_to(&cluster);
         if let Some(tail) = runtime.event_tail() {
-            crate::store::listen::start(url, tail.clone());
+            use crate::store::listen::{ControlsChannel, EventsChannel, Subscriber};
+            // Controls of flows another node owns go to their owner through the database
+            // (PostgreSQL only, like the tail); flows of this node keep the local path.
+            let controls: Arc<dyn flowd_actors::controls::ControlStore> = store.clone();
+            let remote = runtime.route_controls(
+                controls,
+                flowd_actors::controls::ControlSettings {
+                    node_id: settings.cluster.node_id(),
+                    timeout: settings.cluster.control_timeout(),
+                    poll: CONTROL_REPLY_BACKSTOP,
+                },
+            );
+            let subscribers: Vec<Arc<dyn Subscriber>> = vec![
+                Arc::new(EventsChannel(tail.clone())),
+                Arc::new(ControlsChannel(remote)),
+            ];
+            crate::store::listen::start(url, subscribers);
         }
         let runtime_data = web::Data::new(runtime.clone());
         let cluster_data = web::Data::new(cluster.clone());

@@ -17,7 +17,8 @@
 //! - Actors, one folder each with its messages: [`supervisor`], [`flow`], [`registry`],
 //!   [`persistence`], [`health`], [`queue`] (external tasks).
 //! - [`runtime`]: the handle that starts the actors and that callers hold.
-//! - [`cluster`]: this process as a node of its database's cluster (node rows, heartbeats).
+//! - [`cluster`]: this process as a node of its database's cluster (node rows, heartbeats);
+//!   [`controls`]: controls of flows another node owns, routed through the database.
 //!
 //! # Embedding the runtime
 //!
@@ -110,6 +111,7 @@
 pub mod builtin;
 pub mod child_flows;
 pub mod cluster;
+pub mod controls;
 pub mod definition;
 pub mod error;
 pub mod events;

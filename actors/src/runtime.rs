@@ -149,6 +149,8 @@ pub struct Runtime {
     fanout: EventFanout,
     /// Cluster mode only: reads other nodes' events into the fan-out.
     tail: Option<EventTail>,
+    /// Cluster mode only: controls routed to and from other nodes ([`Runtime::route_controls`]).
+    remote: Arc<std::sync::OnceLock<crate::controls::RemoteControls>>,
     metrics: Arc<RuntimeMetrics>,
     #[cfg(feature = "faults")]
     faults: Arc<FaultPlan>,
@@ -264,6 +266,7 @@ impl Runtime {
             store,
             fanout,
             tail,
+            remote: Arc::default(),
             metrics,
             #[cfg(feature = "faults")]
             faults,
@@ -279,6 +282,33 @@ impl Runtime {
             self.supervisor.clone().recipient(),
             self.supervisor.clone().recipient(),
         );
+    }
+
+    /// Routes controls of flows other nodes own through `store` (cluster mode on PostgreSQL,
+    /// docs/cluster.md 2.6), and applies here the controls other nodes send for flows this
+    /// node owns. The handle is for the listener that wakes it. Without this call every
+    /// control is applied on this node, as on a single node.
+    pub fn route_controls(
+        &self,
+        store: Arc<dyn crate::controls::ControlStore>,
+        settings: crate::controls::ControlSettings,
+    ) -> crate::controls::RemoteControls {
+        let remote = crate::controls::RemoteControls::start(
+            store,
+            settings,
+            self.supervisor.clone().recipient(),
+        );
+        self.supervisor
+            .do_send(crate::supervisor::UseRemoteControls(remote.clone()));
+        let _ = self.remote.set(remote.clone());
+        remote
+    }
+
+    /// Counts of the controls routed to and from other nodes; `None` without a cluster.
+    pub fn control_stats(&self) -> Option<crate::controls::ControlStats> {
+        self.remote
+            .get()
+            .map(crate::controls::RemoteControls::stats)
     }
 
     /// Creates a flow; it is `running` when this returns.

@@ -135,6 +135,29 @@ pub async fn render_metrics(cluster: &Cluster) -> String {
     out
 }
 
+/// The families of controls routed between nodes (docs/cluster.md, 2.6); empty without a
+/// cluster.
+pub fn render_control_metrics(stats: Option<flowd_actors::controls::ControlStats>) -> String {
+    let Some(stats) = stats else {
+        return String::new();
+    };
+    format!(
+        "# HELP flowd_cluster_controls_sent_total Controls of flows another node owns, sent to \
+         their owner.\n\
+         # TYPE flowd_cluster_controls_sent_total counter\n\
+         flowd_cluster_controls_sent_total {}\n\
+         # HELP flowd_cluster_controls_unanswered_total Controls sent to another node and \
+         answered 503: no reply within cluster.control_timeout_ms.\n\
+         # TYPE flowd_cluster_controls_unanswered_total counter\n\
+         flowd_cluster_controls_unanswered_total {}\n\
+         # HELP flowd_cluster_controls_applied_total Controls other nodes sent that this node \
+         applied as the owner.\n\
+         # TYPE flowd_cluster_controls_applied_total counter\n\
+         flowd_cluster_controls_applied_total {}\n",
+        stats.sent, stats.unanswered, stats.applied
+    )
+}
+
 /// `exposition` with `families` added: before a closing `# EOF` (OpenMetrics) when there is
 /// one, else at the end.
 pub fn with_families(exposition: String, families: &str) -> String {

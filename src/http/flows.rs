@@ -301,6 +301,8 @@ pub async fn failures(
     Ok(HttpResponse::Ok().json(FailureList { failures }))
 }
 
+/// Applies a lifecycle request wherever the flow's owner is: the runtime routes a flow another
+/// node of the cluster owns to that node and answers with its reply (docs/cluster.md, 2.6).
 async fn control(
     runtime: &Runtime,
     caller: Caller,
@@ -315,7 +317,8 @@ async fn control(
 
 /// Holds the flow at the next phase boundary.
 #[utoipa::path(post, path = "/v1/flows/{id}/pause", tag = "lifecycle", params(("id" = String, Path, description = "flow id")),
-    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status")))]
+    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status"),
+        (status = 503, body = Problem, description = "another node owns the flow and did not answer within `cluster.control_timeout_ms`")))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn pause(
     runtime: web::Data<Runtime>,
@@ -327,7 +330,8 @@ pub async fn pause(
 
 /// Continues a paused flow.
 #[utoipa::path(post, path = "/v1/flows/{id}/resume", tag = "lifecycle", params(("id" = String, Path, description = "flow id")),
-    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status")))]
+    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status"),
+        (status = 503, body = Problem, description = "another node owns the flow and did not answer within `cluster.control_timeout_ms`")))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn resume(
     runtime: web::Data<Runtime>,
@@ -339,7 +343,8 @@ pub async fn resume(
 
 /// Ends the flow; no later phase runs.
 #[utoipa::path(post, path = "/v1/flows/{id}/cancel", tag = "lifecycle", params(("id" = String, Path, description = "flow id")),
-    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status")))]
+    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status"),
+        (status = 503, body = Problem, description = "another node owns the flow and did not answer within `cluster.control_timeout_ms`")))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn cancel(
     runtime: web::Data<Runtime>,
@@ -351,7 +356,8 @@ pub async fn cancel(
 
 /// Runs a failed flow again from its failed phase.
 #[utoipa::path(post, path = "/v1/flows/{id}/retry", tag = "lifecycle", params(("id" = String, Path, description = "flow id")),
-    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status")))]
+    responses((status = 200, body = FlowState), (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal in the current status"),
+        (status = 503, body = Problem, description = "another node owns the flow and did not answer within `cluster.control_timeout_ms`")))]
 #[instrument(skip_all, fields(flow_id = %id))]
 pub async fn retry(
     runtime: web::Data<Runtime>,

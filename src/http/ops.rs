@@ -31,7 +31,8 @@ pub async fn openapi() -> HttpResponse {
 }
 
 /// Prometheus text exposition (behind `[metrics] key` or an admin key when that is set): flows by status, phase durations, retries, failures by kind,
-/// restarts, missed pings, batch sizes and commit latencies, live actors, subscribers, cluster nodes by status.
+/// restarts, missed pings, batch sizes and commit latencies, live actors, subscribers, cluster nodes by status,
+/// controls routed between nodes.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format 0.0.4")))]
 pub async fn metrics(
     runtime: web::Data<Runtime>,
@@ -41,7 +42,13 @@ pub async fn metrics(
 ) -> Result<HttpResponse, crate::http::errors::ApiError> {
     keys.may_read_metrics(&request)?;
     let text = runtime.render_metrics().await?;
-    let cluster_families = crate::http::cluster::render_metrics(&cluster).await;
+    let mut cluster_families = crate::http::cluster::render_metrics(&cluster).await;
+    if !cluster_families.is_empty() && !cluster_families.ends_with('\n') {
+        cluster_families.push('\n');
+    }
+    cluster_families.push_str(&crate::http::cluster::render_control_metrics(
+        runtime.control_stats(),
+    ));
     let text = crate::http::cluster::with_families(text, &cluster_families);
     Ok(HttpResponse::Ok()
         .insert_header(("content-type", flowd_actors::metrics::CONTENT_TYPE))

@@ -15,6 +15,7 @@
 //! `postgres::write_plan`).
 
 mod columns;
+mod controls;
 pub mod listen;
 pub mod models;
 mod nodes;

@@ -78,6 +78,12 @@ pub struct ControlFlow {
     pub command: ControlCommand,
 }
 
+/// Routes controls of flows other nodes own through `remote` from now on (cluster mode on
+/// PostgreSQL); without it every control is applied here, as on a single node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UseRemoteControls(pub crate::controls::RemoteControls);
+
 /// The live flow actors with their generations, for the health actor's pings.
 #[derive(Message)]
 #[rtype(result = "Vec<LiveFlow>")]

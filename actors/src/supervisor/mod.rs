@@ -5,7 +5,8 @@
 //!
 //! One file per job: `spawn` (one actor per flow, the restart policy), `create` (new flows,
 //! with idempotency), `recovery` (resuming stored flows at boot and in the sweep), `control`
-//! (lifecycle requests, and the cancel cascade to children), `stale_reads` (not reviving a flow
+//! (lifecycle requests, routed to the owner node when another node owns the flow, and the
+//! cancel cascade to children), `stale_reads` (not reviving a flow
 //! from a read that predates its end).
 
 mod control;
@@ -35,7 +36,7 @@ use crate::registry::Registry;
 use crate::store::FlowStore;
 pub use messages::{
     ControlFlow, CreateFlow, CreatedFlow, FlowStopped, LiveFlow, LiveFlows, ReconcileOwnership,
-    RecoverFlows, RestartFlow, StopCause,
+    RecoverFlows, RestartFlow, StopCause, UseRemoteControls,
 };
 use stale_reads::StaleReads;
 
@@ -77,6 +78,8 @@ pub struct Supervisor {
     /// Creates in flight per (tenant, idempotency key): later identical requests wait for the first.
     creating: HashMap<(Tenant, String), Vec<Waiter>>,
     flow_env: Option<Arc<FlowEnv>>,
+    /// Cluster mode: how controls of flows other nodes own reach them.
+    remote: Option<crate::controls::RemoteControls>,
 }
 
 /// What the supervisor needs to run flows.
@@ -121,6 +124,7 @@ impl Supervisor {
             store_retries: HashMap::new(),
             creating: HashMap::new(),
             flow_env: None,
+            remote: None,
         }
     }
 }

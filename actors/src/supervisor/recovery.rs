@@ -69,6 +69,10 @@ impl Handler<RecoverFlows> for Supervisor {
                     act.stale_reads.end(began);
                     if claimed && let Ok(started) = &result {
                         info!(flows = started, "flows taken over from a dead node resumed");
+                        // Controls sent to the dead owner wait for this node now.
+                        if let Some(remote) = &act.remote {
+                            remote.wake();
+                        }
                     }
                     result
                 }),
