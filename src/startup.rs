@@ -249,8 +249,12 @@ impl Application {
         let mut runtime_config = settings.runtime_config();
         // On PostgreSQL other nodes may commit events too: streams carry theirs (SQLite is
         // single-node, nothing changes there).
-        if crate::store::postgres::is_postgres_url(url) {
+        let postgres = crate::store::postgres::is_postgres_url(url);
+        if postgres {
             runtime_config.cluster_events = Some(CLUSTER_EVENTS_BACKSTOP);
+            // Workers may lease and report on any node (docs/cluster.md, 2.6).
+            let rows: Arc<dyn flowd_actors::queue::SharedTasks> = store.clone();
+            runtime_config.shared_tasks = Some(flowd_actors::queue::SharedTaskRows(rows));
         }
         let runtime = match Runtime::start(
             runtime_config,
@@ -270,6 +274,9 @@ impl Application {
         runtime.attach_to(&cluster);
         if let Some(tail) = runtime.event_tail() {
             crate::store::listen::start(url, tail.clone());
+        }
+        if postgres {
+            crate::store::tasks_cluster::listen(url, runtime.task_notifications());
         }
         let runtime_data = web::Data::new(runtime.clone());
         let cluster_data = web::Data::new(cluster.clone());

@@ -51,6 +51,9 @@ impl QueueActor {
     }
 
     pub(super) fn lease_to(&mut self, task_id: TaskId, poller: Poller, ctx: &mut Context<Self>) {
+        if let Some(shared) = self.shared.clone() {
+            return self.lease_shared(shared, task_id, poller, ctx);
+        }
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
@@ -139,6 +142,8 @@ impl QueueActor {
     }
 
     pub(super) fn expire_leases(&mut self, ctx: &mut Context<Self>) {
+        // Cluster mode indexes no leases: their rows expire by the database's clock.
+        self.sweep_shared(ctx);
         let at = now();
         while let Some(&(expires_at, task_id)) = self.leases.first() {
             if expires_at > at {
@@ -199,6 +204,35 @@ impl QueueActor {
         };
         let waiter = task.waiter.take();
         info!(task_id = %task_id, queue = %task.record.queue, "no worker polled the queue; task withdrawn");
+        if let Some(shared) = self.shared.clone() {
+            // Withdrawn only if no node leased it meanwhile; the attempt waits on otherwise.
+            task.record = previous;
+            let withdrawn = self.withdraw_shared(shared, task_id, true, ctx);
+            ctx.spawn(
+                fut::wrap_future::<_, Self>(withdrawn).map(move |result, act, _| {
+                    let Some((token, waiter)) = waiter else {
+                        return;
+                    };
+                    match result {
+                        Ok(Some(_)) => {
+                            let _ = waiter.send(Err(error));
+                        }
+                        Ok(None) => {
+                            if let Some(task) = act.tasks.get_mut(&task_id) {
+                                task.waiter = Some((token, waiter));
+                            }
+                        }
+                        Err(e) => {
+                            let _ = waiter.send(Err(HandlerError::retryable(
+                                "queue_unavailable",
+                                e.to_string(),
+                            )));
+                        }
+                    }
+                }),
+            );
+            return;
+        }
         if let Some(commit) = self.finish(task_id, previous, ctx) {
             ctx.spawn(fut::wrap_future(async move {
                 let committed = commit.await;
@@ -229,6 +263,7 @@ impl Handler<Poll> for QueueActor {
                 reply,
             });
         self.dispatch(&key, ctx);
+        self.fetch_elsewhere(&key, ctx);
         let wait = poll.wait;
         Box::pin(async move {
             match tokio::time::timeout(wait, answer).await {

@@ -11,15 +11,18 @@
 //! are the pure [`lease_machine`]; this actor only carries them out. One file per job:
 //! `attempts` (phase attempts submit and detach their tasks; a task's end becomes the attempt's
 //! result), `leases` (polling workers get leases; expired leases and unclaimed tasks), `reports`
-//! (workers' heartbeats and results).
+//! (workers' heartbeats and results), `cluster` (the same jobs when the task rows are shared
+//! by the nodes of a cluster, see [`shared`]).
 
 mod attempts;
+mod cluster;
 pub mod lease_machine;
 mod leases;
 pub mod messages;
 mod reports;
+pub mod shared;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +41,9 @@ use crate::store::{FlowStore, Write};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
 pub use messages::{
     Attached, Detach, GetQueueDetails, GetQueueStats, Lease, Poll, QueueDetail, QueueError,
-    QueueStats, Report, ReportTask, Submit,
+    QueueStats, Report, ReportTask, Submit, TasksNotified,
 };
+pub use shared::{LeaseRequest, SharedTaskRows, SharedTasks};
 
 /// How often leases are checked for expiry.
 const LEASE_SWEEP: Duration = Duration::from_millis(200);
@@ -104,6 +108,17 @@ pub struct QueueActor {
     finished: HashMap<TaskId, (Instant, PhaseResult)>,
     pruned_at: Instant,
     next_token: u64,
+    /// Cluster mode: the task rows every node shares; transitions are conditional statements
+    /// on them instead of commits through the persistence actor.
+    shared: Option<Arc<dyn SharedTasks>>,
+    /// Queues whose waiting workers are being offered another node's task right now.
+    fetching: HashSet<QueueKey>,
+    /// Cluster mode: a sweep of the shared rows (expiry, results taken elsewhere) is running.
+    sweeping: bool,
+    /// Cluster mode: when the backstop last read the rows of the tasks waited for here.
+    settled_at: Instant,
+    /// Cluster mode: when waiting workers were last offered other nodes' tasks.
+    fetched_at: Instant,
 }
 
 impl QueueActor {
@@ -120,7 +135,19 @@ impl QueueActor {
             finished: HashMap::new(),
             pruned_at: Instant::now(),
             next_token: 0,
+            shared: None,
+            fetching: HashSet::new(),
+            sweeping: false,
+            settled_at: Instant::now(),
+            fetched_at: Instant::now(),
         }
+    }
+
+    /// The same queue in cluster mode: leases, reports and expiries are conditional statements
+    /// on the shared task rows, so a worker may talk to any node (docs/cluster.md, 2.6).
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedTasks>>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// Commits the task's current row; nobody hears of a change before this succeeds.
