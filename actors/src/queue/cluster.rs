@@ -154,10 +154,14 @@ impl QueueActor {
             debug!(flow_id = %leased.flow_id, phase = %leased.phase, task_id = %leased.id, "task leased");
             return;
         }
+        self.give_back(leased.id, lease_id, ctx);
+    }
+
+    /// Puts a lease no worker received back on its queue.
+    fn give_back(&mut self, task_id: TaskId, lease_id: Uuid, ctx: &mut Context<Self>) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let task_id = leased.id;
         ctx.spawn(
             async move { shared.requeue(task_id, lease_id).await }
                 .into_actor(self)
@@ -171,7 +175,9 @@ impl QueueActor {
     }
 
     /// Offers the longest-waiting worker of `key` the oldest queued task of another node's
-    /// flows, when this node has none for it.
+    /// flows, when this node has none for it. The worker keeps waiting meanwhile: a task of
+    /// this node that comes first is handed to it from memory, as on one node, and the lease
+    /// taken for it elsewhere goes back to its queue.
     pub(super) fn fetch_elsewhere(&mut self, key: &QueueKey, ctx: &mut Context<Self>) {
         let Some(shared) = self.shared.clone() else {
             return;
@@ -179,19 +185,16 @@ impl QueueActor {
         if self.fetching.contains(key) || self.ready.get(key).is_some_and(|r| !r.is_empty()) {
             return;
         }
-        let Some(pollers) = self.pollers.get_mut(key) else {
-            return;
-        };
-        while pollers.front().is_some_and(|p| p.reply.is_closed()) {
-            pollers.pop_front();
-        }
-        let Some(poller) = pollers.pop_front() else {
-            self.pollers.remove(key);
+        let Some(poller) = self
+            .pollers
+            .get(key)
+            .and_then(|p| p.iter().find(|p| !p.reply.is_closed()))
+        else {
             return;
         };
         self.fetching.insert(key.clone());
         let lease_id = Uuid::new_v4();
-        let (worker_id, length) = (poller.worker_id.clone(), poller.lease);
+        let (poller_id, worker_id, length) = (poller.id, poller.worker_id.clone(), poller.lease);
         let (tenant, queue) = key.clone();
         let take = async move {
             let request = LeaseRequest {
@@ -206,28 +209,20 @@ impl QueueActor {
             act.fetching.remove(&key);
             match result {
                 Ok(Some(leased)) => {
+                    let poller = act.pollers.get_mut(&key).and_then(|pollers| {
+                        let at = pollers.iter().position(|p| p.id == poller_id)?;
+                        pollers.remove(at)
+                    });
                     let payload = leased.payload.clone();
-                    act.hand_over(leased, payload, poller, ctx);
+                    match poller {
+                        Some(poller) => act.hand_over(leased, payload, poller, ctx),
+                        None => act.give_back(leased.id, lease_id, ctx),
+                    }
                     // There may be more for the workers still waiting.
                     act.fetch_elsewhere(&key, ctx);
                 }
-                Ok(None) => {
-                    if !poller.reply.is_closed() {
-                        act.pollers
-                            .entry(key.clone())
-                            .or_default()
-                            .push_front(poller);
-                    }
-                    // A task of this node's flows may have come meanwhile.
-                    act.dispatch(&key, ctx);
-                }
-                Err(error) => {
-                    warn!(%error, queue = %key.1, "other nodes' tasks not read");
-                    act.pollers
-                        .entry(key.clone())
-                        .or_default()
-                        .push_front(poller);
-                }
+                Ok(None) => {}
+                Err(error) => warn!(%error, queue = %key.1, "other nodes' tasks not read"),
             }
         }));
     }

@@ -253,11 +253,13 @@ impl Handler<Poll> for QueueActor {
     fn handle(&mut self, poll: Poll, ctx: &mut Self::Context) -> Self::Result {
         let key = (poll.tenant, poll.queue);
         self.last_poll.insert(key.clone(), Instant::now());
+        self.next_token += 1;
         let (reply, answer) = oneshot::channel();
         self.pollers
             .entry(key.clone())
             .or_default()
             .push_back(Poller {
+                id: self.next_token,
                 worker_id: poll.worker_id,
                 lease: poll.lease,
                 reply,

@@ -88,6 +88,8 @@ impl LiveTask {
 }
 
 struct Poller {
+    /// Tells a poller apart while a lease of another node's task is taken for it.
+    id: u64,
     worker_id: Option<String>,
     lease: Duration,
     reply: oneshot::Sender<Result<Option<Lease>, QueueError>>,
