@@ -30,6 +30,17 @@ retry_backoff_ms = 10
 [[flow_types.phases]]
 name = "after"
 handler = "noop"
+
+[[flow_types]]
+name = "degrades"
+version = 1
+[[flow_types.phases]]
+name = "crew"
+handler = "external"
+params = { queue = "busy" }
+fallback = "sleep"
+fallback_params = { ms = 10 }
+fallback_after_s = 1
 "#;
 
 /// Three nodes of one cluster on a fresh database.
@@ -45,10 +56,14 @@ fn cluster() -> (TestDatabase, [TestServer; 3]) {
 }
 
 async fn create(server: &TestServer) -> String {
+    create_of(server, "crewed").await
+}
+
+async fn create_of(server: &TestServer, flow_type: &str) -> String {
     let reply = post(
         server,
         "/v1/flows",
-        &json!({ "flow_type": "crewed", "input": { "n": 1 } }),
+        &json!({ "flow_type": flow_type, "input": { "n": 1 } }),
     )
     .await;
     assert_eq!(reply.status, 201, "{}", reply.body);
@@ -242,5 +257,35 @@ async fn workers_polling_different_nodes_never_hold_the_same_task() {
     for id in ids {
         let flow = completed(&nodes[0], id).await;
         assert_eq!(flow["phases"][0]["attempt"], 1, "{flow}");
+    }
+}
+
+#[actix_web::test]
+async fn a_busy_worker_on_another_node_holds_the_fallback_back() {
+    let (_db, [a, b, _c]) = cluster();
+    let first = create_of(&a, "degrades").await;
+    let second = create_of(&a, "degrades").await;
+    let busy = |lease_s| json!({ "worker_id": "busy", "wait_ms": 3000, "lease_s": lease_s });
+
+    // The only worker polls B, takes one task and is busy past the fallback window: on one
+    // node its poll would hold the other task's fallback back, and so it does across nodes.
+    let held = post(&b, "/v1/queues/busy/poll", &busy(30)).await;
+    assert_eq!(held.status, 200, "{}", held.body);
+    actix_web::rt::time::sleep(Duration::from_millis(1600)).await;
+    let done = report(&b, &held.body, "complete", json!({ "output": "worker" })).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let next = post(&b, "/v1/queues/busy/poll", &busy(30)).await;
+    assert_eq!(
+        next.status, 200,
+        "the other task was withdrawn: {}",
+        next.body
+    );
+    assert_ne!(next.body["flow_id"], held.body["flow_id"]);
+    let done = report(&b, &next.body, "complete", json!({ "output": "worker" })).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+
+    for id in [&first, &second] {
+        let flow = completed(&a, id).await;
+        assert_eq!(flow["phases"][0]["output"], "worker", "{flow}");
     }
 }

@@ -80,6 +80,23 @@ const EXPIRE_DUE: &str = "UPDATE tasks t SET status = 'expired', updated_at = no
 const SETTLED: &str = "SELECT t.* FROM tasks t \
      WHERE t.id = ANY($1) AND t.status IN ('completed', 'failed', 'expired')";
 
+/// A worker polled a queue on this node now.
+const POLLED: &str = "INSERT INTO queue_polls (client_account_id, engagement_id, queue, node_id, \
+     polled_at) VALUES ($1, $2, $3, $4, now()) \
+     ON CONFLICT (client_account_id, engagement_id, queue, node_id) \
+     DO UPDATE SET polled_at = excluded.polled_at";
+/// A worker polled a queue on any node within `$4` ms.
+const POLLED_WITHIN: &str = "SELECT EXISTS (SELECT 1 FROM queue_polls \
+     WHERE client_account_id = $1 AND engagement_id = $2 AND queue = $3 \
+       AND polled_at >= now() - $4 * interval '1 millisecond') AS seen";
+
+/// The answer of [`POLLED_WITHIN`].
+#[derive(diesel::QueryableByName)]
+struct Seen {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    seen: bool,
+}
+
 fn heartbeat_sql() -> String {
     format!(
         "UPDATE tasks t SET lease_expires_at = now() + $5 * interval '1 millisecond', \
@@ -277,6 +294,45 @@ impl SharedTasks for DbStore {
                 .await
                 .map_err(db_error)?;
             records(rows)
+        })
+    }
+
+    fn polled<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        queue: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.task_conn().await?;
+            diesel::sql_query(POLLED)
+                .bind::<Text, _>(&tenant.client_account_id)
+                .bind::<Text, _>(&tenant.engagement_id)
+                .bind::<Text, _>(queue)
+                .bind::<Text, _>(self.node_id())
+                .execute(&mut conn)
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+    }
+
+    fn polled_within<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        queue: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.task_conn().await?;
+            let seen: Seen = diesel::sql_query(POLLED_WITHIN)
+                .bind::<Text, _>(&tenant.client_account_id)
+                .bind::<Text, _>(&tenant.engagement_id)
+                .bind::<Text, _>(queue)
+                .bind::<Double, _>(millis(window))
+                .get_result(&mut conn)
+                .await
+                .map_err(db_error)?;
+            Ok(seen.seen)
         })
     }
 

@@ -14,6 +14,8 @@ use super::*;
 const FETCH_EVERY: Duration = Duration::from_millis(250);
 /// How often the rows of the tasks waited for here are read, in case a notification was lost.
 const SETTLED_EVERY: Duration = Duration::from_secs(1);
+/// How often this node records that workers poll or wait on a queue (`queue_polls`).
+const TELL_POLLED_EVERY: Duration = Duration::from_secs(1);
 
 impl QueueActor {
     /// Takes a row as it now stands (returned by a transition or read back after losing a
@@ -227,6 +229,97 @@ impl QueueActor {
         }));
     }
 
+    /// Records, at most once a second per queue, that a worker polls or waits on `key` here,
+    /// so that the owners of its tasks on other nodes know workers are around.
+    pub(super) fn tell_polled(&mut self, key: &QueueKey, ctx: &mut Context<Self>) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        if self
+            .polls_told
+            .get(key)
+            .is_some_and(|at| at.elapsed() < TELL_POLLED_EVERY)
+        {
+            return;
+        }
+        self.polls_told.insert(key.clone(), Instant::now());
+        let (tenant, queue) = key.clone();
+        ctx.spawn(fut::wrap_future(async move {
+            if let Err(error) = shared.polled(&tenant, &queue).await {
+                warn!(%error, queue = %queue, "poll not recorded");
+            }
+        }));
+    }
+
+    /// The unclaimed-task rule with every node's workers: a task whose queue no worker polled
+    /// on any node within `window` is withdrawn, if its row is still queued; otherwise it is
+    /// looked at again after another window.
+    pub(super) fn check_unclaimed_shared(
+        &mut self,
+        shared: Arc<dyn SharedTasks>,
+        task_id: TaskId,
+        token: u64,
+        window: Duration,
+        error: HandlerError,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
+        let (tenant, queue) = Self::key(&task.record);
+        // Polls are recorded at most once a period: a poll within the window may show one
+        // period older.
+        let span = window + TELL_POLLED_EVERY;
+        let rows = shared.clone();
+        let seen = async move { rows.polled_within(&tenant, &queue, span).await };
+        ctx.spawn(seen.into_actor(self).map(move |seen, act, ctx| {
+            if !matches!(seen, Ok(false)) {
+                if let Err(error) = seen {
+                    warn!(%error, task_id = %task_id, "polls not read; the task stays queued");
+                }
+                ctx.run_later(window, move |act, ctx| {
+                    act.check_unclaimed(task_id, token, window, ctx)
+                });
+                return;
+            }
+            let Some(task) = act.tasks.get_mut(&task_id) else {
+                return;
+            };
+            if task.waiter.as_ref().map(|(t, _)| *t) != Some(token)
+                || task.record.status != TaskStatus::Queued
+            {
+                return;
+            }
+            let waiter = task.waiter.take();
+            info!(task_id = %task_id, queue = %task.record.queue, "no worker polled the queue on any node; task withdrawn");
+            let withdrawn = act.withdraw_shared(shared, task_id, true, ctx);
+            ctx.spawn(
+                fut::wrap_future::<_, Self>(withdrawn).map(move |result, act, _| {
+                    let Some((token, waiter)) = waiter else {
+                        return;
+                    };
+                    match result {
+                        Ok(Some(_)) => {
+                            let _ = waiter.send(Err(error));
+                        }
+                        Ok(None) => {
+                            // Leased meanwhile: the attempt waits for its worker.
+                            if let Some(task) = act.tasks.get_mut(&task_id) {
+                                task.waiter = Some((token, waiter));
+                            }
+                        }
+                        Err(e) => {
+                            let _ = waiter.send(Err(HandlerError::retryable(
+                                "queue_unavailable",
+                                e.to_string(),
+                            )));
+                        }
+                    }
+                }),
+            );
+        }));
+    }
+
     /// Cluster mode's share of the lease sweep: expires the leases of this node's flows that
     /// ran out by the database's clock, offers waiting workers other nodes' tasks, and reads
     /// back tasks waited for here that were finished elsewhere.
@@ -236,9 +329,15 @@ impl QueueActor {
         };
         if self.fetched_at.elapsed() >= FETCH_EVERY {
             self.fetched_at = Instant::now();
-            let keys: Vec<QueueKey> = self.pollers.keys().cloned().collect();
+            let keys: Vec<QueueKey> = self
+                .pollers
+                .iter()
+                .filter(|(_, p)| p.iter().any(|p| !p.reply.is_closed()))
+                .map(|(key, _)| key.clone())
+                .collect();
             for key in keys {
                 self.fetch_elsewhere(&key, ctx);
+                self.tell_polled(&key, ctx);
             }
         }
         if self.sweeping || self.tasks.is_empty() {

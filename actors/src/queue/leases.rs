@@ -202,37 +202,13 @@ impl QueueActor {
             }
             Unclaimed::Withdraw(error) => error,
         };
+        if let Some(shared) = self.shared.clone() {
+            // Cluster mode: workers of other nodes count too, and the row decides.
+            task.record = previous;
+            return self.check_unclaimed_shared(shared, task_id, token, window, error, ctx);
+        }
         let waiter = task.waiter.take();
         info!(task_id = %task_id, queue = %task.record.queue, "no worker polled the queue; task withdrawn");
-        if let Some(shared) = self.shared.clone() {
-            // Withdrawn only if no node leased it meanwhile; the attempt waits on otherwise.
-            task.record = previous;
-            let withdrawn = self.withdraw_shared(shared, task_id, true, ctx);
-            ctx.spawn(
-                fut::wrap_future::<_, Self>(withdrawn).map(move |result, act, _| {
-                    let Some((token, waiter)) = waiter else {
-                        return;
-                    };
-                    match result {
-                        Ok(Some(_)) => {
-                            let _ = waiter.send(Err(error));
-                        }
-                        Ok(None) => {
-                            if let Some(task) = act.tasks.get_mut(&task_id) {
-                                task.waiter = Some((token, waiter));
-                            }
-                        }
-                        Err(e) => {
-                            let _ = waiter.send(Err(HandlerError::retryable(
-                                "queue_unavailable",
-                                e.to_string(),
-                            )));
-                        }
-                    }
-                }),
-            );
-            return;
-        }
         if let Some(commit) = self.finish(task_id, previous, ctx) {
             ctx.spawn(fut::wrap_future(async move {
                 let committed = commit.await;
@@ -266,6 +242,7 @@ impl Handler<Poll> for QueueActor {
             });
         self.dispatch(&key, ctx);
         self.fetch_elsewhere(&key, ctx);
+        self.tell_polled(&key, ctx);
         let wait = poll.wait;
         Box::pin(async move {
             match tokio::time::timeout(wait, answer).await {

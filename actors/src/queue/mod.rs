@@ -121,6 +121,8 @@ pub struct QueueActor {
     settled_at: Instant,
     /// Cluster mode: when waiting workers were last offered other nodes' tasks.
     fetched_at: Instant,
+    /// Cluster mode: when this node last recorded a poll of each queue (`SharedTasks::polled`).
+    polls_told: HashMap<QueueKey, Instant>,
 }
 
 impl QueueActor {
@@ -142,6 +144,7 @@ impl QueueActor {
             sweeping: false,
             settled_at: Instant::now(),
             fetched_at: Instant::now(),
+            polls_told: HashMap::new(),
         }
     }
 

@@ -78,6 +78,21 @@ pub trait SharedTasks: Send + Sync {
     /// Expires the leases that ran out of tasks whose flows this node owns; the expired rows.
     fn expire_due(&self) -> BoxFuture<'_, Result<Vec<TaskRecord>, StoreError>>;
 
+    /// Records that a worker polled (or waits on) `queue` on this node now.
+    fn polled<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        queue: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Whether a worker polled `queue` on any node within `window`.
+    fn polled_within<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        queue: &'a str,
+        window: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
     /// The rows among `ids` that are no longer queued or leased: finished elsewhere.
     fn settled<'a>(
         &'a self,
