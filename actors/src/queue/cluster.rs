@@ -12,8 +12,12 @@ use super::*;
 
 /// How often waiting workers are offered other nodes' tasks without being told of any.
 const FETCH_EVERY: Duration = Duration::from_millis(250);
-/// How often the rows of the tasks waited for here are read, in case a notification was lost.
+/// How often the rows of the tasks waited for here are read, in case a notification was lost
+/// (at once after the listener reconnects): every second for up to [`SETTLED_PER_READ`]
+/// tasks, a second more for each such share, so that many parked attempts cost one bounded
+/// read a second on average.
 const SETTLED_EVERY: Duration = Duration::from_secs(1);
+const SETTLED_PER_READ: usize = 5_000;
 /// How often this node records that workers poll or wait on a queue (`queue_polls`).
 const TELL_POLLED_EVERY: Duration = Duration::from_secs(1);
 
@@ -344,7 +348,8 @@ impl QueueActor {
             return;
         }
         self.sweeping = true;
-        let ids: Option<Vec<TaskId>> = (self.settled_at.elapsed() >= SETTLED_EVERY).then(|| {
+        let every = self.settled_every();
+        let ids: Option<Vec<TaskId>> = (self.settled_at.elapsed() >= every).then(|| {
             self.settled_at = Instant::now();
             self.tasks.keys().copied().collect()
         });
@@ -469,6 +474,14 @@ impl QueueActor {
     }
 }
 
+impl QueueActor {
+    /// The backstop's period for as many tasks as are waited for now ([`SETTLED_EVERY`]).
+    fn settled_every(&self) -> Duration {
+        let shares = self.tasks.len().div_ceil(SETTLED_PER_READ).max(1);
+        SETTLED_EVERY.saturating_mul(u32::try_from(shares).unwrap_or(u32::MAX))
+    }
+}
+
 impl Handler<TasksNotified> for QueueActor {
     type Result = ();
 
@@ -478,9 +491,8 @@ impl Handler<TasksNotified> for QueueActor {
             Some(_) => {}
             None => {
                 // Read everything waited for at the next sweep.
-                self.settled_at = Instant::now()
-                    .checked_sub(SETTLED_EVERY)
-                    .unwrap_or(self.settled_at);
+                let every = self.settled_every();
+                self.settled_at = Instant::now().checked_sub(every).unwrap_or(self.settled_at);
             }
         }
     }

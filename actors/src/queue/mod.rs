@@ -3,9 +3,10 @@
 //! complete or fail the task. An expired lease ends the attempt as a failure (the phase's retry
 //! policy queues a new task); a result under a stale lease is refused.
 //!
-//! Every change of a task is committed through the persistence actor before anyone is told
-//! about it, so a restart loses no task and no result. After a restart the flows re-run their
-//! interrupted attempts, which re-attach to their stored tasks; leases survive with them.
+//! Every change of a task is committed before anyone is told about it (through the persistence
+//! actor; in cluster mode as one conditional statement on the shared row, see [`shared`]), so a
+//! restart loses no task and no result. After a restart the flows re-run their interrupted
+//! attempts, which re-attach to their stored tasks; leases survive with them.
 //!
 //! The rules (which transitions a task may take, what a finished task means for its attempt)
 //! are the pure [`lease_machine`]; this actor only carries them out. One file per job:
