@@ -289,3 +289,33 @@ async fn a_busy_worker_on_another_node_holds_the_fallback_back() {
         assert_eq!(flow["phases"][0]["output"], "worker", "{flow}");
     }
 }
+
+#[actix_web::test]
+async fn a_task_leased_before_its_owner_died_is_completed_after_the_takeover() {
+    let (_db, [a, b, c]) = cluster();
+    let ids = [create(&a).await, create(&a).await];
+    let early = lease(&b, "survivor", 30).await;
+    a.kill();
+
+    // One result lands before the takeover is likely done, one well after it.
+    let done = report(&b, &early, "complete", json!({ "output": "early" })).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let late = lease(&c, "survivor", 30).await;
+    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
+    let done = report(&c, &late, "complete", json!({ "output": "late" })).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+
+    let mut outputs = Vec::new();
+    for id in &ids {
+        let flow = completed(&b, id).await;
+        assert_eq!(flow["phases"][0]["attempt"], 1, "{flow}");
+        outputs.push(
+            flow["phases"][0]["output"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    outputs.sort();
+    assert_eq!(outputs, ["early", "late"]);
+}
