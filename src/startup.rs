@@ -253,8 +253,12 @@ impl Application {
         let mut runtime_config = settings.runtime_config();
         // On PostgreSQL other nodes may commit events too: streams carry theirs (SQLite is
         // single-node, nothing changes there).
-        if crate::store::postgres::is_postgres_url(url) {
+        let postgres = crate::store::postgres::is_postgres_url(url);
+        if postgres {
             runtime_config.cluster_events = Some(CLUSTER_EVENTS_BACKSTOP);
+            // Workers may lease and report on any node (docs/cluster.md, 2.6).
+            let rows: Arc<dyn flowd_actors::queue::SharedTasks> = store.clone();
+            runtime_config.shared_tasks = Some(flowd_actors::queue::SharedTaskRows(rows));
         }
         let runtime = match Runtime::start(
             runtime_config,
@@ -290,6 +294,9 @@ impl Application {
                 Arc::new(ControlsChannel(remote)),
             ];
             crate::store::listen::start(url, subscribers);
+        }
+        if postgres {
+            crate::store::tasks_cluster::listen(url, runtime.task_notifications());
         }
         let runtime_data = web::Data::new(runtime.clone());
         let cluster_data = web::Data::new(cluster.clone());

@@ -27,7 +27,7 @@ use crate::model::{FailureRecord, FlowState, FlowStatus, NewFlow, PhaseStatus};
 use crate::persistence::{GetStats, PersistenceActor, PersistenceStats};
 use crate::queue::{
     GetQueueDetails, GetQueueStats, Lease, Poll, QueueActor, QueueDetail, QueueError, QueueStats,
-    Report, ReportTask,
+    Report, ReportTask, SharedTaskRows, TasksNotified,
 };
 use crate::registry::{GetFlowType, ListFlowTypes, RegisterFlowType, Registry};
 use crate::status_reason::{ReasonFacts, StatusReason, status_reason};
@@ -64,6 +64,9 @@ pub struct RuntimeConfig {
     /// PostgreSQL): streams then carry their events too, read by the [`EventTail`], with a
     /// backstop read this often. `None` (one node): the fan-out publishes own events only.
     pub cluster_events: Option<Duration>,
+    /// Set in cluster mode on PostgreSQL: the task rows every node shares, so that external
+    /// workers may lease and report on any node. `None`: the queue is this process's alone.
+    pub shared_tasks: Option<SharedTaskRows>,
 }
 
 impl Default for RuntimeConfig {
@@ -84,6 +87,7 @@ impl Default for RuntimeConfig {
             limits: Limits::default(),
             max_metric_series: 200,
             cluster_events: None,
+            shared_tasks: None,
         }
     }
 }
@@ -190,7 +194,9 @@ impl Runtime {
                 PersistenceActor::new(store, fanout, last_event_id, max_batch, metrics)
             })
         };
-        let queue = QueueActor::new(store.clone(), persistence.clone()).start();
+        let queue = QueueActor::new(store.clone(), persistence.clone())
+            .with_shared(config.shared_tasks.clone().map(|rows| rows.0))
+            .start();
         let stored = store.load_flow_types().await?;
         let arbiters = (0..config.flow_arbiters.max(1))
             .map(|_| Arbiter::new().handle())
@@ -464,6 +470,12 @@ impl Runtime {
             })
             .await
             .map_err(|e| QueueError::Unavailable(e.to_string()))?
+    }
+
+    /// Where a listener hands notifications that another node changed a task row (cluster
+    /// mode): the queue reads the row back if an attempt here waits on it.
+    pub fn task_notifications(&self) -> Recipient<TasksNotified> {
+        self.queue.clone().recipient()
     }
 
     /// How many external tasks are queued and leased now.

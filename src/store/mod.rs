@@ -24,6 +24,7 @@ pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 mod sqlite_checkpoint;
+pub mod tasks_cluster;
 
 use std::collections::HashMap;
 use std::sync::Arc;

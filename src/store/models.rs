@@ -429,8 +429,8 @@ impl<'a> FailureWrite<'a> {
     }
 }
 
-/// A `tasks` row as read.
-#[derive(Debug, Queryable, Selectable)]
+/// A `tasks` row as read (by name too: the shared task statements return `t.*`).
+#[derive(Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = tasks, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct TaskRow {
     pub id: DbUuid,

@@ -89,8 +89,11 @@ impl Handler<Submit> for QueueActor {
         live.waiter = Some((token, sender));
         // Withdrawn by an earlier life of this attempt: back on the queue. A finishing task's
         // pending commit hands the outcome to the waiter just attached.
-        let write = lease_machine::resubmit(&mut live.record, now()) || !stored;
-        if live.record.status == TaskStatus::Leased
+        let resubmitted = lease_machine::resubmit(&mut live.record, now());
+        let write = resubmitted || !stored;
+        let shared = self.shared.clone();
+        if shared.is_none()
+            && live.record.status == TaskStatus::Leased
             && let Some(expires_at) = live.record.lease_expires_at
         {
             self.leases.insert((expires_at, task_id));
@@ -98,8 +101,24 @@ impl Handler<Submit> for QueueActor {
         let queued = live.record.status == TaskStatus::Queued;
         let key = Self::key(&live.record);
         let record = live.record.clone();
-        let commit = write.then(|| self.persist(&record));
-        if queued {
+        type Commit = futures_util::future::BoxFuture<'static, Result<(), QueueError>>;
+        let commit: Option<Commit> = match (&shared, resubmitted) {
+            // Cluster mode: only a row still withdrawn is queued again.
+            (Some(shared), true) => {
+                let shared = shared.clone();
+                Some(Box::pin(async move {
+                    shared
+                        .resubmit(task_id)
+                        .await
+                        .map(drop)
+                        .map_err(|e| QueueError::Unavailable(e.to_string()))
+                }))
+            }
+            _ => write.then(|| Box::pin(self.persist(&record)) as Commit),
+        };
+        // Cluster mode: a row is leased only once it is committed, so it is queued after.
+        let enqueue_after = shared.is_some() && write;
+        if queued && !enqueue_after {
             self.enqueue(task_id);
         }
         if let Some(window) = unavailable_after {
@@ -119,6 +138,9 @@ impl Handler<Submit> for QueueActor {
                 Ok(()) => {
                     if let Some(task) = act.tasks.get_mut(&task_id) {
                         task.compact();
+                    }
+                    if queued && enqueue_after {
+                        act.enqueue_if_queued(task_id);
                     }
                     act.dispatch(&key, ctx);
                     Ok(attached)
@@ -146,6 +168,19 @@ impl Handler<Detach> for QueueActor {
         }
         task.waiter = None;
         if !detach.withdraw {
+            return;
+        }
+        if let Some(shared) = self.shared.clone() {
+            if task.record.status.is_final() {
+                return;
+            }
+            debug!(task_id = %detach.task_id, "attempt stopped waiting; task withdrawn");
+            let withdrawn = self.withdraw_shared(shared, detach.task_id, false, ctx);
+            ctx.spawn(fut::wrap_future(async move {
+                if let Err(error) = withdrawn.await {
+                    warn!(%error, "withdrawal not committed");
+                }
+            }));
             return;
         }
         let previous = task.record.clone();

@@ -51,6 +51,9 @@ impl QueueActor {
     }
 
     pub(super) fn lease_to(&mut self, task_id: TaskId, poller: Poller, ctx: &mut Context<Self>) {
+        if let Some(shared) = self.shared.clone() {
+            return self.lease_shared(shared, task_id, poller, ctx);
+        }
         let Some(task) = self.tasks.get_mut(&task_id) else {
             return;
         };
@@ -139,6 +142,8 @@ impl QueueActor {
     }
 
     pub(super) fn expire_leases(&mut self, ctx: &mut Context<Self>) {
+        // Cluster mode indexes no leases: their rows expire by the database's clock.
+        self.sweep_shared(ctx);
         let at = now();
         while let Some(&(expires_at, task_id)) = self.leases.first() {
             if expires_at > at {
@@ -197,6 +202,11 @@ impl QueueActor {
             }
             Unclaimed::Withdraw(error) => error,
         };
+        if let Some(shared) = self.shared.clone() {
+            // Cluster mode: workers of other nodes count too, and the row decides.
+            task.record = previous;
+            return self.check_unclaimed_shared(shared, task_id, token, window, error, ctx);
+        }
         let waiter = task.waiter.take();
         info!(task_id = %task_id, queue = %task.record.queue, "no worker polled the queue; task withdrawn");
         if let Some(commit) = self.finish(task_id, previous, ctx) {
@@ -219,16 +229,20 @@ impl Handler<Poll> for QueueActor {
     fn handle(&mut self, poll: Poll, ctx: &mut Self::Context) -> Self::Result {
         let key = (poll.tenant, poll.queue);
         self.last_poll.insert(key.clone(), Instant::now());
+        self.next_token += 1;
         let (reply, answer) = oneshot::channel();
         self.pollers
             .entry(key.clone())
             .or_default()
             .push_back(Poller {
+                id: self.next_token,
                 worker_id: poll.worker_id,
                 lease: poll.lease,
                 reply,
             });
         self.dispatch(&key, ctx);
+        self.fetch_elsewhere(&key, ctx);
+        self.tell_polled(&key, ctx);
         let wait = poll.wait;
         Box::pin(async move {
             match tokio::time::timeout(wait, answer).await {

@@ -152,3 +152,9 @@ pub struct QueueDetail {
     /// Seconds since a worker last polled this queue on this server; null if never.
     pub last_poll_s_ago: Option<f64>,
 }
+
+/// Cluster mode: another node changed the row of a task (`Some`), or it may have while nobody
+/// listened (`None`): the rows of the tasks waited for here are read again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TasksNotified(pub Option<TaskId>);

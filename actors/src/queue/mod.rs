@@ -3,23 +3,27 @@
 //! complete or fail the task. An expired lease ends the attempt as a failure (the phase's retry
 //! policy queues a new task); a result under a stale lease is refused.
 //!
-//! Every change of a task is committed through the persistence actor before anyone is told
-//! about it, so a restart loses no task and no result. After a restart the flows re-run their
-//! interrupted attempts, which re-attach to their stored tasks; leases survive with them.
+//! Every change of a task is committed before anyone is told about it (through the persistence
+//! actor; in cluster mode as one conditional statement on the shared row, see [`shared`]), so a
+//! restart loses no task and no result. After a restart the flows re-run their interrupted
+//! attempts, which re-attach to their stored tasks; leases survive with them.
 //!
 //! The rules (which transitions a task may take, what a finished task means for its attempt)
 //! are the pure [`lease_machine`]; this actor only carries them out. One file per job:
 //! `attempts` (phase attempts submit and detach their tasks; a task's end becomes the attempt's
 //! result), `leases` (polling workers get leases; expired leases and unclaimed tasks), `reports`
-//! (workers' heartbeats and results).
+//! (workers' heartbeats and results), `cluster` (the same jobs when the task rows are shared
+//! by the nodes of a cluster, see [`shared`]).
 
 mod attempts;
+mod cluster;
 pub mod lease_machine;
 mod leases;
 pub mod messages;
 mod reports;
+pub mod shared;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +42,9 @@ use crate::store::{FlowStore, Write};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
 pub use messages::{
     Attached, Detach, GetQueueDetails, GetQueueStats, Lease, Poll, QueueDetail, QueueError,
-    QueueStats, Report, ReportTask, Submit,
+    QueueStats, Report, ReportTask, Submit, TasksNotified,
 };
+pub use shared::{LeaseRequest, SharedTaskRows, SharedTasks};
 
 /// How often leases are checked for expiry.
 const LEASE_SWEEP: Duration = Duration::from_millis(200);
@@ -84,6 +89,8 @@ impl LiveTask {
 }
 
 struct Poller {
+    /// Tells a poller apart while a lease of another node's task is taken for it.
+    id: u64,
     worker_id: Option<String>,
     lease: Duration,
     reply: oneshot::Sender<Result<Option<Lease>, QueueError>>,
@@ -104,6 +111,19 @@ pub struct QueueActor {
     finished: HashMap<TaskId, (Instant, PhaseResult)>,
     pruned_at: Instant,
     next_token: u64,
+    /// Cluster mode: the task rows every node shares; transitions are conditional statements
+    /// on them instead of commits through the persistence actor.
+    shared: Option<Arc<dyn SharedTasks>>,
+    /// Queues whose waiting workers are being offered another node's task right now.
+    fetching: HashSet<QueueKey>,
+    /// Cluster mode: a sweep of the shared rows (expiry, results taken elsewhere) is running.
+    sweeping: bool,
+    /// Cluster mode: when the backstop last read the rows of the tasks waited for here.
+    settled_at: Instant,
+    /// Cluster mode: when waiting workers were last offered other nodes' tasks.
+    fetched_at: Instant,
+    /// Cluster mode: when this node last recorded a poll of each queue (`SharedTasks::polled`).
+    polls_told: HashMap<QueueKey, Instant>,
 }
 
 impl QueueActor {
@@ -120,7 +140,20 @@ impl QueueActor {
             finished: HashMap::new(),
             pruned_at: Instant::now(),
             next_token: 0,
+            shared: None,
+            fetching: HashSet::new(),
+            sweeping: false,
+            settled_at: Instant::now(),
+            fetched_at: Instant::now(),
+            polls_told: HashMap::new(),
         }
+    }
+
+    /// The same queue in cluster mode: leases, reports and expiries are conditional statements
+    /// on the shared task rows, so a worker may talk to any node (docs/cluster.md, 2.6).
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedTasks>>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// Commits the task's current row; nobody hears of a change before this succeeds.

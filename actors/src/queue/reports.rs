@@ -8,6 +8,9 @@ impl Handler<ReportTask> for QueueActor {
     type Result = ResponseActFuture<Self, Result<TaskRecord, QueueError>>;
 
     fn handle(&mut self, report: ReportTask, _: &mut Self::Context) -> Self::Result {
+        if let Some(shared) = self.shared.clone() {
+            return self.report_shared(shared, report);
+        }
         let task_id = report.task_id;
         let store = self.store.clone();
         let load = async move {

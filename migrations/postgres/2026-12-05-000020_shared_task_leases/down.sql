@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS queue_polls;
+DROP INDEX IF EXISTS tasks_leased_expiry;
