@@ -278,6 +278,7 @@ impl Application {
         runtime.attach_to(&cluster);
         if let Some(tail) = runtime.event_tail() {
             use crate::store::listen::{ControlsChannel, EventsChannel, Subscriber};
+            use crate::store::tasks_cluster::TasksChannel;
             // Controls of flows another node owns go to their owner through the database
             // (PostgreSQL only, like the tail); flows of this node keep the local path.
             let controls: Arc<dyn flowd_actors::controls::ControlStore> = store.clone();
@@ -292,11 +293,9 @@ impl Application {
             let subscribers: Vec<Arc<dyn Subscriber>> = vec![
                 Arc::new(EventsChannel(tail.clone())),
                 Arc::new(ControlsChannel(remote)),
+                Arc::new(TasksChannel(runtime.task_notifications())),
             ];
             crate::store::listen::start(url, subscribers);
-        }
-        if postgres {
-            crate::store::tasks_cluster::listen(url, runtime.task_notifications());
         }
         let runtime_data = web::Data::new(runtime.clone());
         let cluster_data = web::Data::new(cluster.clone());

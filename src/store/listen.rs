@@ -7,6 +7,8 @@
 //!   only when something is missing.
 //! - `flowd_controls` ([`ControlsChannel`]): controls of flows this node owns sent by other
 //!   nodes, and replies to the controls this node sent (docs/cluster.md, 2.6).
+//! - `flowd_tasks` ([`super::tasks_cluster::TasksChannel`]): results other nodes took on this
+//!   node's external tasks (docs/cluster.md, 2.6).
 //!
 //! Another channel is one more [`Subscriber`] in the list given to [`start`].
 //!

@@ -17,10 +17,8 @@ use flowd_actors::ids::Tenant;
 use flowd_actors::queue::{LeaseRequest, Report, SharedTasks, TasksNotified};
 use flowd_actors::store::StoreError;
 use flowd_actors::task::{TaskId, TaskOutcome, TaskRecord, TaskStatus};
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use tokio_postgres::{AsyncMessage, NoTls};
-use tracing::{debug, info, warn};
+use tracing::debug;
 use uuid::Uuid;
 
 use super::models::TaskRow;
@@ -30,11 +28,6 @@ use super::{DbStore, Pools, db_error, pool_error};
 
 /// The channel a node that took a result on another node's task notifies on.
 pub const CHANNEL: &str = "flowd_tasks";
-/// The listening connection's `application_name`, to find it in `pg_stat_activity`.
-pub const APPLICATION_NAME: &str = "flowd-tasks-listener";
-const RECONNECT_START: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
-const CHECK_EVERY: Duration = Duration::from_secs(10);
 /// Ids per read of [`SETTLED`]: a backstop read stays a bounded statement.
 const SETTLED_CHUNK: usize = 5_000;
 
@@ -362,96 +355,30 @@ fn notified_task(payload: &str) -> Option<TaskId> {
     payload.split_once(' ').and_then(|(id, _)| id.parse().ok())
 }
 
-/// Why a listening connection ended.
-#[derive(Debug, thiserror::Error)]
-enum ListenError {
-    #[error("{0}")]
-    Postgres(#[from] tokio_postgres::Error),
-    #[error("the connection closed")]
-    Closed,
-    #[error("no answer to a check within {0:?}")]
-    Silent(Duration),
-}
+/// `flowd_tasks` on the shared listening connection ([`super::listen`]): results other nodes
+/// took on this node's tasks, handed to the queue, which finishes each waiting attempt once.
+/// After each (re)connect the queue reads every task it waits for once (notifications sent
+/// meanwhile are lost).
+pub struct TasksChannel(pub actix::Recipient<TasksNotified>);
 
-/// Starts listening on `url` for results other nodes took on this node's tasks, handing each
-/// to `queue`; reconnects with backoff for as long as the process runs. After each (re)connect
-/// the queue reads every task it waits for once (notifications sent meanwhile are lost).
-///
-/// One connection of its own, like `listen.rs`'s event listener: once that one serves several
-/// channels, this becomes one more channel there.
-pub fn listen(url: &str, queue: actix::Recipient<TasksNotified>) {
-    let url = url.to_owned();
-    actix_web::rt::spawn(async move {
-        let mut wait = RECONNECT_START;
-        loop {
-            match listen_once(&url, &queue, &mut wait).await {
-                Ok(()) => return,
-                Err(error) => {
-                    warn!(%error, retry_in = ?wait, "the task listener lost its connection")
-                }
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(RECONNECT_MAX);
-        }
-    });
-}
+impl super::listen::Subscriber for TasksChannel {
+    fn channel(&self) -> &'static str {
+        CHANNEL
+    }
 
-async fn listen_once(
-    url: &str,
-    queue: &actix::Recipient<TasksNotified>,
-    wait: &mut Duration,
-) -> Result<(), ListenError> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    config.application_name(APPLICATION_NAME);
-    let (client, mut connection) = config.connect(NoTls).await?;
-    let (notifications, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let driver = actix_web::rt::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(notification)) => {
-                    if notifications.send(notification).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => return Err(ListenError::Postgres(error)),
+    fn notified(&self, payload: &str) {
+        match notified_task(payload) {
+            Some(task_id) => self.0.do_send(TasksNotified(Some(task_id))),
+            None => {
+                debug!(payload, "a task notification without a task id");
+                self.0.do_send(TasksNotified(None));
             }
         }
-        Err::<(), _>(ListenError::Closed)
-    });
-    let listening = async {
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-        info!("listening for other nodes' task results");
-        *wait = RECONNECT_START;
-        queue.do_send(TasksNotified(None));
-        let mut check = tokio::time::interval(CHECK_EVERY);
-        check.tick().await;
-        loop {
-            tokio::select! {
-                notification = received.recv() => {
-                    let Some(notification) = notification else {
-                        return Err(ListenError::Closed);
-                    };
-                    match notified_task(notification.payload()) {
-                        Some(task_id) => queue.do_send(TasksNotified(Some(task_id))),
-                        None => {
-                            debug!(payload = notification.payload(), "a task notification without a task id");
-                            queue.do_send(TasksNotified(None));
-                        }
-                    }
-                }
-                _ = check.tick() => {
-                    tokio::time::timeout(CHECK_EVERY, client.simple_query(""))
-                        .await
-                        .map_err(|_| ListenError::Silent(CHECK_EVERY))??;
-                }
-            }
-        }
-    };
-    let ended: Result<(), ListenError> = listening.await;
-    driver.abort();
-    ended
+    }
+
+    fn connected(&self) {
+        self.0.do_send(TasksNotified(None));
+    }
 }
 
 #[cfg(test)]
