@@ -50,35 +50,16 @@ mod postgres {
         )
     }
 
-    /// Runs `statement` on the test's database; psql's unaligned output.
-    fn sql(db: &TestDatabase, statement: &str) -> String {
-        let output = Command::new("psql")
-            .env("PGOPTIONS", "--client-min-messages=warning")
-            .args([&db.url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", statement])
-            .output()
-            .expect("psql runs");
-        assert!(
-            output.status.success(),
-            "`{statement}` failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-
     /// `owner_node|owner_epoch` of a flow.
     fn owner(db: &TestDatabase, id: &str) -> String {
-        sql(
-            db,
-            &format!("SELECT owner_node || '|' || owner_epoch FROM flows WHERE id = '{id}'"),
-        )
+        db.sql(&format!(
+            "SELECT owner_node || '|' || owner_epoch FROM flows WHERE id = '{id}'"
+        ))
     }
 
     /// Rows of the failure journal written because a node lost a flow it wrote.
     fn fenced(db: &TestDatabase) -> String {
-        sql(
-            db,
-            "SELECT count(*) FROM failures WHERE error_kind = 'fenced'",
-        )
+        db.sql("SELECT count(*) FROM failures WHERE error_kind = 'fenced'")
     }
 
     async fn node_id(server: &TestServer) -> String {
@@ -333,10 +314,9 @@ mod postgres {
         let id = create(&second, "flaky").await;
         let failed = wait_for_flow(&second, &id, SETTLE, common::is_terminal).await;
         assert_eq!(failed["status"], "failed", "{failed}");
-        sql(
-            &db,
-            &format!("UPDATE flows SET owner_node = NULL WHERE id = '{id}'"),
-        );
+        db.sql(&format!(
+            "UPDATE flows SET owner_node = NULL WHERE id = '{id}'"
+        ));
         let retried = control(&second, &id, "retry").await;
         assert_eq!(retried.status, 200, "{:?}", retried.body);
         let done = wait_for_flow(&second, &id, SETTLE, common::is_terminal).await;

@@ -12,7 +12,6 @@ mod common;
 
 #[cfg(flowd_postgres_tests)]
 mod postgres {
-    use std::process::Command;
     use std::time::{Duration, Instant};
 
     use serde_json::{Value, json};
@@ -26,24 +25,9 @@ mod postgres {
     /// Long enough for the backstop read (1 s) several times over on a loaded machine.
     const DELIVERY: Duration = Duration::from_secs(15);
 
-    /// Runs `statement` on the test's database; psql's unaligned output.
-    fn sql(db: &TestDatabase, statement: &str) -> String {
-        let output = Command::new("psql")
-            .env("PGOPTIONS", "--client-min-messages=warning")
-            .args([&db.url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", statement])
-            .output()
-            .expect("psql runs");
-        assert!(
-            output.status.success(),
-            "`{statement}` failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-
     /// Every stored event id, in order.
     fn stored_ids(db: &TestDatabase) -> Vec<i64> {
-        sql(db, "SELECT id FROM events ORDER BY id")
+        db.sql("SELECT id FROM events ORDER BY id")
             .lines()
             .map(|line| line.parse().expect("an id"))
             .collect()
@@ -69,9 +53,7 @@ mod postgres {
         } else {
             String::new()
         };
-        let ids = sql(
-            db,
-            &format!(
+        let ids = db.sql(&format!(
                 "DO $$
                 DECLARE first_id BIGINT;
                 BEGIN
@@ -278,14 +260,11 @@ mod postgres {
         let server = TestServer::start(&config);
         let mut tenant = EventSocket::connect(&server, "/v1/events/ws", None).await;
         let listener = |db: &TestDatabase| {
-            sql(
-                db,
-                &format!(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = \
+            db.sql(&format!(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = \
                      'flowd-events-listener' AND datname = '{}'",
-                    db.postgres_name().expect("PostgreSQL")
-                ),
-            )
+                db.postgres_name().expect("PostgreSQL")
+            ))
         };
         let deadline = Instant::now() + DELIVERY;
         let first = loop {
@@ -296,7 +275,7 @@ mod postgres {
             assert!(Instant::now() < deadline, "the node never listened");
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         };
-        sql(&db, &format!("SELECT pg_terminate_backend({first})"));
+        db.sql(&format!("SELECT pg_terminate_backend({first})"));
         let flow = uuid::Uuid::new_v4().to_string();
         commit_as_other_node(&db, &flow, 1..=2, 1, true);
         let deadline = Instant::now() + DELIVERY;

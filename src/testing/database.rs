@@ -127,6 +127,26 @@ impl TestDatabase {
         }
     }
 
+    /// Runs `statement` on the test's own database (PostgreSQL only) and returns psql's
+    /// unaligned output: how a test plays another node, or looks at rows the API does not show.
+    ///
+    /// # Panics
+    /// On SQLite, or when the statement fails: a test asked for something that cannot be.
+    pub fn sql(&self, statement: &str) -> String {
+        assert!(self.postgres.is_some(), "a PostgreSQL test database");
+        let output = Command::new("psql")
+            .env("PGOPTIONS", "--client-min-messages=warning")
+            .args([&self.url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", statement])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run psql: {e}"));
+        assert!(
+            output.status.success(),
+            "`{statement}` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// The throw-away PostgreSQL database's name.
     pub fn postgres_name(&self) -> Option<&str> {
         self.postgres.as_ref().map(|t| t.name.as_str())
