@@ -291,7 +291,8 @@ impl PartialEq for SharedReason {
 
 impl Serialize for SharedReason {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // serde_json writes the text as it is; other serializers see the parsed value.
+        // serde_json (to a string or to a `Value`) takes the text as it is; events are only
+        // ever serialized by serde_json.
         self.json.serialize(serializer)
     }
 }
