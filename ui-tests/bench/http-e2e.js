@@ -8,6 +8,7 @@
 //
 //   node --experimental-websocket bench/http-e2e.js BASE_URL FLOW_TYPE CONCURRENCY FLOWS
 //   e.g. node --experimental-websocket bench/http-e2e.js http://127.0.0.1:8080 e2e_noop 50 3000
+// bench/http-e2e-run.sh starts a server on a fresh database for it and adds the server's CPU.
 
 const [base, flowType, concurrencyArg, flowsArg] = process.argv.slice(2);
 if (!base || !flowType) {
