@@ -22,7 +22,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use flowd_actors::Runtime;
 use flowd_actors::error::RuntimeError;
-use flowd_actors::events::{CommittedEvent, FlowEvent, KeyedReceiver};
+use flowd_actors::events::{CommittedEvent, EventBatch, FlowEvent, KeyedReceiver};
 use flowd_actors::ids::{FlowId, Tenant};
 use serde::Deserialize;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
@@ -148,11 +148,28 @@ enum Live {
     All(Receiver<Arc<CommittedEvent>>),
 }
 
-impl Live {
-    async fn recv(&mut self) -> Result<Arc<CommittedEvent>, RecvError> {
+/// What one wake of a live subscription brings.
+enum Received {
+    /// A flow's or tree's events of one commit.
+    Batch(EventBatch),
+    /// One event of any tenant.
+    One(Arc<CommittedEvent>),
+}
+
+impl Received {
+    fn events(&self) -> &[Arc<CommittedEvent>] {
         match self {
-            Live::Keyed(receiver) => receiver.recv().await,
-            Live::All(receiver) => receiver.recv().await,
+            Received::Batch(batch) => batch,
+            Received::One(event) => std::slice::from_ref(event),
+        }
+    }
+}
+
+impl Live {
+    async fn recv(&mut self) -> Result<Received, RecvError> {
+        match self {
+            Live::Keyed(receiver) => receiver.recv().await.map(Received::Batch),
+            Live::All(receiver) => receiver.recv().await.map(Received::One),
         }
     }
 }
@@ -206,7 +223,7 @@ pub async fn flow_stream(
         }
     };
     let span = info_span!("flow_stream", flow_id = %flow_id);
-    open(&request, body, runtime.into_inner(), cursor, span)
+    open(&request, body, runtime.into_inner(), cursor, span).await
 }
 
 /// `GET /v1/events/ws?flow_type=&after=ID`.
@@ -226,7 +243,7 @@ pub async fn tenant_stream(
         last_id: cursor_value(query.after)?,
     };
     let span = info_span!("tenant_stream", client_account_id = %caller.tenant.client_account_id);
-    open(&request, body, runtime.into_inner(), cursor, span)
+    open(&request, body, runtime.into_inner(), cursor, span).await
 }
 
 fn cursor_value(after: Option<i64>) -> Result<i64, ApiError> {
@@ -239,17 +256,28 @@ fn cursor_value(after: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-fn open(
+/// Frames of memory's catch-up queued before the handshake's response is returned, so that
+/// they leave with it in one write. Well under the session's queue (32 frames), which nothing
+/// drains until the response is returned; longer catch-ups are the stream task's.
+const QUEUED_WITH_HANDSHAKE: usize = 16;
+
+async fn open(
     request: &HttpRequest,
     body: web::Payload,
     runtime: Arc<Runtime>,
-    cursor: Cursor,
+    mut cursor: Cursor,
     span: tracing::Span,
 ) -> Result<HttpResponse, ApiError> {
-    let (response, session, messages) = actix_ws::handle(request, body)
+    let (response, mut session, messages) = actix_ws::handle(request, body)
         .map_err(|error| ApiError::bad_request("not-a-websocket", error.to_string()))?;
     // Subscribed before the first database read: see the module comment.
-    let (live, recent) = cursor.subscribe(&runtime);
+    let (live, mut recent) = cursor.subscribe(&runtime);
+    if let Some(events) = recent.take_if(|events| events.len() <= QUEUED_WITH_HANDSHAKE) {
+        // The queue has room for all of them, so this does not wait; the cursor drops
+        // whatever the live subscription repeats.
+        send_all(&mut session, &mut cursor, &events).await;
+        recent = Some(Vec::new());
+    }
     actix_web::rt::spawn(stream(runtime, session, messages, live, recent, cursor).instrument(span));
     Ok(response)
 }
@@ -375,13 +403,17 @@ async fn stream(
                 }
             }
         }
-        let mut ping = tokio::time::interval(PING_EVERY);
+        // The first ping after PING_EVERY, not at once: a stream that ends within it (a
+        // short flow's) costs no ping round trip.
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {
-                event = live.recv() => match event {
-                    Ok(event) => {
-                        if cursor.wants(&event) && !send(&mut session, &mut cursor, &event).await {
+                received = live.recv() => match received {
+                    // Queued together, a commit's frames leave in one write.
+                    Ok(received) => {
+                        if !send_all(&mut session, &mut cursor, received.events()).await {
                             return;
                         }
                     }

@@ -183,8 +183,13 @@ impl std::ops::Deref for CommittedEvent {
     }
 }
 
-/// Events a per-flow or per-tree subscriber may fall behind before it must catch up.
+/// Commits a per-flow or per-tree subscriber may fall behind before it must catch up.
 const KEYED_BUFFER: usize = 64;
+
+/// One key's events of one publication (one commit, usually one transition's events), in
+/// order: a keyed subscriber is woken once for all of them and hands them to its connection
+/// together, so a transition's frames leave in one write instead of racing the publisher.
+pub type EventBatch = Arc<[Arc<CommittedEvent>]>;
 
 /// What a keyed subscriber follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -207,7 +212,9 @@ struct Recent {
 /// events and its live receiver meet exactly: nothing missed, nothing twice.
 struct Inner {
     /// Per-flow and per-tree channels, only for keys someone follows.
-    keyed: HashMap<Key, broadcast::Sender<Arc<CommittedEvent>>>,
+    keyed: HashMap<Key, broadcast::Sender<EventBatch>>,
+    /// Scratch for one publication's batches per followed key (kept to reuse its capacity).
+    batching: HashMap<Key, Vec<Arc<CommittedEvent>>>,
     /// The most recent committed events, in commit (and id) order.
     ring: VecDeque<Arc<CommittedEvent>>,
     /// Every committed event with an id above this is in `ring`.
@@ -306,14 +313,15 @@ pub struct EventFanout {
 
 /// A live subscription to one flow or one tree; it unsubscribes when dropped.
 pub struct KeyedReceiver {
-    receiver: broadcast::Receiver<Arc<CommittedEvent>>,
+    receiver: broadcast::Receiver<EventBatch>,
     key: Key,
     inner: Arc<Mutex<Inner>>,
 }
 
 impl KeyedReceiver {
-    /// The next event of the flow or tree; `Lagged` when the buffer overflowed meanwhile.
-    pub async fn recv(&mut self) -> Result<Arc<CommittedEvent>, broadcast::error::RecvError> {
+    /// The flow's or tree's events of the next commit that had any, in order; `Lagged` when
+    /// the buffer overflowed meanwhile.
+    pub async fn recv(&mut self) -> Result<EventBatch, broadcast::error::RecvError> {
         self.receiver.recv().await
     }
 }
@@ -368,6 +376,7 @@ impl EventFanout {
             sender,
             inner: Arc::new(Mutex::new(Inner {
                 keyed: HashMap::new(),
+                batching: HashMap::new(),
                 ring: VecDeque::with_capacity(capacity),
                 ring_complete_after_id: last_event_id,
                 by_key: HashMap::new(),
@@ -409,19 +418,28 @@ impl EventFanout {
     }
 
     /// Publishes `events` (in id order, each above the last published) under the lock.
+    /// Keyed subscribers get one batch per key for the whole call.
     fn send_locked(&self, inner: &mut Inner, events: impl IntoIterator<Item = FlowEvent>) {
         for event in events {
             let event = Arc::new(CommittedEvent::new(event));
             self.published_through.store(event.id, Ordering::Release);
             inner.remember(&event);
             for key in [Key::Flow(event.flow_id), Key::Tree(event.master_flow_id)] {
-                if let Some(sender) = inner.keyed.get(&key) {
-                    // An error only means its subscribers left meanwhile.
-                    let _ = sender.send(event.clone());
+                if inner.keyed.contains_key(&key) {
+                    inner.batching.entry(key).or_default().push(event.clone());
                 }
             }
             if self.sender.receiver_count() > 0 {
                 let _ = self.sender.send(event);
+            }
+        }
+        let Inner {
+            keyed, batching, ..
+        } = inner;
+        for (key, events) in batching.drain() {
+            if let Some(sender) = keyed.get(&key) {
+                // An error only means its subscribers left meanwhile.
+                let _ = sender.send(events.into());
             }
         }
     }
@@ -662,7 +680,7 @@ mod tests {
         ]);
         let ids = |receiver: &mut KeyedReceiver| {
             std::iter::from_fn(|| receiver.receiver.try_recv().ok())
-                .map(|e| e.id)
+                .flat_map(|batch| batch.iter().map(|e| e.id).collect::<Vec<_>>())
                 .collect::<Vec<_>>()
         };
         assert_eq!(ids(&mut flow_a), [2]);
@@ -673,6 +691,23 @@ mod tests {
         assert!(
             fanout.inner.lock().keyed.is_empty(),
             "no channel outlives its subscribers"
+        );
+    }
+
+    #[test]
+    fn a_keyed_subscriber_gets_one_batch_per_publication() {
+        let fanout = EventFanout::starting_after(64, 0);
+        let (a, b) = (FlowId::new(), FlowId::new());
+        let (mut flow_a, _) = fanout.subscribe_flow(a, 0);
+        fanout.publish([event(1, a, a, 1), event(2, b, b, 1), event(3, a, a, 2)]);
+        fanout.publish([event(4, a, a, 3)]);
+        let batches: Vec<Vec<u64>> = std::iter::from_fn(|| flow_a.receiver.try_recv().ok())
+            .map(|batch| batch.iter().map(|e| e.seq).collect())
+            .collect();
+        assert_eq!(
+            batches,
+            [vec![1, 2], vec![3]],
+            "one wake per commit, in order"
         );
     }
 
