@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::handler::{HandlerError, HandlerSet, PhaseContext, PhaseOutput, PhaseResult};
+use crate::handler::{Awaiting, HandlerError, HandlerSet, PhaseContext, PhaseOutput, PhaseResult};
 
 impl HandlerSet {
     /// The built-ins (`noop`, `sleep`, `fail`) and nothing else.
@@ -17,11 +17,12 @@ impl HandlerSet {
 
 /// Adds the built-ins to `set`.
 pub fn register(set: &mut HandlerSet) {
-    set.register("noop", |_ctx: PhaseContext| async {
-        Ok(PhaseOutput::new(json!({})))
-    });
-    set.register("sleep", sleep);
-    set.register("fail", fail);
+    set.register(
+        "noop",
+        Awaiting(|_ctx: PhaseContext| async { Ok(PhaseOutput::new(json!({}))) }),
+    );
+    set.register("sleep", Awaiting(sleep));
+    set.register("fail", Awaiting(fail));
 }
 
 fn u64_param(ctx: &PhaseContext, name: &str) -> Result<u64, HandlerError> {

@@ -134,4 +134,9 @@ impl PhaseHandler for ExternalHandler {
             outcome.unwrap_or_else(|_| Err(unavailable("the queue dropped the task")))
         })
     }
+
+    /// It only awaits the queue actor and the store.
+    fn only_awaits(&self) -> bool {
+        true
+    }
 }

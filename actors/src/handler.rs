@@ -230,6 +230,26 @@ pub type PhaseResult = Result<PhaseOutput, HandlerError>;
 pub trait PhaseHandler: Send + Sync + 'static {
     /// Runs one attempt.
     fn run(&self, context: PhaseContext) -> BoxFuture<'static, PhaseResult>;
+
+    /// Whether an attempt only awaits: it never blocks its thread nor computes for long. Such
+    /// an attempt runs beside its flow actor, on the actor's thread, which spares it two
+    /// thread hops; any other runs on the handler pool, where blocking stalls no actor.
+    fn only_awaits(&self) -> bool {
+        false
+    }
+}
+
+/// Marks a handler whose attempts only await (see [`PhaseHandler::only_awaits`]).
+pub struct Awaiting<H>(pub H);
+
+impl<H: PhaseHandler> PhaseHandler for Awaiting<H> {
+    fn run(&self, context: PhaseContext) -> BoxFuture<'static, PhaseResult> {
+        self.0.run(context)
+    }
+
+    fn only_awaits(&self) -> bool {
+        true
+    }
 }
 
 impl<F, Fut> PhaseHandler for F

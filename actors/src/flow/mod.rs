@@ -344,13 +344,16 @@ impl FlowActor {
         let (running, started) = oneshot::channel();
         let queued_at = std::time::Instant::now();
         let run = handler.run(context);
-        let task = self.env.handler_pool.handle().spawn(
-            async move {
-                let _ = running.send(());
-                run.await
-            }
-            .instrument(span.clone()),
-        );
+        let attempt_task = async move {
+            let _ = running.send(());
+            run.await
+        }
+        .instrument(span.clone());
+        let task = if handler.only_awaits() {
+            tokio::spawn(attempt_task)
+        } else {
+            self.env.handler_pool.handle().spawn(attempt_task)
+        };
         let abort = task.abort_handle();
         let on_timeout = (cancellation.clone(), task.abort_handle());
         let flow = ctx.address();
