@@ -341,6 +341,30 @@ fn event_count(write: &Write) -> i64 {
     }
 }
 
+/// Whether a write the database refused, after a commit of it failed unavailable, is one it
+/// holds already: when the connection dies after the database committed a batch but before
+/// its reply arrived, the batch is tried again and conflicts with itself. Its first event (`flow_id`, `seq`: only this write numbers that
+/// seq of its flow) or, for a create without events, its flow row is then found stored. Some
+/// with the stored id of its first event (`None`: it has none).
+async fn stored_already(store: &dyn FlowStore, write: &Write) -> Option<Option<i64>> {
+    let Write::Transition(transition) = write else {
+        return None;
+    };
+    let Some(first) = transition.events.first() else {
+        let created = transition.create.as_ref()?;
+        let stored = store.load_flow(transition.flow_id).await.ok()??;
+        return (stored.created_at == created.created_at).then_some(None);
+    };
+    let stored = store
+        .flow_events(transition.flow_id, first.seq.saturating_sub(1), 1)
+        .await
+        .ok()?
+        .into_iter()
+        .next()?;
+    (stored.seq == first.seq && stored.kind == first.kind && stored.at == first.at)
+        .then_some(Some(stored.id))
+}
+
 /// Commits `writes`, isolating the ones the database refuses: a group that fails for a reason
 /// other than an unavailable database is split in halves until each refused write stands
 /// alone, so one bad or conflicting write never fails its neighbours. While the database is
@@ -356,6 +380,10 @@ async fn commit_isolating(
 ) -> Committed {
     let mut outcomes: Vec<Option<Outcome>> = writes.iter().map(|_| None).collect();
     let mut waited = 0;
+    // Set once a commit failed unavailable: it may have committed all the same (the
+    // connection died after COMMIT, before the reply), so a refusal may be the retry meeting
+    // its own rows (see `stored_already`).
+    let mut reply_lost_maybe = false;
     // Depth first, left half before right: writes commit in the order they were queued.
     let mut pending: Vec<Vec<usize>> = vec![(0..writes.len()).collect()];
     while let Some(mut group) = pending.pop() {
@@ -386,7 +414,10 @@ async fn commit_isolating(
                     }
                     break;
                 }
-                Err(StoreError::Unavailable(message)) => message,
+                Err(StoreError::Unavailable(message)) => {
+                    reply_lost_maybe = true;
+                    message
+                }
                 Err(refusal) if group.len() > 1 => {
                     warn!(error = %refusal, writes = group.len(), "batch refused; splitting it to find the bad write");
                     let right = group.split_off(group.len() / 2);
@@ -404,6 +435,17 @@ async fn commit_isolating(
                         continue;
                     }
                     Ok(()) => {
+                        if reply_lost_maybe
+                            && let Some(first_event_id) =
+                                stored_already(store, &writes[group[0]]).await
+                        {
+                            warn!(
+                                "a write refused as a duplicate is stored already: the reply to its earlier commit was lost; it is answered as committed"
+                            );
+                            outage_tries.store(0, Ordering::Relaxed);
+                            outcomes[group[0]] = Some(Outcome::Committed { first_event_id });
+                            break;
+                        }
                         warn!(error = %refusal, "write refused by the database; the rest of its batch goes on");
                         outage_tries.store(0, Ordering::Relaxed);
                         outcomes[group[0]] = Some(Outcome::Refused(refusal));

@@ -28,6 +28,21 @@ struct GatedSync {
     syncs: AtomicU64,
     /// Commits that synced on the way ([`FlowStore::commit_synced`]).
     synced_commits: AtomicU64,
+    /// The next this many commits apply, then report the connection lost (their reply).
+    lost_replies: AtomicU64,
+}
+
+impl GatedSync {
+    fn new(permits: usize) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            permits: Semaphore::new(permits),
+            commits: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            synced_commits: AtomicU64::new(0),
+            lost_replies: AtomicU64::new(0),
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -37,6 +52,12 @@ impl FlowStore for GatedSync {
         Box::pin(async move {
             self.inner.commit(batch).await?;
             self.commits.fetch_add(1, Ordering::SeqCst);
+            let lost = self
+                .lost_replies
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if lost.is_ok() {
+                return Err(StoreError::Unavailable("connection closed".into()));
+            }
             Ok(())
         })
     }
@@ -154,13 +175,7 @@ async fn until(done: impl Fn() -> bool) {
 
 #[actix::test]
 async fn a_lone_batch_syncs_in_its_commit_and_a_busy_writer_commits_during_the_sync() {
-    let store = Arc::new(GatedSync {
-        inner: MemoryStore::new(),
-        permits: Semaphore::new(0),
-        commits: AtomicU64::new(0),
-        syncs: AtomicU64::new(0),
-        synced_commits: AtomicU64::new(0),
-    });
+    let store = Arc::new(GatedSync::new(0));
     // One write a batch, so that a batch can have another queued behind it.
     let writer = PersistenceActor::new(
         store.clone(),
@@ -223,6 +238,60 @@ async fn a_lone_batch_syncs_in_its_commit_and_a_busy_writer_commits_during_the_s
     assert_eq!(store.synced_commits.load(Ordering::SeqCst), 1);
     let stats = writer.send(GetStats).await.expect("stats");
     assert_eq!((stats.writes, stats.syncs), (3, 2));
+}
+
+#[actix::test]
+async fn a_batch_committed_whose_reply_was_lost_is_answered_as_committed_once() {
+    let store = Arc::new(GatedSync::new(Semaphore::MAX_PERMITS));
+    let fanout = EventFanout::new(64);
+    let mut published = fanout.subscribe();
+    let writer = PersistenceActor::new(
+        store.clone(),
+        fanout,
+        0,
+        1000,
+        Arc::new(RuntimeMetrics::default()),
+    )
+    .start();
+    let mut flows = Vec::new();
+    for _ in 0..3 {
+        let (flow, create) = created_flow();
+        // A create whose reply is lost: its retry finds the flow row stored.
+        store.lost_replies.store(1, Ordering::SeqCst);
+        writer
+            .send(Persist::unfenced(create))
+            .await
+            .expect("mailbox")
+            .expect("a create whose reply was lost is committed");
+        flows.push(flow);
+    }
+    // One batch of three transitions, committed, its reply lost: the retry conflicts with
+    // what it committed itself.
+    store.lost_replies.store(1, Ordering::SeqCst);
+    let sends: Vec<_> = flows
+        .iter_mut()
+        .map(|flow| writer.send(Persist::unfenced(started(flow))))
+        .collect();
+    for answer in futures_util::future::join_all(sends).await {
+        answer.expect("mailbox").expect("committed, not refused");
+    }
+    let stats = writer.send(GetStats).await.expect("stats");
+    assert_eq!(stats.refused_writes, 0);
+    for flow in &flows {
+        let stored = store
+            .load_flow(flow.id)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(stored.status, FlowStatus::Running);
+        let events = store.flow_events(flow.id, 0, 10).await.expect("events");
+        assert_eq!(events.len(), 1, "stored once");
+    }
+    let mut seen = Vec::new();
+    while let Ok(event) = published.try_recv() {
+        seen.push(event.flow_id);
+    }
+    assert_eq!(seen.len(), 3, "each event published once: {seen:?}");
 }
 
 /// A stored flow of a one-phase type, and its create write (owned under epoch 1).
