@@ -22,7 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Without a subcommand it starts the server, like `flowd serve`.
 #[derive(Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(version, about)]
 struct Cli {
     #[command(flatten)]
     serve: ServeArgs,
@@ -65,9 +65,31 @@ enum Command {
     },
 }
 
+/// What to run, from the parsed command line: `--config` may come before `serve` or after it
+/// (the latter wins); given on the command line before a client subcommand (`flows`,
+/// `flow-types`, …), which talks to a running server and reads no configuration file, it is a
+/// usage error rather than silently ignored.
+fn command_from(matches: &clap::ArgMatches) -> Result<Command, clap::Error> {
+    let config_given =
+        matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(matches)?;
+    match cli.command {
+        None => Ok(Command::Serve(cli.serve)),
+        Some(Command::Serve(args)) => Ok(Command::Serve(ServeArgs {
+            config: args.config.or(cli.serve.config),
+        })),
+        Some(_) if config_given => Err(Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--config configures the server (`flowd serve --config PATH`); the client \
+             subcommands talk to a running server (--server URL)",
+        )),
+        Some(other) => Ok(other),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+    let command = command_from(&Cli::command().get_matches()).unwrap_or_else(|error| error.exit());
+    match command {
         Command::Serve(args) => match serve(args.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -158,4 +180,44 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         println!("flowd listening on http://{}", application.address());
         application.run_until_stopped().await.context("serving")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<Command, clap::Error> {
+        command_from(&Cli::command().try_get_matches_from(args)?)
+    }
+
+    fn served_config(args: &[&str]) -> Option<PathBuf> {
+        match parsed(args) {
+            Ok(Command::Serve(args)) => args.config,
+            Ok(_) => panic!("{args:?} is not the server"),
+            Err(error) => panic!("{args:?} refused: {error}"),
+        }
+    }
+
+    #[test]
+    fn config_may_come_before_or_after_serve() {
+        let config = Some(PathBuf::from("x.toml"));
+        assert_eq!(served_config(&["flowd", "--config", "x.toml"]), config);
+        assert_eq!(
+            served_config(&["flowd", "serve", "--config", "x.toml"]),
+            config
+        );
+        assert_eq!(
+            served_config(&["flowd", "--config", "x.toml", "serve"]),
+            config
+        );
+        assert_eq!(
+            served_config(&["flowd", "--config", "a.toml", "serve", "--config", "x.toml"]),
+            config,
+            "the subcommand's own option wins"
+        );
+        assert!(
+            parsed(&["flowd", "--config", "x.toml", "flows", "list"]).is_err(),
+            "a client subcommand reads no configuration file"
+        );
+    }
 }
