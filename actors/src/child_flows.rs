@@ -224,11 +224,6 @@ impl PhaseHandler for ChildFlowsHandler {
             fan_in(&store, params.policy, &children).await
         })
     }
-
-    /// It only awaits the supervisor, the store and its children's events.
-    fn only_awaits(&self) -> bool {
-        true
-    }
 }
 
 /// Creates (or finds, by idempotency key) every child.

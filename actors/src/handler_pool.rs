@@ -1,6 +1,7 @@
 //! The threads phase handlers run on, apart from the actors' arbiters: a handler that blocks
 //! its thread (a sync library call, a busy loop) takes one pool worker, never a flow actor's
-//! mailbox, so pings, timeouts and every other flow carry on.
+//! mailbox, so pings, timeouts and every other flow carry on. Handlers that say they only
+//! await ([`crate::handler::PhaseHandler::only_awaits`]) run beside their flow actor instead.
 
 use std::sync::Arc;
 

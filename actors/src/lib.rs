@@ -8,7 +8,7 @@
 //! - [`limits`]: bounds on definitions and flows; which JSON values every store can keep.
 //! - [`handler`]: the phase handler trait; [`builtin`]: `noop`, `sleep`, `fail`;
 //!   [`external`] and [`child_flows`]: the kinds that need the runtime itself;
-//!   [`handler_pool`]: the threads handlers run on.
+//!   [`handler_pool`]: the threads handlers run on (but those that only await).
 //! - [`events`]: flow events and their fan-out to subscribers.
 //! - [`store`]: the storage contract; [`memory_store`]: an in-memory store for tests.
 //! - [`task`]: external tasks that remote workers lease from queues.

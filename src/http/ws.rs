@@ -275,7 +275,9 @@ async fn open(
     if let Some(events) = recent.take_if(|events| events.len() <= QUEUED_WITH_HANDSHAKE) {
         // The queue has room for all of them, so this does not wait; the cursor drops
         // whatever the live subscription repeats.
-        send_all(&mut session, &mut cursor, &events).await;
+        if !send_all(&mut session, &mut cursor, &events).await {
+            return Ok(response);
+        }
         recent = Some(Vec::new());
     }
     actix_web::rt::spawn(stream(runtime, session, messages, live, recent, cursor).instrument(span));

@@ -183,7 +183,8 @@ impl std::ops::Deref for CommittedEvent {
     }
 }
 
-/// Commits a per-flow or per-tree subscriber may fall behind before it must catch up.
+/// Publications (commits; in cluster mode also the tail's pages of other nodes' events) a
+/// per-flow or per-tree subscriber may fall behind before it must catch up.
 const KEYED_BUFFER: usize = 64;
 
 /// One key's events of one publication (one commit, usually one transition's events), in

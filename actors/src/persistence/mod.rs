@@ -343,9 +343,16 @@ fn event_count(write: &Write) -> i64 {
 
 /// Whether a write the database refused, after a commit of it failed unavailable, is one it
 /// holds already: when the connection dies after the database committed a batch but before
-/// its reply arrived, the batch is tried again and conflicts with itself. Its first event (`flow_id`, `seq`: only this write numbers that
-/// seq of its flow) or, for a create without events, its flow row is then found stored. Some
-/// with the stored id of its first event (`None`: it has none).
+/// its reply arrived, the batch is tried again and conflicts with itself. Its first event is
+/// then found stored under its `(flow_id, seq)` with the same kind and time (to the
+/// microsecond), or, for a create without events, its flow row with the same creation time.
+/// Another writer of that seq (a successor actor, the node that took the flow over) stamps
+/// its own time, and a write of a flow taken over is fenced before it gets here. Some with the
+/// stored id of its first event (`None`: it has none).
+///
+/// "Stored" means visible to this node's reads: with PostgreSQL's synchronous replication, a
+/// commit whose connection died while it waited for the standby is visible on the primary
+/// before the standby has it, as it is to any client of PostgreSQL.
 async fn stored_already(store: &dyn FlowStore, write: &Write) -> Option<Option<i64>> {
     let Write::Transition(transition) = write else {
         return None;
