@@ -66,17 +66,24 @@ enum Command {
 }
 
 /// What to run, from the parsed command line: `--config` may come before `serve` or after it
-/// (the latter wins); given on the command line before a client subcommand (`flows`,
-/// `flow-types`, …), which talks to a running server and reads no configuration file, it is a
-/// usage error rather than silently ignored.
+/// (after wins; either wins over `FLOWD_CONFIG`); given on the command line before a client
+/// subcommand (`flows`, `flow-types`, …), which talks to a running server and reads no
+/// configuration file, it is a usage error rather than silently ignored.
 fn command_from(matches: &clap::ArgMatches) -> Result<Command, clap::Error> {
-    let config_given =
-        matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
+    use clap::parser::ValueSource::CommandLine;
+    let config_given = matches.value_source("config") == Some(CommandLine);
+    let config_given_to_serve = matches
+        .subcommand_matches("serve")
+        .is_some_and(|serve| serve.value_source("config") == Some(CommandLine));
     let cli = <Cli as clap::FromArgMatches>::from_arg_matches(matches)?;
     match cli.command {
         None => Ok(Command::Serve(cli.serve)),
         Some(Command::Serve(args)) => Ok(Command::Serve(ServeArgs {
-            config: args.config.or(cli.serve.config),
+            config: if config_given_to_serve || !config_given {
+                args.config.or(cli.serve.config)
+            } else {
+                cli.serve.config
+            },
         })),
         Some(_) if config_given => Err(Cli::command().error(
             clap::error::ErrorKind::ArgumentConflict,

@@ -339,3 +339,33 @@ fn completions_are_generated_and_config_belongs_to_serve_only() {
         .expect("runs");
     assert_eq!(misplaced.status.code(), Some(2));
 }
+
+#[test]
+fn config_on_the_command_line_wins_over_flowd_config_before_or_after_serve() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = |name: &str| dir.path().join(name).display().to_string();
+    let (from_env, given) = (missing("env.toml"), missing("given.toml"));
+    for args in [
+        vec!["--config", given.as_str(), "serve"],
+        vec!["serve", "--config", given.as_str()],
+        vec!["--config", given.as_str()],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_flowd"))
+            .args(&args)
+            .env("FLOWD_CONFIG", &from_env)
+            .output()
+            .expect("runs");
+        // Neither file exists: the error names the one the server tried to read.
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(&given) && !stderr(&output).contains(&from_env),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
