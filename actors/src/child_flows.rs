@@ -172,8 +172,11 @@ impl PhaseHandler for ChildFlowsHandler {
                 )));
             }
             let inputs = child_inputs(&params, &ctx, max_children)?;
-            // Subscribed before the children exist, so none of their events is missed.
-            let mut events = fanout.subscribe();
+            // Subscribed before the children exist, so none of their events is missed. The
+            // children are in this flow's tree: only the tree's commits wake the attempt, not
+            // every commit of the runtime.
+            let (mut events, _) =
+                fanout.subscribe_tree(ctx.master_flow_id, fanout.published_through());
             let mut children = start_children(&supervisor, &ctx, &params.flow_type, inputs).await?;
             if ctx.attempt > 1 {
                 retry_failed(&supervisor, &ctx, &mut children).await?;
@@ -206,10 +209,12 @@ impl PhaseHandler for ChildFlowsHandler {
                     RESYNC_EVERY
                 };
                 match tokio::time::timeout(wait, events.recv()).await {
-                    Ok(Ok(event)) => {
-                        if let Some(child) = children.get_mut(&event.flow_id) {
-                            child.status = event.status;
-                            child.progress = child.progress.max(event.progress_percentage);
+                    Ok(Ok(batch)) => {
+                        for event in batch.iter() {
+                            if let Some(child) = children.get_mut(&event.flow_id) {
+                                child.status = event.status;
+                                child.progress = child.progress.max(event.progress_percentage);
+                            }
                         }
                     }
                     Ok(Err(RecvError::Lagged(missed))) => {
