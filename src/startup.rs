@@ -335,6 +335,7 @@ impl Application {
             .disable_signals()
             .tcp_nodelay(true)
             .backlog(4096)
+            .on_connect(limit_unacknowledged_writes)
             .bind(&settings.server.bind)
             .map_err(bind_error)?;
         let address = server.addrs().first().copied().ok_or_else(|| {
@@ -409,6 +410,25 @@ async fn leave(cluster: &Cluster, served: std::io::Result<()>) -> std::io::Resul
         Err(_) => tracing::warn!("the node's row was not marked stopped within 3 s"),
     }
     served
+}
+
+/// How long what the server wrote may go unacknowledged, or a peer's receive window stay
+/// closed, before the kernel drops the connection. A websocket stream ends when its client
+/// stops reading (`http::ws`), and any response can meet such a client; without this limit
+/// the connection would wait forever to flush what it holds, with its buffers.
+const UNACKNOWLEDGED_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Sets [`UNACKNOWLEDGED_WRITE_LIMIT`] (`TCP_USER_TIMEOUT`) on each accepted connection.
+fn limit_unacknowledged_writes(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    #[cfg(target_os = "linux")]
+    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
+        && let Err(error) =
+            socket2::SockRef::from(stream).set_tcp_user_timeout(Some(UNACKNOWLEDGED_WRITE_LIMIT))
+    {
+        tracing::debug!(%error, "TCP_USER_TIMEOUT not set on a connection");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = connection;
 }
 
 #[cfg(test)]

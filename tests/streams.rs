@@ -13,15 +13,18 @@ use common::{
 };
 use serde_json::{Value, json};
 
-fn slow_type() -> String {
-    let phases: Vec<(String, &str, &str, u32)> = (1..=6)
-        .map(|i| (format!("step{i}"), "sleep", "{ ms = 120 }", 0))
-        .collect();
-    let phases: Vec<(&str, &str, &str, u32)> = phases
+/// A flow type `name` of `count` phases `step1`… of one handler.
+fn uniform_type(name: &str, count: usize, handler: &str, params: &str) -> String {
+    let names: Vec<String> = (1..=count).map(|i| format!("step{i}")).collect();
+    let phases: Vec<(&str, &str, &str, u32)> = names
         .iter()
-        .map(|(n, h, p, r)| (n.as_str(), *h, *p, *r))
+        .map(|n| (n.as_str(), handler, params, 0))
         .collect();
-    flow_type_toml("slow", &phases)
+    flow_type_toml(name, &phases)
+}
+
+fn slow_type() -> String {
+    uniform_type("slow", 6, "sleep", "{ ms = 120 }")
 }
 
 const AUTH: &str = "[auth]\nenabled = true\n[[auth.keys]]\nkey = \"key-a\"\nclient_account_id = \"acme\"\nengagement_id = \"e1\"\n[[auth.keys]]\nkey = \"key-b\"\nclient_account_id = \"globex\"\nengagement_id = \"e2\"\n";
@@ -389,3 +392,63 @@ on_both_backends!(
     concurrent_identical_creates_make_one_flow,
     pause_resume_cancel_and_retry_over_http,
 );
+
+/// A client that stops reading costs the server nothing for long: its stream ends after the
+/// send timeout, and the connection, which could otherwise never flush what it still holds,
+/// is dropped by the kernel once the client's window has stayed closed past the server's
+/// unacknowledged-write limit.
+#[actix_web::test]
+async fn a_client_that_never_reads_is_disconnected() {
+    use std::io::Write as _;
+    let db = TestDatabase::new(Backend::Sqlite);
+    let server = TestServer::start(config_for(&db, &uniform_type("long", 60, "noop", "{}")));
+    // 150 flows of 123 events: ~7 MB of tenant history, more than the kernel buffers hold.
+    let mut ids = Vec::new();
+    for _ in 0..150 {
+        let mut response = common::client()
+            .post(server.url("/v1/flows"))
+            .send_json(&json!({ "flow_type": "long" }))
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        wait_for_flow(&server, id, Duration::from_secs(60), is_terminal).await;
+    }
+
+    let address: std::net::SocketAddr = server
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&address.into()).expect("connects");
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .write_all(
+            b"GET /v1/events/ws?after=0 HTTP/1.1\r\nHost: flowd\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    // It never reads. A masked, empty pong every second shows whether the server still holds
+    // the connection: a write fails once the server has reset it.
+    const PONG: [u8; 6] = [0x8a, 0x80, 1, 2, 3, 4];
+    let started = std::time::Instant::now();
+    let dropped_after = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if stream.write_all(&PONG).is_err() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "a client that never reads still holds its connection after 2 minutes"
+        );
+    };
+    // Every other request is served meanwhile and after.
+    let health = get(&server, "/healthz").await;
+    assert_eq!(health.status, 200, "after {dropped_after:?}");
+}

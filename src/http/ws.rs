@@ -13,7 +13,9 @@
 //!
 //! A stream costs the server only while its client reads: a frame that cannot be handed to
 //! the connection within `SEND_TIMEOUT`, 10 s (the client stopped reading and every buffer is
-//! full) ends the stream, and a client that leaves during catch-up stops it.
+//! full) ends the stream, and a client that leaves during catch-up stops it. The connection,
+//! which could then never flush what it holds, is dropped by the kernel (see
+//! `startup::UNACKNOWLEDGED_WRITE_LIMIT`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
