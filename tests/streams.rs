@@ -452,3 +452,35 @@ async fn a_client_that_never_reads_is_disconnected() {
     let health = get(&server, "/healthz").await;
     assert_eq!(health.status, 200, "after {dropped_after:?}");
 }
+
+/// A master flow's stream opened with `after` past what is committed yet (a cursor from a
+/// node or a read ahead of this one) carries only the flow's events after that `seq`.
+#[actix_web::test]
+async fn a_stream_from_a_seq_not_yet_committed_starts_after_it() {
+    let db = TestDatabase::new(Backend::Sqlite);
+    let server = TestServer::start(config_for(
+        &db,
+        &uniform_type("two_steps", 2, "sleep", "{ ms = 400 }"),
+    ));
+    let mut response = common::client()
+        .post(server.url("/v1/flows"))
+        .send_json(&json!({ "flow_type": "two_steps" }))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let body: Value = response.json().await.unwrap();
+    let id = body["id"].as_str().unwrap().to_owned();
+    // Committed at once: seq 1-3 (initialized, started, step1 started); 4-5 after 400 ms;
+    // 6-7 (step2 succeeded, flow completed) after 800 ms.
+    let mut socket =
+        EventSocket::connect(&server, &format!("/v1/flows/{id}/ws?after=5"), None).await;
+    let mut seqs = Vec::new();
+    while let Some(event) = socket.next_event(Duration::from_secs(10)).await {
+        assert_eq!(event["flow_id"], id.as_str());
+        seqs.push(event["seq"].as_u64().unwrap());
+        if event["kind"] == "flow_completed" {
+            break;
+        }
+    }
+    assert_eq!(seqs, [6, 7]);
+}

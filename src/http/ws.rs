@@ -47,10 +47,14 @@ enum Cursor {
     /// One child flow's events, by `seq`.
     Flow { flow_id: FlowId, last_seq: u64 },
     /// A master flow's events and those of every flow under it, by event `id` (the client's
-    /// `after` is the master's `seq`, translated to the id of that event).
+    /// `after` is the master's `seq`, translated to the id of that event). The master's own
+    /// events also stay above `master_after_seq`, the client's `after`: a `seq` not yet
+    /// committed translates to the highest id stored, and the master's events between the two
+    /// were seen by the client all the same.
     Tree {
         master_flow_id: FlowId,
         last_id: i64,
+        master_after_seq: u64,
     },
     /// A tenant's events, optionally of one flow type, by event `id`.
     Tenant {
@@ -69,7 +73,12 @@ impl Cursor {
             Cursor::Tree {
                 master_flow_id,
                 last_id,
-            } => event.master_flow_id == *master_flow_id && event.id > *last_id,
+                master_after_seq,
+            } => {
+                event.master_flow_id == *master_flow_id
+                    && event.id > *last_id
+                    && (event.flow_id != *master_flow_id || event.seq > *master_after_seq)
+            }
             Cursor::Tenant {
                 tenant,
                 flow_type,
@@ -109,6 +118,7 @@ impl Cursor {
             Cursor::Tree {
                 master_flow_id,
                 last_id,
+                ..
             } => {
                 runtime
                     .tree_events_after(*master_flow_id, *last_id, PAGE)
@@ -130,6 +140,7 @@ impl Cursor {
             Cursor::Tree {
                 master_flow_id,
                 last_id,
+                ..
             } => {
                 let (live, recent) = runtime.subscribe_tree(*master_flow_id, *last_id);
                 (Live::Keyed(live), recent)
@@ -217,6 +228,7 @@ pub async fn flow_stream(
         Cursor::Tree {
             master_flow_id,
             last_id,
+            master_after_seq: after as u64,
         }
     } else {
         Cursor::Flow {
