@@ -30,15 +30,22 @@ fn slow_type() -> String {
 const AUTH: &str = "[auth]\nenabled = true\n[[auth.keys]]\nkey = \"key-a\"\nclient_account_id = \"acme\"\nengagement_id = \"e1\"\n[[auth.keys]]\nkey = \"key-b\"\nclient_account_id = \"globex\"\nengagement_id = \"e2\"\n";
 
 async fn create_as(server: &TestServer, key: &str, flow_type: &str) -> String {
-    let response = common::client()
+    create(server, Some(key), flow_type).await
+}
+
+/// Creates a flow of `flow_type` (with `key` when auth is on); its id.
+async fn create(server: &TestServer, key: Option<&str>, flow_type: &str) -> String {
+    let mut request = common::client()
         .post(server.url("/v1/flows"))
-        .bearer_auth(key)
-        .insert_header(("X-User-Id", "ada"))
+        .insert_header(("X-User-Id", "ada"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let mut response = request
         .send_json(&json!({ "flow_type": flow_type }))
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 201);
-    let mut response = response;
     let body: Value = response.json().await.unwrap();
     body["id"].as_str().unwrap().to_owned()
 }
@@ -405,14 +412,7 @@ async fn a_client_that_never_reads_is_disconnected() {
     // 150 flows of 123 events: ~7 MB of tenant history, more than the kernel buffers hold.
     let mut ids = Vec::new();
     for _ in 0..150 {
-        let mut response = common::client()
-            .post(server.url("/v1/flows"))
-            .send_json(&json!({ "flow_type": "long" }))
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 201);
-        let body: Value = response.json().await.unwrap();
-        ids.push(body["id"].as_str().unwrap().to_owned());
+        ids.push(create(&server, None, "long").await);
     }
     for id in &ids {
         wait_for_flow(&server, id, Duration::from_secs(60), is_terminal).await;
@@ -462,14 +462,7 @@ async fn a_stream_from_a_seq_not_yet_committed_starts_after_it() {
         &db,
         &uniform_type("two_steps", 2, "sleep", "{ ms = 400 }"),
     ));
-    let mut response = common::client()
-        .post(server.url("/v1/flows"))
-        .send_json(&json!({ "flow_type": "two_steps" }))
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
-    let body: Value = response.json().await.unwrap();
-    let id = body["id"].as_str().unwrap().to_owned();
+    let id = create(&server, None, "two_steps").await;
     // Committed at once: seq 1-3 (initialized, started, step1 started); 4-5 after 400 ms;
     // 6-7 (step2 succeeded, flow completed) after 800 ms.
     let mut socket =
