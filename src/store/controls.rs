@@ -99,6 +99,19 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("flow_controls: {what}"))
 }
 
+/// The control's row as `REPLY_OF` reads it, while it is there.
+async fn reply_row(
+    conn: &mut diesel_async::AsyncPgConnection,
+    id: Uuid,
+) -> Result<Option<ReplyRow>, StoreError> {
+    let rows: Vec<ReplyRow> = diesel::sql_query(REPLY_OF)
+        .bind::<SqlUuid, _>(id)
+        .load(conn)
+        .await
+        .map_err(db_error)?;
+    Ok(rows.into_iter().next())
+}
+
 fn reply_of(value: serde_json::Value) -> Result<ControlReply, StoreError> {
     serde_json::from_value(value).map_err(corrupt)
 }
@@ -130,12 +143,7 @@ impl DbStore {
 
     async fn reply(&self, id: Uuid) -> Result<Option<ControlReply>, StoreError> {
         let mut conn = self.pg()?.get().await.map_err(pool_error)?;
-        let rows: Vec<ReplyRow> = diesel::sql_query(REPLY_OF)
-            .bind::<SqlUuid, _>(id)
-            .load(&mut *conn)
-            .await
-            .map_err(db_error)?;
-        match rows.into_iter().next() {
+        match reply_row(&mut conn, id).await? {
             Some(ReplyRow {
                 reply: Some(reply), ..
             }) => reply_of(reply).map(Some),
@@ -157,12 +165,7 @@ impl DbStore {
             });
         }
         // Answered first: the reply is there.
-        let rows: Vec<ReplyRow> = diesel::sql_query(REPLY_OF)
-            .bind::<SqlUuid, _>(id)
-            .load(&mut *conn)
-            .await
-            .map_err(db_error)?;
-        match rows.into_iter().next() {
+        match reply_row(&mut conn, id).await? {
             Some(ReplyRow {
                 reply: Some(reply),
                 answered: true,
